@@ -1,0 +1,1 @@
+//! lockd: cluster locks for scoutfs-ublk nodes. See `docs/protocol.md`.
