@@ -1,12 +1,17 @@
-//! The `scoutfs-ublk` command: mkfs, add, del, list, recover, check, dump, bench.
+//! The `scoutfs-ublk` command: mkfs, add, del, list, recover, check, dump.
 
 use clap::Parser;
-
-#[derive(Parser)]
-#[command(name = "scoutfs-ublk", version, about = "thin, copy-on-write, crash-consistent block volumes served through ublk or NBD")]
-struct Cli {}
+use tools::cli::{Cli, Command};
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Mkfs(_)
+        | Command::Add(_)
+        | Command::Del(_)
+        | Command::List(_)
+        | Command::Recover(_)
+        | Command::Check(_)
+        | Command::Dump(_) => anyhow::bail!("not built yet"),
+    }
 }

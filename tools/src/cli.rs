@@ -1,0 +1,101 @@
+//! Command line of `scoutfs-ublk` (clap). Subcommands and flags follow
+//! ublksrv's `ublk add / del / list / recover` with `-n`, `-q`, `-d`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "scoutfs-ublk",
+    version,
+    about = "Thin, copy-on-write, crash-consistent block volumes served through ublk or NBD"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Format a pool: a metadata device and a data device (files are created sparse).
+    Mkfs(MkfsArgs),
+    /// Serve the pool's volume: /dev/ublkbN where the kernel has ublk, else an NBD export.
+    Add(AddArgs),
+    /// Stop a served device, committing first.
+    Del(DelArgs),
+    /// List served devices.
+    List(ListArgs),
+    /// Restart the daemon of a ublk device whose daemon died, keeping /dev/ublkbN.
+    Recover(RecoverArgs),
+    /// Check a pool that is not in use: every block, every invariant, space accounting.
+    Check(PoolArgs),
+    /// Print the superblock, tree shapes and space usage of a pool.
+    Dump(PoolArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PoolArgs {
+    /// Metadata device or file.
+    #[arg(long)]
+    pub meta: PathBuf,
+    /// Data device or file.
+    #[arg(long)]
+    pub data: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MkfsArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// Volume size (e.g. 2G, 512M). Files that do not exist are created at this size.
+    #[arg(long)]
+    pub size: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// ublk device id (default: the next free one).
+    #[arg(short = 'n', long = "number")]
+    pub dev_id: Option<u32>,
+    /// Number of ublk queues.
+    #[arg(short = 'q', long = "queues", default_value_t = 1)]
+    pub queues: u16,
+    /// Depth of each ublk queue.
+    #[arg(short = 'd', long = "depth", default_value_t = 64)]
+    pub depth: u16,
+    /// Serve NBD at this address instead of ublk: unix:PATH or HOST:PORT.
+    #[arg(long)]
+    pub nbd: Option<String>,
+    /// Stay in the foreground instead of starting a daemon.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DelArgs {
+    /// Device id to stop.
+    #[arg(short = 'n', long = "number", conflicts_with = "all", required_unless_present = "all")]
+    pub dev_id: Option<u32>,
+    /// Stop every device.
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Only this device.
+    #[arg(short = 'n', long = "number")]
+    pub dev_id: Option<u32>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecoverArgs {
+    /// Device id to recover.
+    #[arg(short = 'n', long = "number")]
+    pub dev_id: u32,
+}

@@ -1,0 +1,1 @@
+//! The ublk side of add, del, list and recover.
