@@ -30,6 +30,7 @@ mod hash;
 mod iter;
 mod layout;
 mod mutator;
+mod rebuild;
 mod values;
 mod verify;
 

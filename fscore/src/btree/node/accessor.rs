@@ -6,7 +6,6 @@ use super::iter::{ItemIter, ItemIterRev};
 use super::layout::*;
 use super::NodeError;
 use crate::key::Key;
-use std::cmp::Ordering;
 
 /// Read-only view of a node.
 #[derive(Clone, Copy)]
@@ -50,40 +49,42 @@ impl<'a> NodeAccessor<'a> {
 
     /// The first item with a key >= `key`.
     pub(crate) fn seek_ge(&self, key: &Key) -> Option<(Key, &'a [u8])> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         let mut best = 0;
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 break;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(self.entry(cur)),
-                Ordering::Less => {
-                    best = cur;
-                    cur = left(self.buf, cur);
+            let have = item_key_ord(self.buf, cur);
+            if want <= have {
+                best = cur;
+                if want == have {
+                    break;
                 }
-                Ordering::Greater => cur = right(self.buf, cur),
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
 
     /// The last item with a key <= `key`.
     pub(crate) fn seek_le(&self, key: &Key) -> Option<(Key, &'a [u8])> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         let mut best = 0;
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 break;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(self.entry(cur)),
-                Ordering::Greater => {
-                    best = cur;
-                    cur = right(self.buf, cur);
+            let have = item_key_ord(self.buf, cur);
+            if want >= have {
+                best = cur;
+                if want == have {
+                    break;
                 }
-                Ordering::Less => cur = left(self.buf, cur),
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
@@ -199,16 +200,17 @@ impl<'a> NodeAccessor<'a> {
 
     /// Exact lookup through the AVL tree; the item offset.
     pub(super) fn avl_find(&self, key: &Key) -> Option<usize> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 return None;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(cur),
-                Ordering::Less => cur = left(self.buf, cur),
-                Ordering::Greater => cur = right(self.buf, cur),
+            let have = item_key_ord(self.buf, cur);
+            if want == have {
+                return Some(cur);
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         None
     }
