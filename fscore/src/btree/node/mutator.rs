@@ -57,22 +57,39 @@ impl<'a> NodeMut<'a> {
         }
     }
 
+    /// Replaces the value of `item`. The region keeps its end (and owner)
+    /// when it can: a value at the bottom of the value area grows or shrinks
+    /// into the gap, any other value shrinking by at least a trailer's worth
+    /// frees its lower part. Otherwise the old region is freed and a new one
+    /// allocated, compacting if needed.
     fn replace(&mut self, item: usize, value: &[u8]) -> Result<usize, NodeError> {
         let old_len = val_len(self.buf, item);
         let old_start = val_off(self.buf, item);
-        if value.len() == old_len {
-            values::write(self.buf, old_start, item, value);
-            return Ok(old_len);
-        }
-        let free = self.accessor().free_bytes();
-        if value.len() > free + old_len {
-            return Err(NodeError::Full);
-        }
-        values::free(self.buf, old_start, old_len + OWNER_LEN);
-        let start = self.alloc_value(value.len() + OWNER_LEN, 0);
+        let old_end = old_start + old_len;
+        let new_len = value.len();
+        let items_end = item_offset(hdr_count(self.buf));
+        let bottom = old_start == hdr_value_low(self.buf);
+        let start = match old_end.checked_sub(new_len) {
+            _ if new_len == old_len => old_start,
+            Some(start) if bottom && start >= items_end => {
+                set_hdr_value_low(self.buf, start);
+                start
+            }
+            Some(start) if new_len + OWNER_LEN <= old_len => {
+                values::free(self.buf, old_start, old_len - new_len);
+                start
+            }
+            _ => {
+                if new_len > self.accessor().free_bytes() + old_len {
+                    return Err(NodeError::Full);
+                }
+                values::free(self.buf, old_start, old_len + OWNER_LEN);
+                self.alloc_value(new_len + OWNER_LEN, 0)
+            }
+        };
         values::write(self.buf, start, item, value);
         wr16(self.buf, item + ITEM_VAL_OFF, start as u16);
-        wr16(self.buf, item + ITEM_VAL_LEN, value.len() as u16);
+        wr16(self.buf, item + ITEM_VAL_LEN, new_len as u16);
         Ok(old_len)
     }
 

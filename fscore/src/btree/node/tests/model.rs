@@ -133,15 +133,20 @@ proptest! {
     /// Churn on a nearly full node: replaces with changing sizes and deletes
     /// fragment the value area, so inserts must compact.
     #[test]
-    fn fragmentation_churn_compacts(payload in 0..3usize, seed in any::<u64>()) {
+    fn fragmentation_churn_compacts(payload in 0..PAYLOADS.len(), seed in any::<u64>()) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut buf = vec![0u8; PAYLOADS[payload]];
         let mut node = NodeMut::init(&mut buf, 0);
         let mut model = Model::new();
         let mut compactions = 0;
-        for _ in 0..600 {
-            let key = Key::new(0, rng.gen_range(0..40));
+        // Enough keys that their average items would overfill the node by
+        // half, so it runs full and every insert competes for space.
+        let node_view = node.accessor();
+        let item_avg = NodeAccessor::item_bytes(node_view.value_len_max() / 4);
+        let keys = node_view.capacity_bytes() * 3 / 2 / item_avg;
+        for _ in 0..keys * 12 {
+            let key = Key::new(0, rng.gen_range(0..keys as u64));
             let free_before = hdr_value_free(node.accessor().buf);
             if rng.gen_bool(0.8) {
                 let value = value_of(rng.gen(), rng.gen_range(0..=node.accessor().value_len_max() / 2));
