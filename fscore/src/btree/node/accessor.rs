@@ -22,12 +22,6 @@ impl<'a> NodeAccessor<'a> {
         Ok(NodeAccessor { buf, geo })
     }
 
-    /// Wraps a payload the caller just formatted or edited (no checks).
-    pub(super) fn trusted(buf: &'a [u8]) -> Self {
-        let geo = Geometry::new(buf.len(), hdr_level(buf));
-        NodeAccessor { buf, geo }
-    }
-
     /// 0 for leaves.
     pub(crate) fn level(&self) -> u8 {
         hdr_level(self.buf)
@@ -109,11 +103,6 @@ impl<'a> NodeAccessor<'a> {
         ItemIter::new(self.buf, Some(key))
     }
 
-    /// All items in descending key order.
-    pub(crate) fn items_rev(&self) -> impl Iterator<Item = (Key, &'a [u8])> + 'a {
-        ItemIterRev::new(self.buf, None)
-    }
-
     /// Items with keys <= `key`, in descending key order (a backward scan).
     pub(crate) fn items_rev_from(&self, key: &Key) -> impl Iterator<Item = (Key, &'a [u8])> + 'a {
         ItemIterRev::new(self.buf, Some(key))
@@ -150,11 +139,6 @@ impl<'a> NodeAccessor<'a> {
     /// payloads of at least 3840 bytes, less for tiny test payloads.
     pub(crate) fn value_len_max(&self) -> usize {
         self.geo.value_len_max
-    }
-
-    /// Most items this node can hold (leaves: bounded by the hash table).
-    pub(crate) fn items_max(&self) -> usize {
-        self.geo.items_max
     }
 
     /// Below a quarter full: the tree should join or refill from a neighbour.

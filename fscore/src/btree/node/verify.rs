@@ -8,8 +8,7 @@ use super::{hash, NodeAccessor, NodeError};
 use crate::key::Key;
 
 pub(super) fn verify(buf: &[u8], geo: &Geometry) -> Result<(), NodeError> {
-    // Header sanity, as `new` checks it (the accessor may have been built
-    // by `trusted`).
+    // Header sanity, as `new` checks it (`NodeMut::accessor` skips it).
     NodeAccessor::new(buf)?;
     let count = hdr_count(buf);
     let mut seen = Seen::new();

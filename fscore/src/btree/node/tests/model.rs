@@ -199,7 +199,7 @@ fn a_full_leaf_keeps_its_hash_load_at_most_half() {
         }
         let node = node.accessor();
         node.verify().unwrap();
-        assert_eq!(node.item_count(), node.items_max());
+        assert_eq!(node.item_count(), node.geo.items_max);
         assert!(node.item_count() * 2 <= node.geo.hash_slots);
     }
 }
