@@ -175,7 +175,8 @@ impl<'a> NodeMut<'a> {
     /// Moves the upper half of the items (by bytes) into `right`, which must
     /// be empty and of the same level. Afterwards every key in self is less
     /// than every key in right, each half holds at most half the bytes plus
-    /// half an item, and either half has room for a maximal item.
+    /// half an item, and either half has room for a maximal item. A node of
+    /// fewer than two items is left alone (it always has room).
     pub(crate) fn split_into(&mut self, right: &mut NodeMut<'_>) {
         assert_eq!(
             right.accessor().item_count(),
@@ -247,6 +248,7 @@ impl<'a> NodeMut<'a> {
         from_front: bool,
         used_goal: usize,
     ) -> usize {
+        debug_assert_eq!(self.accessor().level(), src.accessor().level());
         let mut order = Order::of(src.buf);
         let count = order.as_slice().len();
         let node = self.accessor();

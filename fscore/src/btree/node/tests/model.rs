@@ -31,7 +31,11 @@ enum Op {
 /// extremes of both halves and the sign bit.
 fn key_of((hi, lo): (u8, u8)) -> Key {
     let hi = [0, 1 << 63, u64::MAX][hi as usize % 3];
-    let lo = if lo == u8::MAX { u64::MAX } else { lo as u64 * 3 };
+    let lo = if lo == u8::MAX {
+        u64::MAX
+    } else {
+        lo as u64 * 3
+    };
     Key::new(hi, lo)
 }
 
