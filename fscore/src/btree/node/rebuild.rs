@@ -24,31 +24,39 @@ impl Order {
             offs: [0; ITEMS_MAX_ANY],
             len: 0,
         };
-        let mut stack = [0u16; AVL_PATH_LEN];
-        let mut depth = 0;
-        let mut cur = hdr_root(buf);
-        let count = hdr_count(buf).min(ITEMS_MAX_ANY);
-        while order.len < count {
-            while cur != 0 && depth < AVL_PATH_LEN {
-                stack[depth] = cur as u16;
-                depth += 1;
-                cur = left(buf, cur);
-            }
-            if depth == 0 {
-                break;
-            }
-            depth -= 1;
-            let off = stack[depth] as usize;
-            order.offs[order.len] = off as u16;
-            order.len += 1;
-            cur = right(buf, off);
-        }
+        order.len = walk_in_order(buf, &mut order.offs);
         order
     }
 
     pub(super) fn as_slice(&self) -> &[u16] {
         &self.offs[..self.len]
     }
+}
+
+/// Writes the node's item offsets in key order to the front of `out`;
+/// returns how many. Bounded even on a corrupt tree.
+fn walk_in_order(buf: &[u8], out: &mut [u16]) -> usize {
+    let mut stack = [0u16; AVL_PATH_LEN];
+    let mut depth = 0;
+    let mut cur = hdr_root(buf);
+    let count = hdr_count(buf).min(out.len());
+    let mut len = 0;
+    while len < count {
+        while cur != 0 && depth < AVL_PATH_LEN {
+            stack[depth] = cur as u16;
+            depth += 1;
+            cur = left(buf, cur);
+        }
+        if depth == 0 {
+            break;
+        }
+        depth -= 1;
+        let off = stack[depth] as usize;
+        out[len] = off as u16;
+        len += 1;
+        cur = right(buf, off);
+    }
+    len
 }
 
 #[inline]
@@ -72,25 +80,22 @@ pub(super) fn keep_range(buf: &mut [u8], geo: &Geometry, order: &mut Order, keep
     }
     compact_kept(buf, geo, &kept);
 
-    // Fill each dropped slot below `m` with a kept item from above `m`.
+    // Move each kept item from above `m` down into a dropped slot below it.
     let m = keep.len();
-    let mut pos = [0u16; ITEMS_MAX_ANY];
-    for (p, &off) in order.offs[keep.clone()].iter().enumerate() {
-        pos[index_of(off as usize)] = p as u16;
-    }
-    let mut from = m;
-    for hole in 0..m {
-        if is_kept(&kept, hole) {
+    let mut hole = 0;
+    for p in keep.clone() {
+        let from = index_of(order.offs[p] as usize);
+        if from < m {
             continue;
         }
-        while from < ITEMS_MAX_ANY && !is_kept(&kept, from) {
-            from += 1;
+        while hole < m && is_kept(&kept, hole) {
+            hole += 1;
         }
         let (src, dst) = (item_offset(from), item_offset(hole));
         buf.copy_within(src..src + ITEM_LEN, dst);
         wr16(buf, val_off(buf, dst) + val_len(buf, dst), dst as u16);
-        order.offs[keep.start + pos[from] as usize] = dst as u16;
-        from += 1;
+        order.offs[p] = dst as u16;
+        hole += 1;
     }
     set_hdr_count(buf, m);
     let kept_order = &order.offs[keep];
@@ -129,7 +134,6 @@ fn compact_kept(buf: &mut [u8], geo: &Geometry, kept: &[u64; INDEX_WORDS]) {
 /// keys if `at_front`, else all above) and rebuilds the AVL tree. The
 /// caller checked that they fit.
 pub(super) fn append(buf: &mut [u8], geo: &Geometry, src: &[u8], src_offs: &[u16], at_front: bool) {
-    let old = Order::of(buf);
     let count = hdr_count(buf);
     let need: usize = src_offs
         .iter()
@@ -138,25 +142,23 @@ pub(super) fn append(buf: &mut [u8], geo: &Geometry, src: &[u8], src_offs: &[u16
     if hdr_value_low(buf) < item_offset(count) + need {
         values::compact(buf, geo);
     }
+    // The node's own items go after the new ones when those come first.
     let mut order = Order {
         offs: [0; ITEMS_MAX_ANY],
         len: 0,
     };
-    let (first, second) = if at_front {
-        (src_offs.len(), 0)
-    } else {
-        (0, old.len)
-    };
-    order.offs[first..first + old.len].copy_from_slice(old.as_slice());
+    let new_at = if at_front { 0 } else { count };
+    let old_at = if at_front { src_offs.len() } else { 0 };
+    let old_len = walk_in_order(buf, &mut order.offs[old_at..]);
     for (i, &s) in src_offs.iter().enumerate() {
         let item = item_offset(count + i);
         copy_item(buf, src, s as usize, item);
-        order.offs[second + i] = item as u16;
+        order.offs[new_at + i] = item as u16;
         if geo.hash_slots != 0 {
             hash::insert(buf, geo, &item_key(buf, item), item);
         }
     }
-    order.len = old.len + src_offs.len();
+    order.len = old_len + src_offs.len();
     set_hdr_count(buf, order.len);
     let root = build_avl(buf, order.as_slice());
     set_hdr_root(buf, root);
