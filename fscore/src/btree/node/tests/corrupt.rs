@@ -4,7 +4,7 @@
 
 use super::super::layout::{HEADER_LEN, ITEM_LEN};
 use super::super::{NodeAccessor, NodeError, NodeMut};
-use super::support::fill;
+use super::support::{fill, PAYLOADS};
 use crate::key::Key;
 use rand::{Rng, SeedableRng};
 
@@ -57,8 +57,8 @@ fn bit_flips_of_valid_nodes_never_panic() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0002);
     let mut rejected = 0;
     for case in 0..FUZZ_CASES {
-        let payload = [512, 1024, 4096][case % 3];
-        let level = (case / 3 % 2) as u8;
+        let payload = PAYLOADS[case % PAYLOADS.len()];
+        let level = (case / PAYLOADS.len() % 2) as u8;
         let mut buf = vec![0u8; payload];
         fill(&mut buf, level, &mut rng, 48);
         let mut node = NodeMut::open(&mut buf).unwrap();
