@@ -94,7 +94,7 @@ const _: () = assert!(
     "bound is tight"
 );
 // Item offsets are even (so odd trailers mark free space) and nonzero.
-const _: () = assert!(HEADER_LEN % 2 == 0 && ITEM_LEN % 2 == 0 && HEADER_LEN > 0);
+const _: () = assert!(HEADER_LEN & 1 == 0 && ITEM_LEN & 1 == 0 && HEADER_LEN > 0);
 const _: () = assert!(ITEM_KEY + KEY_LEN == ITEM_LEFT && ITEM_RESERVED + 1 == ITEM_LEN);
 const _: () = assert!(HDR_VALUE_FREE + 4 == HEADER_LEN);
 // Every offset, value length and free-region trailer fits a u16.
@@ -163,7 +163,9 @@ pub(crate) const fn item_offset(index: usize) -> usize {
 /// Is `off` the offset of one of the first `count` items?
 #[inline]
 pub(crate) fn is_item_offset(off: usize, count: usize) -> bool {
-    off >= HEADER_LEN && off < item_offset(count) && (off - HEADER_LEN) % ITEM_LEN == 0
+    off >= HEADER_LEN
+        && off < item_offset(count)
+        && item_offset((off - HEADER_LEN) / ITEM_LEN) == off
 }
 
 #[inline]

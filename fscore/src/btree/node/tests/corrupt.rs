@@ -71,7 +71,6 @@ fn bit_flips_of_valid_nodes_never_panic() {
         }
         node.accessor().verify().unwrap();
         let span = node.accessor().item_count() * ITEM_LEN + HEADER_LEN;
-        drop(node);
         // Flip 1..=3 bits, mostly in the header and item array.
         for _ in 0..rng.gen_range(1..=3) {
             let limit = if rng.gen_bool(0.7) { span } else { payload };
