@@ -224,10 +224,18 @@ fn check_values(buf: &[u8], geo: &Geometry, count: usize) -> Result<(), NodeErro
 /// its key's home slot without crossing an empty slot.
 fn check_hash(buf: &[u8], geo: &Geometry, count: usize, seen: &mut Seen) -> Result<(), NodeError> {
     let slots = geo.hash_slots;
+    // One pass starting after an empty slot, remembering the last empty
+    // slot: an entry is reachable iff its home lies cyclically after it.
+    let Some(start) = (0..slots).find(|&i| hash::slot(buf, geo, i) == 0) else {
+        return Err(corrupt("hash table has no empty slot".into()));
+    };
+    let mut last_empty = start;
     let mut filled = 0;
-    for i in 0..slots {
+    for step in 1..slots {
+        let i = (start + step) % slots;
         let item = hash::slot(buf, geo, i);
         if item == 0 {
+            last_empty = i;
             continue;
         }
         if !is_item_offset(item, count) {
@@ -238,14 +246,12 @@ fn check_hash(buf: &[u8], geo: &Geometry, count: usize, seen: &mut Seen) -> Resu
         }
         filled += 1;
         let home = home_slot(&item_key(buf, item), slots);
-        let mut j = home;
-        while j != i {
-            if hash::slot(buf, geo, j) == 0 {
-                return Err(corrupt(format!(
-                    "hash slot {i}: item {item} unreachable from slot {home}"
-                )));
-            }
-            j = if j + 1 == slots { 0 } else { j + 1 };
+        let from_home = (i + slots - home) % slots;
+        let from_empty = (i + slots - last_empty) % slots;
+        if from_home >= from_empty {
+            return Err(corrupt(format!(
+                "hash slot {i}: item {item} unreachable from slot {home}"
+            )));
         }
     }
     if filled != count {
