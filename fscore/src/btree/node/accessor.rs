@@ -50,14 +50,16 @@ impl<'a> NodeAccessor<'a> {
             if cur == 0 {
                 break;
             }
-            let have = item_key_ord(self.buf, cur);
+            let Some((have, links)) = item_head(self.buf, cur) else {
+                break;
+            };
             if want <= have {
                 best = cur;
                 if want == have {
                     break;
                 }
             }
-            cur = child_toward(self.buf, cur, want > have);
+            cur = link_toward(links, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
@@ -71,14 +73,16 @@ impl<'a> NodeAccessor<'a> {
             if cur == 0 {
                 break;
             }
-            let have = item_key_ord(self.buf, cur);
+            let Some((have, links)) = item_head(self.buf, cur) else {
+                break;
+            };
             if want >= have {
                 best = cur;
                 if want == have {
                     break;
                 }
             }
-            cur = child_toward(self.buf, cur, want > have);
+            cur = link_toward(links, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
@@ -190,11 +194,11 @@ impl<'a> NodeAccessor<'a> {
             if cur == 0 {
                 return None;
             }
-            let have = item_key_ord(self.buf, cur);
+            let (have, links) = item_head(self.buf, cur)?;
             if want == have {
                 return Some(cur);
             }
-            cur = child_toward(self.buf, cur, want > have);
+            cur = link_toward(links, want > have);
         }
         None
     }

@@ -97,6 +97,7 @@ const _: () = assert!(
 const _: () = assert!(HEADER_LEN & 1 == 0 && ITEM_LEN & 1 == 0 && HEADER_LEN > 0);
 const _: () = assert!(ITEM_KEY + KEY_LEN == ITEM_LEFT && ITEM_RESERVED + 1 == ITEM_LEN);
 const _: () = assert!(HDR_VALUE_FREE + 4 == HEADER_LEN);
+const _: () = assert!(ITEM_LEFT + 2 == ITEM_RIGHT && ITEM_RIGHT + 2 == ITEM_VAL_OFF);
 // Every offset, value length and free-region trailer fits a u16.
 const _: () = assert!(PAYLOAD_BYTES_MAX - 1 <= u16::MAX as usize);
 const _: () = assert!(((VALUE_LEN_MAX + OWNER_LEN) << 1 | 1) <= u16::MAX as usize);
@@ -247,11 +248,22 @@ pub(crate) fn item_key_ord(buf: &[u8], off: usize) -> u128 {
     }
 }
 
-/// The child of the item at `off` on the side a search for a key that
-/// compares `greater` than the item's goes: one read, no branch.
+/// The key (as `key_ord`) and both links of the item at `off`, from one
+/// bounds check: what a search step needs. None if `off` is out of bounds.
 #[inline]
-pub(crate) fn child_toward(buf: &[u8], off: usize, greater: bool) -> usize {
-    (rd32(buf, off + ITEM_LEFT) >> (16 * greater as u32) & 0xffff) as usize
+pub(crate) fn item_head(buf: &[u8], off: usize) -> Option<(u128, u32)> {
+    let b: &[u8; ITEM_VAL_OFF] = buf.get(off..off + ITEM_VAL_OFF)?.try_into().ok()?;
+    let hi = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let lo = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let links = u32::from_le_bytes([b[16], b[17], b[18], b[19]]);
+    Some(((hi as u128) << 64 | lo as u128, links))
+}
+
+/// Of `links` (left | right << 16), the child a search for a key that
+/// compares `greater` than the item's follows.
+#[inline]
+pub(crate) fn link_toward(links: u32, greater: bool) -> usize {
+    (links >> (16 * greater as u32) & 0xffff) as usize
 }
 
 #[inline]

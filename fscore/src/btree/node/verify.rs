@@ -231,8 +231,11 @@ fn check_hash(buf: &[u8], geo: &Geometry, count: usize, seen: &mut Seen) -> Resu
     };
     let mut last_empty = start;
     let mut filled = 0;
-    for step in 1..slots {
-        let i = (start + step) % slots;
+    let mut i = start;
+    // Cyclic distance from slot `a` forward to slot `b`.
+    let forward = |a: usize, b: usize| if b >= a { b - a } else { b + slots - a };
+    for _ in 1..slots {
+        i = if i + 1 == slots { 0 } else { i + 1 };
         let item = hash::slot(buf, geo, i);
         if item == 0 {
             last_empty = i;
@@ -246,9 +249,7 @@ fn check_hash(buf: &[u8], geo: &Geometry, count: usize, seen: &mut Seen) -> Resu
         }
         filled += 1;
         let home = home_slot(&item_key(buf, item), slots);
-        let from_home = (i + slots - home) % slots;
-        let from_empty = (i + slots - last_empty) % slots;
-        if from_home >= from_empty {
+        if forward(home, i) >= forward(last_empty, i) {
             return Err(corrupt(format!(
                 "hash slot {i}: item {item} unreachable from slot {home}"
             )));
