@@ -211,3 +211,35 @@ fn a_full_leaf_keeps_its_hash_load_at_most_half() {
         assert!(node.item_count() * 2 <= node.geo.hash_slots);
     }
 }
+
+#[test]
+fn the_most_items_any_node_holds_stay_within_the_avl_bound() {
+    // A 64 KiB internal node of empty values holds the most items of all;
+    // ascending and descending inserts stress the rebalancing the most.
+    use super::super::layout::{AVL_HEIGHT_MAX, ITEMS_MAX_ANY};
+    for descending in [false, true] {
+        let mut buf = vec![0u8; 65536];
+        let mut node = NodeMut::init(&mut buf, 1);
+        let mut n = 0u64;
+        let key = |n: u64| Key::new(0, if descending { u64::MAX - n } else { n });
+        while node.insert(&key(n), &[]).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n as usize, ITEMS_MAX_ANY);
+        node.accessor().verify().unwrap();
+        let root = super::super::layout::hdr_root(node.accessor().buf);
+        assert!(super::super::layout::height(node.accessor().buf, root) as usize <= AVL_HEIGHT_MAX);
+        // Delete every other key, then split what is left.
+        for i in (0..n).step_by(2) {
+            assert!(node.delete(&key(i)));
+        }
+        node.accessor().verify().unwrap();
+        let mut right_buf = vec![0u8; 65536];
+        let mut right = NodeMut::init(&mut right_buf, 1);
+        node.split_into(&mut right);
+        node.accessor().verify().unwrap();
+        right.accessor().verify().unwrap();
+        let total = node.accessor().item_count() + right.accessor().item_count();
+        assert_eq!(total as u64, n / 2);
+    }
+}
