@@ -26,6 +26,7 @@
 mod accessor;
 mod avl;
 mod error;
+mod fields;
 mod hash;
 mod iter;
 mod layout;

@@ -1,6 +1,7 @@
 //! `NodeAccessor`: the read-only view of a node (lookups, seeks, iteration,
 //! space accounting).
 
+use super::fields::*;
 use super::hash;
 use super::iter::{ItemIter, ItemIterRev};
 use super::layout::*;

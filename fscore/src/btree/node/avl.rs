@@ -2,6 +2,7 @@
 //! link a new item, unlink an item, rebalance bottom-up. No parent links:
 //! the path stack (at most `AVL_PATH_LEN` entries) stands in for them.
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
 

@@ -4,6 +4,7 @@
 //! (backshift), so there are no tombstones and a probe stops at the first
 //! empty slot. The load factor is at most 1/2 (`items_max * 2` slots).
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
 

@@ -2,6 +2,7 @@
 //! allocation, no recursion). The stack holds the ancestors still to visit;
 //! a corrupt tree deeper than `AVL_PATH_LEN` or with cycles ends early.
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
 

@@ -2,6 +2,7 @@
 //! split, refill).
 
 use super::accessor::NodeAccessor;
+use super::fields::*;
 use super::layout::*;
 use super::rebuild::{self, Order};
 use super::{avl, hash, values, NodeError};

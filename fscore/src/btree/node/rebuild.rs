@@ -4,6 +4,7 @@
 //! balanced AVL tree (and leaves their hash table) in one pass. All scratch
 //! space is on the stack (a few KiB), nothing is allocated.
 
+use super::fields::*;
 use super::layout::*;
 use super::{hash, values};
 use std::ops::Range;

@@ -3,6 +3,7 @@
 //! range-checked before use and every walk is bounded.
 
 use super::accessor::corrupt;
+use super::fields::*;
 use super::layout::*;
 use super::{hash, NodeAccessor, NodeError};
 use crate::key::Key;

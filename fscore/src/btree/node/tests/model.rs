@@ -3,7 +3,7 @@
 //! every operation, and that `Err(Full)` leaves the bytes untouched and only
 //! happens when the item really cannot fit.
 
-use super::super::layout::hdr_value_free;
+use super::super::fields::hdr_value_free;
 use super::super::{NodeAccessor, NodeError, NodeMut};
 use super::support::{check, value_of, Model, PAYLOADS};
 use crate::key::Key;
@@ -227,8 +227,8 @@ fn the_most_items_any_node_holds_stay_within_the_avl_bound() {
         }
         assert_eq!(n as usize, ITEMS_MAX_ANY);
         node.accessor().verify().unwrap();
-        let root = super::super::layout::hdr_root(node.accessor().buf);
-        assert!(super::super::layout::height(node.accessor().buf, root) as usize <= AVL_HEIGHT_MAX);
+        let root = super::super::fields::hdr_root(node.accessor().buf);
+        assert!(super::super::fields::height(node.accessor().buf, root) as usize <= AVL_HEIGHT_MAX);
         // Delete every other key, then split what is left.
         for i in (0..n).step_by(2) {
             assert!(node.delete(&key(i)));
