@@ -143,7 +143,7 @@ fn rebalance(buf: &mut [u8], path: &Path, mut depth: usize) {
         let (hl, hr) = (height(buf, l), height(buf, r));
         if hl.abs_diff(hr) <= 1 {
             // Balanced: only the height may change; if not, nothing above does.
-            let h = hl.max(hr) + 1;
+            let h = hl.max(hr).saturating_add(1);
             if h == height(buf, node) {
                 break;
             }
@@ -163,7 +163,7 @@ fn rebalance(buf: &mut [u8], path: &Path, mut depth: usize) {
 #[inline]
 fn fix_height(buf: &mut [u8], node: usize) {
     let h = height(buf, left(buf, node)).max(height(buf, right(buf, node)));
-    set_height(buf, node, h + 1);
+    set_height(buf, node, h.saturating_add(1));
 }
 
 /// Balances the subtree at `node` whose children are balanced; returns its
@@ -171,20 +171,21 @@ fn fix_height(buf: &mut [u8], node: usize) {
 fn balance(buf: &mut [u8], node: usize) -> usize {
     let (l, r) = (left(buf, node), right(buf, node));
     let (hl, hr) = (height(buf, l), height(buf, r));
-    if hl > hr + 1 {
+    // Heights saturate: a corrupt 255 must not overflow (see verify).
+    if hl > hr.saturating_add(1) {
         if height(buf, left(buf, l)) < height(buf, right(buf, l)) {
             let top = rotate_left(buf, l);
             set_left(buf, node, top);
         }
         rotate_right(buf, node)
-    } else if hr > hl + 1 {
+    } else if hr > hl.saturating_add(1) {
         if height(buf, right(buf, r)) < height(buf, left(buf, r)) {
             let top = rotate_right(buf, r);
             set_right(buf, node, top);
         }
         rotate_left(buf, node)
     } else {
-        set_height(buf, node, hl.max(hr) + 1);
+        set_height(buf, node, hl.max(hr).saturating_add(1));
         node
     }
 }

@@ -20,6 +20,15 @@ pub(crate) fn is_item_offset(off: usize, count: usize) -> bool {
         && item_offset((off - HEADER_LEN) / ITEM_LEN) == off
 }
 
+/// Copies the item at `from` over the item at `to` (both in `buf`); a no-op
+/// if either is out of bounds.
+#[inline]
+pub(crate) fn copy_item_within(buf: &mut [u8], from: usize, to: usize) {
+    if from.max(to) + ITEM_LEN <= buf.len() {
+        buf.copy_within(from..from + ITEM_LEN, to);
+    }
+}
+
 #[inline]
 pub(crate) fn rd8(buf: &[u8], off: usize) -> u8 {
     buf.get(off).copied().unwrap_or(0)

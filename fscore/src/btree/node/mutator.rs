@@ -160,7 +160,7 @@ impl<'a> NodeMut<'a> {
         let count = hdr_count(self.buf);
         let last = item_offset(count - 1);
         if hole != last {
-            self.buf.copy_within(last..last + ITEM_LEN, hole);
+            copy_item_within(self.buf, last, hole);
             let key = item_key(self.buf, hole);
             let parent = avl::parent_of(self.buf, &key, last);
             avl::replace_child(self.buf, parent, last, hole);

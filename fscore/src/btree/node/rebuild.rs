@@ -68,7 +68,7 @@ fn is_kept(kept: &[u64; INDEX_WORDS], index: usize) -> bool {
 
 #[inline]
 fn index_of(off: usize) -> usize {
-    (off - HEADER_LEN) / ITEM_LEN
+    off.wrapping_sub(HEADER_LEN) / ITEM_LEN
 }
 
 /// Keeps only the items `order[keep]`, dropping the others: compacts the
@@ -77,7 +77,9 @@ pub(super) fn keep_range(buf: &mut [u8], geo: &Geometry, order: &mut Order, keep
     let mut kept = [0u64; INDEX_WORDS];
     for &off in &order.offs[keep.clone()] {
         let i = index_of(off as usize);
-        kept[i / 64] |= 1 << (i % 64);
+        if let Some(word) = kept.get_mut(i / 64) {
+            *word |= 1 << (i % 64);
+        }
     }
     compact_kept(buf, geo, &kept);
 
@@ -86,14 +88,14 @@ pub(super) fn keep_range(buf: &mut [u8], geo: &Geometry, order: &mut Order, keep
     let mut hole = 0;
     for p in keep.clone() {
         let from = index_of(order.offs[p] as usize);
-        if from < m {
-            continue;
+        if from < m || from >= ITEMS_MAX_ANY {
+            continue; // in place already (or, in a corrupt node, no item)
         }
         while hole < m && is_kept(&kept, hole) {
             hole += 1;
         }
         let (src, dst) = (item_offset(from), item_offset(hole));
-        buf.copy_within(src..src + ITEM_LEN, dst);
+        copy_item_within(buf, src, dst);
         wr16(buf, val_off(buf, dst) + val_len(buf, dst), dst as u16);
         order.offs[p] = dst as u16;
         hole += 1;
@@ -114,7 +116,6 @@ fn compact_kept(buf: &mut [u8], geo: &Geometry, kept: &[u64; INDEX_WORDS]) {
         let trailer = rd16(buf, end - OWNER_LEN) as usize;
         let len = values::region_len(buf, end);
         if len < OWNER_LEN || len > end - low {
-            debug_assert!(false, "corrupt value area during a rebuild");
             break;
         }
         let start = end - len;
@@ -171,7 +172,12 @@ fn copy_item(buf: &mut [u8], src: &[u8], src_item: usize, dst: usize) {
     let value = value(src, src_item);
     let start = values::alloc(buf, value.len() + OWNER_LEN);
     values::write(buf, start, dst, value);
-    buf[dst..dst + ITEM_LEN].copy_from_slice(&src[src_item..src_item + ITEM_LEN]);
+    if let (Some(to), Some(from)) = (
+        buf.get_mut(dst..dst + ITEM_LEN),
+        src.get(src_item..src_item + ITEM_LEN),
+    ) {
+        to.copy_from_slice(from);
+    }
     wr16(buf, dst + ITEM_VAL_OFF, start as u16);
 }
 
@@ -188,7 +194,11 @@ fn build_avl(buf: &mut [u8], offs: &[u16]) -> usize {
     let r = build_avl(buf, &offs[mid + 1..]);
     set_left(buf, node, l);
     set_right(buf, node, r);
-    set_height(buf, node, height(buf, l).max(height(buf, r)) + 1);
+    set_height(
+        buf,
+        node,
+        height(buf, l).max(height(buf, r)).saturating_add(1),
+    );
     node
 }
 

@@ -162,3 +162,40 @@ fn verify_names_specific_corruptions() {
         }
     }
 }
+
+/// Edits of a node that passed only `NodeAccessor::new` (the tree never
+/// does this: it verifies every node it reads) still must not panic or
+/// hang; their results are meaningless.
+#[test]
+fn edits_of_unverified_flipped_nodes_never_panic() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed_0004);
+    for case in 0..FUZZ_CASES / 2 {
+        let payload = PAYLOADS[case % 3];
+        let level = (case / 3 % 2) as u8;
+        let mut buf = vec![0u8; payload];
+        fill(&mut buf, level, &mut rng, 48);
+        let span = NodeAccessor::new(&buf).unwrap().item_count() * ITEM_LEN + HEADER_LEN;
+        for _ in 0..rng.gen_range(1..=4) {
+            let limit = if rng.gen_bool(0.8) { span } else { payload };
+            let pos = rng.gen_range(0..limit);
+            buf[pos] ^= 1u8 << rng.gen_range(0..8);
+        }
+        let mut other = vec![0u8; payload];
+        let Ok(mut node) = NodeMut::open(&mut buf) else {
+            continue;
+        };
+        let key = node.accessor().first().map_or(Key::MIN, |(k, _)| k);
+        let _ = node.insert(&Key::new(rng.gen_range(1..=4), rng.gen()), &[9; 20]);
+        let _ = node.insert(&key, &[7; 30]);
+        node.delete(&key);
+        // The tree formats the new neighbour at the level it expects; a
+        // mismatch is an API misuse split_into asserts against.
+        let mut right = NodeMut::init(&mut other, node.accessor().level());
+        match case % 3 {
+            0 => node.split_into(&mut right),
+            1 => drop(right.refill_from(&mut node, true, usize::MAX)),
+            _ => drop(node.refill_from(&mut right, false, 100)),
+        }
+        let _ = node.accessor().verify();
+    }
+}
