@@ -19,9 +19,10 @@
 //!
 //! Trust model: the tree code runs `NodeAccessor::verify` on every node it
 //! reads from disk (after the block layer checked the crc and header), so the
-//! other accessors may assume a structurally valid node. They still never
-//! read outside the buffer, never panic and always terminate on bad bytes
-//! (they may return wrong answers for a node that fails `verify`).
+//! other accessors may assume a structurally valid node. They, and the
+//! editors, still never read outside the buffer, never panic and always
+//! terminate on bad bytes (the answers are garbage for a node that fails
+//! `verify`).
 
 mod accessor;
 mod avl;
