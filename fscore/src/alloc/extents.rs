@@ -66,7 +66,7 @@ impl ExtentSet {
         }
         self.by_start.insert(merged.start, merged.len);
         self.by_size.insert((merged.len, merged.start));
-        self.blocks += extent.len;
+        self.blocks += merged.len;
     }
 
     fn remove_whole(&mut self, start: u64, len: u64) {

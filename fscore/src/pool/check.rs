@@ -49,19 +49,22 @@ impl CheckReport {
     }
 }
 
-type DataRefs<'a> = &'a dyn Fn(&Key, &[u8]) -> Vec<Extent>;
+pub type DataRefs<'a> = &'a dyn Fn(&Key, &[u8]) -> Vec<Extent>;
 
 impl Pool {
-    /// Checks a pool that is not in use (fails with `InUse` if it is).
+    /// Checks a pool that is not in use (fails with `InUse` if it is). Data
+    /// space is not accounted (fscore does not know which values reference
+    /// data): see `check_with_data_refs`.
     pub fn check(meta: &Path, data: &Path) -> Result<CheckReport> {
-        check_with_data_refs(meta, data, |_, _| Vec::new())
+        Pool::check_on(Box::new(locked(meta)?), Box::new(locked(data)?), None)
     }
 
-    /// Checks pool storage given directly (tests use `SimDisk`).
+    /// Checks pool storage given directly (tests use `SimDisk`); with `refs`
+    /// data space is accounted too.
     pub fn check_on(
         meta: Box<dyn Storage>,
         data: Box<dyn Storage>,
-        refs: DataRefs<'_>,
+        refs: Option<DataRefs<'_>>,
     ) -> Result<CheckReport> {
         let opts = OpenOptions {
             cache_bytes: CHECK_CACHE_BYTES,
@@ -81,7 +84,7 @@ impl Pool {
             }
             Err(error) => return Err(error),
         };
-        Ok(check_state(&mut state, Some(refs)))
+        Ok(check_state(&mut state, refs))
     }
 }
 
@@ -95,7 +98,7 @@ pub fn check_with_data_refs(
 ) -> Result<CheckReport> {
     let meta_storage = locked(meta)?;
     let data_storage = locked(data)?;
-    Pool::check_on(Box::new(meta_storage), Box::new(data_storage), &refs)
+    Pool::check_on(Box::new(meta_storage), Box::new(data_storage), Some(&refs))
 }
 
 fn locked(path: &Path) -> Result<FileStorage> {
