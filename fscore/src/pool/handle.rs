@@ -12,7 +12,8 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-/// Largest value `Pool::insert` accepts.
+/// Largest value `Pool::insert` accepts with metadata blocks of 4 KiB or
+/// more (`Pool::value_len_max` gives the limit of a pool).
 pub const POOL_VALUE_LEN_MAX: usize = VALUE_LEN_MAX;
 
 pub struct Pool {
@@ -100,6 +101,11 @@ impl Pool {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Largest value `insert` accepts in this pool.
+    pub fn value_len_max(&self) -> usize {
+        self.lock().value_len_max
     }
 
     pub fn info(&self) -> PoolInfo {

@@ -5,8 +5,10 @@ pub const DATA_BLOCK_BYTES: u32 = 4096;
 /// Default metadata block size (see bench-results/fscore.md for the
 /// measurement behind it).
 pub const META_BLOCK_BYTES_DEFAULT: u32 = 4096;
-/// Smallest metadata block: a node must hold three maximal items.
-pub const META_BLOCK_BYTES_MIN: u32 = 4096;
+/// Smallest metadata block: tiny blocks make tall trees in tests (values
+/// are then limited to what a tiny node can split; see
+/// `Pool::value_len_max`). O_DIRECT devices need at least their sector size.
+pub const META_BLOCK_BYTES_MIN: u32 = 1024;
 /// Largest metadata block: node offsets are 16 bits.
 pub const META_BLOCK_BYTES_MAX: u32 = 65536;
 /// Default block cache: enough for the upper levels of a tree of tens of
@@ -30,7 +32,7 @@ pub struct MkfsOptions {
     pub meta_bytes: u64,
     /// Bytes of the data device to use.
     pub data_bytes: u64,
-    /// Metadata (btree) block size: a power of two in 4 KiB..=64 KiB.
+    /// Metadata (btree) block size: a power of two in 1 KiB..=64 KiB.
     pub meta_block_bytes: u32,
 }
 

@@ -22,6 +22,13 @@ pub(crate) struct PoolState {
     pub(crate) sb: Superblock,
     /// The free-list chain the last durable superblock points at.
     pub(crate) freelist_chain: Vec<BlockRef>,
+    /// Largest leaf value a node of this block size can hold and split.
+    pub(crate) value_len_max: usize,
+}
+
+fn value_len_max(block_bytes: u32) -> usize {
+    let mut scratch = vec![0u8; block_bytes as usize - HEADER_BYTES];
+    NodeMut::init(&mut scratch, 0).accessor().value_len_max()
 }
 
 fn random_u64() -> u64 {
@@ -110,6 +117,7 @@ impl PoolState {
             },
             sb,
             freelist_chain: Vec::new(),
+            value_len_max: value_len_max(block_bytes),
         };
         state.commit()?;
         Ok(state)
@@ -175,6 +183,7 @@ impl PoolState {
             height: sb.tree_height,
             items: sb.item_count,
         };
+        let value_len_max = value_len_max(sb.meta_block_bytes);
         Ok(PoolState {
             store,
             data,
@@ -182,6 +191,7 @@ impl PoolState {
             tree,
             sb,
             freelist_chain: chain,
+            value_len_max,
         })
     }
 

@@ -68,10 +68,7 @@ impl Tree {
         let mut cursor = *start;
         while cursor <= *end {
             let leaf = self.descend(store, &cursor)?;
-            for (key, value) in accessor(&leaf.block, leaf.blkno)?.items() {
-                if key < cursor {
-                    continue;
-                }
+            for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_from(&cursor) {
                 if key > *end || !visit(&key, value) {
                     return Ok(());
                 }
@@ -97,13 +94,8 @@ impl Tree {
         let mut cursor = *end;
         while cursor >= *start {
             let leaf = self.descend(store, &cursor)?;
-            let node = accessor(&leaf.block, leaf.blkno)?;
-            let items: Vec<(Key, &[u8])> = node
-                .items()
-                .filter(|(key, _)| *key <= cursor && *key >= *start)
-                .collect();
-            for (key, value) in items.iter().rev() {
-                if !visit(key, value) {
+            for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_rev_from(&cursor) {
+                if key < *start || !visit(&key, value) {
                     return Ok(());
                 }
             }
