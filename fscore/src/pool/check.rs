@@ -41,6 +41,9 @@ pub struct CheckReport {
     pub meta_blocks_free: u64,
     pub data_blocks_referenced: u64,
     pub data_blocks_free: u64,
+    /// Every metadata block the superblock reaches (tree nodes and
+    /// free-list blocks), sorted.
+    pub referenced_meta_blocks: Vec<u64>,
 }
 
 impl CheckReport {
@@ -171,6 +174,8 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
             .map(|r| (Extent::new(r.blkno, 1), "a free-list block")),
     );
     report.meta_blocks_referenced = owned.len() as u64;
+    report.referenced_meta_blocks = owned.iter().map(|(extent, _)| extent.start).collect();
+    report.referenced_meta_blocks.sort_unstable();
     let meta_free = state.store.alloc.free_after_commit();
     report.meta_blocks_free = meta_free.iter().map(|extent| extent.len).sum();
     owned.extend(meta_free.iter().map(|extent| (*extent, "free")));

@@ -12,6 +12,11 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+/// After a successful `insert` or `delete`, this many `free_data` calls are
+/// sure not to fail with NoSpace (they only grow the free-space list), so a
+/// caller can replace a mapping and free what it pointed at.
+pub const FREES_AFTER_CHANGE_MIN: usize = 16;
+
 /// Largest value `Pool::insert` accepts with metadata blocks of 4 KiB or
 /// more (`Pool::value_len_max` gives the limit of a pool).
 pub const POOL_VALUE_LEN_MAX: usize = VALUE_LEN_MAX;
@@ -138,14 +143,14 @@ impl Pool {
             )));
         }
         let state = &mut *self.lock();
-        state.ensure_meta_room(state.tree.op_blocks_max())?;
+        state.ensure_meta_room(state.tree.op_blocks_max(), FREES_AFTER_CHANGE_MIN + 1)?;
         state.tree.insert(&mut state.store, key, value)
     }
 
     /// Deletes; returns whether the key was present.
     pub fn delete(&self, key: &Key) -> Result<bool> {
         let state = &mut *self.lock();
-        state.ensure_meta_room(state.tree.op_blocks_max())?;
+        state.ensure_meta_room(state.tree.op_blocks_max(), FREES_AFTER_CHANGE_MIN + 1)?;
         state.tree.delete(&mut state.store, key)
     }
 
@@ -199,7 +204,7 @@ impl Pool {
     /// Frees data blocks; they stay busy until the freeing commit is durable.
     pub fn free_data(&self, extent: Extent) -> Result<()> {
         let state = &mut *self.lock();
-        state.ensure_meta_room(0)?;
+        state.ensure_meta_room(0, 1)?;
         state.data_alloc.free(extent)
     }
 

@@ -213,15 +213,16 @@ impl PoolState {
     }
 
     /// Refuses a change that could leave too few free metadata blocks for
-    /// the change itself (`op_blocks`) plus the commit's free-list chain.
-    pub(crate) fn ensure_meta_room(&self, op_blocks: u64) -> Result<()> {
+    /// the change itself (`op_blocks`) plus the next commit's free-list
+    /// chain grown by `extra_extents` (every freed block can add an extent).
+    pub(crate) fn ensure_meta_room(&self, op_blocks: u64, extra_extents: usize) -> Result<()> {
         self.store.check_writable()?;
         let alloc = &self.store.alloc;
         let extents_max = alloc.free_after_commit_extents_max()
             + self.data_alloc.free_after_commit_extents_max()
             + self.freelist_chain.len()
             + 2 * op_blocks as usize
-            + 1;
+            + extra_extents;
         let reserve = freelist::blocks_for(extents_max, self.store.block_bytes) as u64 + 1;
         if alloc.free_blocks() < op_blocks + reserve {
             return Err(Error::NoSpace);
