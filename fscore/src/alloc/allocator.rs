@@ -191,7 +191,9 @@ impl Allocator {
         self.free.extent_count() + self.busy.len()
     }
 
-    pub(crate) fn verify(&self) -> std::result::Result<(), String> {
+    /// Checks both indexes of the free set and that busy extents are
+    /// merged and disjoint from free ones.
+    pub fn verify(&self) -> std::result::Result<(), String> {
         self.free.verify()?;
         let mut end = None;
         let mut blocks = 0;
