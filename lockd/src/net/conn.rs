@@ -130,7 +130,11 @@ where
 }
 
 /// Reads until the connection ends; returns why it ended.
-async fn read_frames<R, E>(read: &mut R, conn: u64, events: &mpsc::Sender<E>) -> Result<String, String>
+async fn read_frames<R, E>(
+    read: &mut R,
+    conn: u64,
+    events: &mpsc::Sender<E>,
+) -> Result<String, String>
 where
     R: AsyncRead + Unpin,
     E: From<ConnEvent>,
@@ -138,12 +142,17 @@ where
     let mut buf = vec![0u8; READ_BUFFER_BYTES];
     let mut filled = 0usize;
     loop {
-        let n = read.read(&mut buf[filled..]).await.map_err(|e| format!("read error: {e}"))?;
+        let n = read
+            .read(&mut buf[filled..])
+            .await
+            .map_err(|e| format!("read error: {e}"))?;
         if n == 0 {
             return if filled == 0 {
                 Ok("peer closed the connection".into())
             } else {
-                Err(format!("truncated frame: connection closed with {filled} bytes of a frame"))
+                Err(format!(
+                    "truncated frame: connection closed with {filled} bytes of a frame"
+                ))
             };
         }
         filled += n;
@@ -165,7 +174,12 @@ where
         }
         buf.copy_within(used..filled, 0);
         filled -= used;
-        if !frames.is_empty() && events.send(ConnEvent::Frames(conn, frames).into()).await.is_err() {
+        if !frames.is_empty()
+            && events
+                .send(ConnEvent::Frames(conn, frames).into())
+                .await
+                .is_err()
+        {
             return Ok("owner has gone".into());
         }
         if let Some(reason) = invalid {
@@ -189,7 +203,9 @@ where
         if !batch.is_empty() {
             if let Err(error) = write.write_all(&batch).await {
                 outbox.close();
-                let _ = events.send(ConnEvent::Closed(conn, format!("write error: {error}")).into()).await;
+                let _ = events
+                    .send(ConnEvent::Closed(conn, format!("write error: {error}")).into())
+                    .await;
                 return;
             }
             batch.clear();
