@@ -203,6 +203,8 @@ struct ClientTask {
     ready: Option<oneshot::Sender<Result<(), LockError>>>,
     refused: Option<String>,
     stopping: bool,
+    /// When to try connecting again after losing the connection.
+    retry_at: tokio::time::Instant,
     out: Vec<ClientOutput>,
 }
 
@@ -234,6 +236,7 @@ impl ClientTask {
             ready: None,
             refused: None,
             stopping: false,
+            retry_at: tokio::time::Instant::now(),
             out: Vec::new(),
         }
     }
@@ -251,7 +254,6 @@ impl ClientTask {
         self.ready = Some(ready);
         let (events_tx, mut events) = mpsc::channel::<TaskEvent>(EVENTS_QUEUE_MAX);
         let mut backoff_ms = RECONNECT_MIN_MS;
-        let mut retry_at = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -263,7 +265,7 @@ impl ClientTask {
             }
             if self.conn.is_none()
                 && self.refused.is_none()
-                && tokio::time::Instant::now() >= retry_at
+                && tokio::time::Instant::now() >= self.retry_at
             {
                 match self.connect(&events_tx).await {
                     Ok(()) => backoff_ms = RECONNECT_MIN_MS,
@@ -273,7 +275,8 @@ impl ClientTask {
                             return;
                         }
                         log::info!("lockd client: reconnect failed: {error}");
-                        retry_at = tokio::time::Instant::now() + Duration::from_millis(backoff_ms);
+                        self.retry_at =
+                            tokio::time::Instant::now() + Duration::from_millis(backoff_ms);
                         backoff_ms = (backoff_ms * 2).min(RECONNECT_MAX_MS);
                     }
                 }
@@ -292,9 +295,6 @@ impl ClientTask {
                 }
             }
             self.flush();
-            if self.conn.is_none() && retry_at <= tokio::time::Instant::now() {
-                retry_at = tokio::time::Instant::now() + Duration::from_millis(backoff_ms);
-            }
         }
     }
 
@@ -386,6 +386,8 @@ impl ClientTask {
                     outbox.close();
                 }
                 self.core.disconnected();
+                self.retry_at =
+                    tokio::time::Instant::now() + Duration::from_millis(RECONNECT_MIN_MS);
             }
             _ => {}
         }
@@ -527,6 +529,8 @@ impl ClientTask {
                     outbox.close();
                 }
                 self.core.disconnected();
+                self.retry_at =
+                    tokio::time::Instant::now() + Duration::from_millis(RECONNECT_MIN_MS);
             }
             ClientOutput::Ready { resumed } => {
                 log::debug!("lockd client: session ready (resumed: {resumed})");
