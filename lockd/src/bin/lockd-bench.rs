@@ -88,7 +88,9 @@ fn main() -> Result<()> {
         return serve(addr);
     }
     if let Some(kind) = &args.child {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let report = runtime.block_on(child(kind, &args))?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
@@ -96,7 +98,13 @@ fn main() -> Result<()> {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let rows = match (args.in_flight, args.contended) {
         (_, true) => vec![run_row(&args, "contended ping-pong", 2, 2, true)?],
-        (Some(n), false) => vec![run_row(&args, &format!("{n} in flight"), args.clients, n, false)?],
+        (Some(n), false) => vec![run_row(
+            &args,
+            &format!("{n} in flight"),
+            args.clients,
+            n,
+            false,
+        )?],
         (None, false) => vec![
             run_row(&args, "1,000 in flight", 1, 1_000, false)?,
             run_row(&args, "10,000 in flight", 1, 10_000, false)?,
@@ -109,12 +117,26 @@ fn main() -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("lockd-bench: {} s per row, load average before: {}", args.seconds, load.trim());
-    println!("{:<30} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>10}", "case", "clients", "in-flight", "pairs/s", "p50 us", "p99 us", "p999 us", "vs scoutfs");
+    println!(
+        "lockd-bench: {} s per row, load average before: {}",
+        args.seconds,
+        load.trim()
+    );
+    println!(
+        "{:<30} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>10}",
+        "case", "clients", "in-flight", "pairs/s", "p50 us", "p99 us", "p999 us", "vs scoutfs"
+    );
     for row in &rows {
         println!(
             "{:<30} {:>7} {:>9} {:>12.0} {:>8} {:>8} {:>8} {:>9.1}x",
-            row.case, row.clients, row.in_flight, row.pairs_per_sec, row.p50_us, row.p99_us, row.p999_us, row.vs_scoutfs
+            row.case,
+            row.clients,
+            row.in_flight,
+            row.pairs_per_sec,
+            row.p50_us,
+            row.p99_us,
+            row.p999_us,
+            row.vs_scoutfs
         );
     }
     Ok(())
@@ -144,17 +166,29 @@ impl Drop for Killed {
 }
 
 fn start_lockd(args: &Args) -> Result<(Killed, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let me = std::env::current_exe()?;
     let sibling = me.with_file_name("lockd");
     let path = args.lockd.clone().map(Into::into).unwrap_or(sibling);
     let mut command = if path.exists() {
         let mut c = Command::new(&path);
-        c.args(["--listen", &addr, "--cluster-id", &CLUSTER_ID.to_string(), "--recovery-ms", "0"]);
+        c.args([
+            "--listen",
+            &addr,
+            "--cluster-id",
+            &CLUSTER_ID.to_string(),
+            "--recovery-ms",
+            "0",
+        ]);
         c
     } else {
-        eprintln!("lockd-bench: {} not built; serving from this binary (same daemon code)", path.display());
+        eprintln!(
+            "lockd-bench: {} not built; serving from this binary (same daemon code)",
+            path.display()
+        );
         let mut c = Command::new(&me);
         c.args(["--serve", &addr]);
         c
@@ -180,7 +214,12 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
             Command::new(&me)
                 .args(["--child", if contended { "pingpong" } else { "flood" }])
                 .args(["--endpoint", &addr, "--zone", &zone.to_string()])
-                .args(["--in-flight", &share.to_string(), "--seconds", &args.seconds.to_string()])
+                .args([
+                    "--in-flight",
+                    &share.to_string(),
+                    "--seconds",
+                    &args.seconds.to_string(),
+                ])
                 .stdout(Stdio::piped())
                 .spawn()
         })
@@ -192,7 +231,8 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
         if !output.status.success() {
             bail!("{case}: a client process failed ({})", output.status);
         }
-        let report: ChildReport = serde_json::from_slice(&output.stdout).context("client report")?;
+        let report: ChildReport =
+            serde_json::from_slice(&output.stdout).context("client report")?;
         pairs += report.pairs;
         seconds = seconds.max(report.seconds);
         let bytes = (0..report.histogram_hex.len())
@@ -219,7 +259,8 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
 /// One client process: a ClientCore driven directly over the net layer, so
 /// the measurement is the protocol and the daemon, not per-request tasks.
 async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
-    let endpoint = Endpoint::parse(args.endpoint.as_deref().context("--endpoint")?).map_err(|e| anyhow!(e))?;
+    let endpoint =
+        Endpoint::parse(args.endpoint.as_deref().context("--endpoint")?).map_err(|e| anyhow!(e))?;
     let in_flight = args.in_flight.context("--in-flight")?;
     let contended = kind == "pingpong";
     let (events_tx, mut events) = mpsc::channel::<ConnEvent>(64);
@@ -232,7 +273,13 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
     let mut out = Vec::new();
     let mut staging = Vec::new();
     core.connected(now_us(start), &mut out);
-    let range = |slot: u64| if contended { LockRange::new(0xc0, 0, 0) } else { LockRange::new(args.zone + 1, slot, slot) };
+    let range = |slot: u64| {
+        if contended {
+            LockRange::new(0xc0, 0, 0)
+        } else {
+            LockRange::new(args.zone + 1, slot, slot)
+        }
+    };
     let slots = if contended { 1 } else { in_flight };
     let mut sent_at_us = vec![0u64; slots as usize];
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -249,19 +296,41 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                     started = true;
                     for slot in 0..slots {
                         sent_at_us[slot as usize] = now;
-                        issue(&mut core, now, LockMsg { range: range(slot), mode: Mode::Write }, &mut staging)?;
+                        issue(
+                            &mut core,
+                            now,
+                            LockMsg {
+                                range: range(slot),
+                                mode: Mode::Write,
+                            },
+                            &mut staging,
+                        )?;
                     }
                 }
                 ClientOutput::Granted(msg) => {
                     let slot = if contended { 0 } else { msg.range.start };
-                    if (measure_from_us..measure_to_us).contains(&now) && (!contended || msg.mode == Mode::Write) {
+                    if (measure_from_us..measure_to_us).contains(&now)
+                        && (!contended || msg.mode == Mode::Write)
+                    {
                         pairs += 1;
                         histogram.saturating_record(now - sent_at_us[slot as usize]);
                     }
                     if !contended {
-                        let mode = if msg.mode == Mode::Write { Mode::Null } else { Mode::Write };
+                        let mode = if msg.mode == Mode::Write {
+                            Mode::Null
+                        } else {
+                            Mode::Write
+                        };
                         sent_at_us[slot as usize] = now;
-                        issue(&mut core, now, LockMsg { range: msg.range, mode }, &mut staging)?;
+                        issue(
+                            &mut core,
+                            now,
+                            LockMsg {
+                                range: msg.range,
+                                mode,
+                            },
+                            &mut staging,
+                        )?;
                     }
                 }
                 ClientOutput::Invalidate(token, msg) => {
@@ -270,7 +339,15 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                     core.invalidate_done(now, token, msg, &mut more);
                     encode_sends(more, &mut staging);
                     sent_at_us[0] = now;
-                    issue(&mut core, now, LockMsg { range: msg.range, mode: Mode::Write }, &mut staging)?;
+                    issue(
+                        &mut core,
+                        now,
+                        LockMsg {
+                            range: msg.range,
+                            mode: Mode::Write,
+                        },
+                        &mut staging,
+                    )?;
                 }
                 ClientOutput::Refused(reason) | ClientOutput::Close(reason) => bail!("{reason}"),
                 ClientOutput::Failed(msg, error) => bail!("{msg:?} failed: {error:?}"),
@@ -284,12 +361,13 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
             break;
         }
         match tokio::time::timeout(Duration::from_millis(100), events.recv()).await {
-            Ok(Some(ConnEvent::Frames(_, frames))) => {
+            Ok(Some(ConnEvent::Frames(_, mut frames))) => {
                 let now = now_us(start);
-                for frame in frames {
+                for frame in frames.drain(..) {
                     core.receive(now, frame, &mut out);
                 }
                 core.flush(now, &mut out);
+                outbox.recycle(frames);
             }
             Ok(Some(ConnEvent::Closed(_, reason))) => bail!("connection closed: {reason}"),
             Ok(None) => bail!("connection gone"),
@@ -298,14 +376,20 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
     }
     outbox.close();
     let mut bytes = Vec::new();
-    V2Serializer::new().serialize(&histogram, &mut bytes).map_err(|e| anyhow!("{e:?}"))?;
+    V2Serializer::new()
+        .serialize(&histogram, &mut bytes)
+        .map_err(|e| anyhow!("{e:?}"))?;
     let histogram_hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(ChildReport { pairs, seconds: args.seconds as f64, histogram_hex })
+    Ok(ChildReport {
+        pairs,
+        seconds: args.seconds as f64,
+        histogram_hex,
+    })
 }
 
 /// Sends one lock request: its frame goes straight to the staging buffer.
 fn issue(core: &mut ClientCore, now_us: u64, msg: LockMsg, staging: &mut Vec<u8>) -> Result<()> {
-    let mut out = Vec::with_capacity(1);
+    let mut out = Vec::new();
     core.request(now_us, msg, &mut out)?;
     encode_sends(out, staging);
     Ok(())

@@ -32,6 +32,10 @@ struct Args {
     /// After start, only re-asserted locks are granted for this long.
     #[arg(long, default_value_t = 10_000)]
     recovery_ms: u64,
+    /// Runtime threads; 1 runs every task on one thread (the lock state
+    /// machine is one task anyway, and no cross-thread wake-ups are paid).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -68,10 +72,23 @@ fn print_stats(stats: &Stats) {
     );
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
+    let runtime = if args.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.worker_threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> Result<()> {
     if let Some(Sub::Stat {
         connect,
         cluster_id,

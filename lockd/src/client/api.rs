@@ -374,11 +374,14 @@ impl ClientTask {
         let current = self.conn.as_ref().map(|(id, _)| *id);
         let now = self.now_us();
         match event {
-            ConnEvent::Frames(conn, frames) if Some(conn) == current => {
-                for frame in frames {
+            ConnEvent::Frames(conn, mut frames) if Some(conn) == current => {
+                for frame in frames.drain(..) {
                     self.core.receive(now, frame, &mut self.out);
                 }
                 self.core.flush(now, &mut self.out);
+                if let Some((_, outbox)) = &self.conn {
+                    outbox.recycle(frames);
+                }
             }
             ConnEvent::Closed(conn, reason) if Some(conn) == current => {
                 log::info!("lockd client: connection closed: {reason}");

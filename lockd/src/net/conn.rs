@@ -21,6 +21,9 @@ use crate::wire::{decode, Frame};
 pub const READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Frames handed over in one batch (a full read buffer of the smallest frame).
 pub const FRAMES_PER_BATCH_MAX: usize = READ_BUFFER_BYTES / crate::wire::HEADER_BYTES;
+/// Emptied batch vectors kept for the reader to reuse: no allocation, and no
+/// fresh pages to fault in, per read.
+const SPARE_BATCHES_MAX: usize = 8;
 
 /// What a connection's reader reports to the state machine.
 #[derive(Debug)]
@@ -37,6 +40,7 @@ pub struct Outbox {
     state: Mutex<OutboxState>,
     notify: Notify,
     reader: Mutex<Option<AbortHandle>>,
+    spare_batches: Mutex<Vec<Vec<Frame>>>,
 }
 
 #[derive(Default)]
@@ -80,6 +84,23 @@ impl Outbox {
         self.notify.notify_one();
     }
 
+    /// Gives a processed batch's vector back for the reader to reuse.
+    pub fn recycle(&self, mut batch: Vec<Frame>) {
+        batch.clear();
+        let mut spare = self.spare_batches.lock().expect("outbox lock");
+        if spare.len() < SPARE_BATCHES_MAX {
+            spare.push(batch);
+        }
+    }
+
+    fn spare_batch(&self) -> Vec<Frame> {
+        self.spare_batches
+            .lock()
+            .expect("outbox lock")
+            .pop()
+            .unwrap_or_default()
+    }
+
     pub fn is_closed(&self) -> bool {
         self.state.lock().expect("outbox lock").closed
     }
@@ -110,7 +131,7 @@ where
     E: From<ConnEvent> + Send + 'static,
 {
     let writer_events = events.clone();
-    let reader = tokio::spawn(read_loop(read, conn, events));
+    let reader = tokio::spawn(read_loop(read, conn, outbox.clone(), events));
     *outbox.reader.lock().expect("outbox lock") = Some(reader.abort_handle());
     if outbox.is_closed() {
         reader.abort();
@@ -118,12 +139,12 @@ where
     tokio::spawn(write_loop(write, conn, outbox, writer_events));
 }
 
-async fn read_loop<R, E>(mut read: R, conn: u64, events: mpsc::Sender<E>)
+async fn read_loop<R, E>(mut read: R, conn: u64, outbox: Arc<Outbox>, events: mpsc::Sender<E>)
 where
     R: AsyncRead + Unpin,
     E: From<ConnEvent>,
 {
-    let reason = match read_frames(&mut read, conn, &events).await {
+    let reason = match read_frames(&mut read, conn, &outbox, &events).await {
         Ok(reason) | Err(reason) => reason,
     };
     let _ = events.send(ConnEvent::Closed(conn, reason).into()).await;
@@ -133,6 +154,7 @@ where
 async fn read_frames<R, E>(
     read: &mut R,
     conn: u64,
+    outbox: &Outbox,
     events: &mpsc::Sender<E>,
 ) -> Result<String, String>
 where
@@ -156,7 +178,7 @@ where
             };
         }
         filled += n;
-        let mut frames = Vec::with_capacity(filled / crate::wire::HEADER_BYTES);
+        let mut frames = outbox.spare_batch();
         let mut used = 0usize;
         let mut invalid = None;
         while used < filled {

@@ -182,9 +182,12 @@ fn handle_event(
             outboxes.conns.insert(conn, (outbox, Vec::new()));
             core.handle(now_us, ServerInput::Connected(conn), out);
         }
-        CoreEvent::Conn(ConnEvent::Frames(conn, frames)) => {
-            for frame in frames {
+        CoreEvent::Conn(ConnEvent::Frames(conn, mut frames)) => {
+            for frame in frames.drain(..) {
                 core.handle(now_us, ServerInput::Frame(conn, frame), out);
+            }
+            if let Some((outbox, _)) = outboxes.conns.get(&conn) {
+                outbox.recycle(frames);
             }
         }
         CoreEvent::Conn(ConnEvent::Closed(conn, reason)) => {

@@ -8,6 +8,9 @@
 //! every conflicting holder is sent an invalidation, and later waiters wait too.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use smallvec::SmallVec;
 
 use crate::wire::{Command, ErrorCode, LockMsg, LockRange, Mode};
 
@@ -50,7 +53,8 @@ struct Waiter {
 #[derive(Debug)]
 struct Lock {
     range: LockRange,
-    holders: Vec<(ClientId, Mode)>,
+    /// Usually one or two: inline, so a lock's life allocates nothing here.
+    holders: SmallVec<[(ClientId, Mode); 2]>,
     waiters: VecDeque<Waiter>,
     /// Holders sent an invalidation and not yet answered, with its target mode.
     invalidating: Vec<(ClientId, Mode)>,
@@ -60,7 +64,7 @@ impl Lock {
     fn new(range: LockRange) -> Lock {
         Lock {
             range,
-            holders: Vec::new(),
+            holders: SmallVec::new(),
             waiters: VecDeque::new(),
             invalidating: Vec::new(),
         }
@@ -165,34 +169,53 @@ impl LockServer {
         out: &mut Vec<LockAction>,
     ) {
         let lock_key = key(&msg.range);
-        let held = self
+        if let Some(lock) = self
             .locks
-            .get(&lock_key)
+            .get_mut(&lock_key)
             .filter(|l| l.range == msg.range)
-            .map_or(Mode::Null, |l| l.held_by(client));
-        if held.covers(msg.mode) {
-            if let Some(lock) = self
-                .locks
-                .get_mut(&lock_key)
-                .filter(|l| l.range == msg.range)
-            {
+        {
+            if lock.held_by(client).covers(msg.mode) {
+                // A downgrade never waits.
                 lock.set_holder(client, msg.mode);
+                let (waiting, idle) = (!lock.waiters.is_empty(), lock.is_idle());
+                self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+                if waiting {
+                    self.process(now_us, lock_key, out);
+                } else if idle {
+                    self.locks.remove(&lock_key);
+                }
+                return;
             }
+        } else if msg.mode == Mode::Null {
+            // Releasing what it does not hold: nothing to change.
             self.grant_action(client, request_id, Command::Lock, msg, 0, out);
-            self.process(now_us, lock_key, out);
             return;
         }
-        if let Err(error) = self.find_or_create(msg.range) {
-            out.push(LockAction::Refuse {
-                client,
-                request_id,
-                command: Command::Lock,
-                msg,
-                error,
-            });
+        let recovering = self.recovering(now_us);
+        let lock = match Self::find_or_create(&mut self.locks, msg.range) {
+            Ok(lock) => lock,
+            Err(error) => {
+                out.push(LockAction::Refuse {
+                    client,
+                    request_id,
+                    command: Command::Lock,
+                    msg,
+                    error,
+                });
+                return;
+            }
+        };
+        let conflicting = lock
+            .holders
+            .iter()
+            .any(|&(c, m)| c != client && !m.compatible(msg.mode));
+        if lock.waiters.is_empty() && !recovering && !conflicting && !lock.invalidating(client) {
+            // Nobody ahead and nothing in the way: what process() would do
+            // after queueing, without the queue.
+            lock.set_holder(client, msg.mode);
+            self.grant_action(client, request_id, Command::Lock, msg, 0, out);
             return;
         }
-        let lock = self.locks.get_mut(&lock_key).expect("lock just found");
         if lock.waiters.iter().any(|w| w.client == client) {
             out.push(LockAction::Refuse {
                 client,
@@ -227,23 +250,26 @@ impl LockServer {
             self.grant_action(client, request_id, Command::Recover, msg, 0, out);
             return;
         }
-        if let Err(error) = self.find_or_create(msg.range) {
-            out.push(LockAction::Refuse {
-                client,
-                request_id,
-                command: Command::Recover,
-                msg,
-                error,
-            });
-            return;
-        }
         let lock_key = key(&msg.range);
-        let lock = self.locks.get_mut(&lock_key).expect("lock just found");
+        let recovering = self.recovering(now_us);
+        let lock = match Self::find_or_create(&mut self.locks, msg.range) {
+            Ok(lock) => lock,
+            Err(error) => {
+                out.push(LockAction::Refuse {
+                    client,
+                    request_id,
+                    command: Command::Recover,
+                    msg,
+                    error,
+                });
+                return;
+            }
+        };
         let conflict = lock
             .holders
             .iter()
             .any(|&(c, m)| c != client && !m.compatible(msg.mode))
-            || (!lock.waiters.is_empty() && now_us >= self.recovering_until_us);
+            || (!lock.waiters.is_empty() && !recovering);
         if conflict {
             out.push(LockAction::Refuse {
                 client,
@@ -378,29 +404,33 @@ impl LockServer {
     }
 
     /// Finds the lock named `range`, creating it if no lock overlaps it.
-    fn find_or_create(&mut self, range: LockRange) -> Result<(), ErrorCode> {
+    fn find_or_create(
+        locks: &mut BTreeMap<LockKey, Lock>,
+        range: LockRange,
+    ) -> Result<&mut Lock, ErrorCode> {
         let lock_key = key(&range);
-        if let Some(lock) = self.locks.get(&lock_key) {
-            return if lock.range == range {
-                Ok(())
-            } else {
-                Err(ErrorCode::RangeOverlap)
-            };
-        }
-        let before = self
-            .locks
-            .range(..lock_key)
-            .next_back()
+        // One descent finds the lock itself or its predecessor.
+        let before = match locks.range(..=lock_key).next_back() {
+            Some((k, lock)) if *k == lock_key => {
+                return if lock.range == range {
+                    Ok(locks.get_mut(&lock_key).expect("just seen"))
+                } else {
+                    Err(ErrorCode::RangeOverlap)
+                };
+            }
+            other => other.map(|(_, l)| l.range),
+        };
+        let after = locks
+            .range((Bound::Excluded(lock_key), Bound::Unbounded))
+            .next()
             .map(|(_, l)| l.range);
-        let after = self.locks.range(lock_key..).next().map(|(_, l)| l.range);
         if before.is_some_and(|r| r.overlaps(&range)) || after.is_some_and(|r| r.overlaps(&range)) {
             return Err(ErrorCode::RangeOverlap);
         }
-        if self.locks.len() >= LOCKS_MAX {
+        if locks.len() >= LOCKS_MAX {
             return Err(ErrorCode::InvalidRequest);
         }
-        self.locks.insert(lock_key, Lock::new(range));
-        Ok(())
+        Ok(locks.entry(lock_key).or_insert_with(|| Lock::new(range)))
     }
 
     fn remove_if_idle(&mut self, lock_key: LockKey) {
