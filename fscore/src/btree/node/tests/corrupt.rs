@@ -1,6 +1,7 @@
 //! Proves that `NodeAccessor::new` + `verify` never panic on arbitrary
-//! bytes or on bit-flipped valid nodes, that they reject what they should,
-//! and that a flipped node which still verifies stays usable and valid.
+//! bytes or on bit-flipped valid nodes and name what they reject, that a
+//! flipped node which still verifies stays usable and valid, and that reads
+//! and edits of a node that passed only `new` never panic or hang.
 
 use super::super::layout::{HEADER_LEN, ITEM_LEN};
 use super::super::{NodeAccessor, NodeError, NodeMut};
