@@ -229,3 +229,9 @@ impl Pool {
         super::check::verify_live(state)
     }
 }
+
+// The volume engine shares one Pool between threads.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+};

@@ -9,7 +9,8 @@
 //!   cargo run --release --bin fscore-bench [-- --json] [--items N] [--large] [--dir PATH]
 //!
 //! `--large` adds the 10M-item rows (slow on a small machine);
-//! `--skip-redb` and `--skip-allocator` leave parts out (for profiling).
+//! `--skip-redb` and `--skip-allocator` leave parts out (for profiling);
+//! FSCORE_BENCH_CPU=1 also prints operations per CPU second of each phase.
 
 use fscore::{Allocator, Extent, Key, MkfsOptions, OpenOptions, Pool};
 use rand::rngs::SmallRng;
@@ -47,7 +48,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { json: false, skip_redb: false, skip_allocator: false, items: vec![1_000_000], dir: PathBuf::from(".") };
+    let mut args = Args {
+        json: false,
+        skip_redb: false,
+        skip_allocator: false,
+        items: vec![1_000_000],
+        dir: PathBuf::from("."),
+    };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -55,7 +62,9 @@ fn parse_args() -> Args {
             "--skip-redb" => args.skip_redb = true,
             "--skip-allocator" => args.skip_allocator = true,
             "--large" => args.items.push(10_000_000),
-            "--items" => args.items = vec![iter.next().and_then(|n| n.parse().ok()).expect("--items N")],
+            "--items" => {
+                args.items = vec![iter.next().and_then(|n| n.parse().ok()).expect("--items N")]
+            }
             "--dir" => args.dir = PathBuf::from(iter.next().expect("--dir PATH")),
             other => panic!("unknown argument {other}"),
         }
@@ -79,12 +88,25 @@ fn rate(ops: u64, start: Instant) -> f64 {
     ops as f64 / start.elapsed().as_secs_f64()
 }
 
-/// CPU seconds this thread has used (a diagnostic on a busy machine).
-fn thread_cpu_secs() -> f64 {
-    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
+/// CPU seconds the whole process (all threads, io_uring workers included)
+/// has used.
+fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills one rusage struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Prints a phase's operations per CPU second when FSCORE_BENCH_CPU is set
+/// (on a shared machine wall-clock rates swing with the load).
+fn report_cpu(system: &str, phase: &str, ops: u64, cpu_before: f64) {
+    if std::env::var_os("FSCORE_BENCH_CPU").is_some() {
+        eprintln!(
+            "{system} {phase}: {:.0} ops per CPU second",
+            ops as f64 / (process_cpu_secs() - cpu_before)
+        );
+    }
 }
 
 fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
@@ -92,9 +114,17 @@ fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
     // Room for the tree plus the copies a commit makes: ~1 KiB per item.
     let meta_bytes = (items * 1024).max(1 << 30);
     Pool::mkfs(&meta, &data, &MkfsOptions::new(meta_bytes, 64 << 20)).expect("mkfs");
-    let pool = Pool::open(&meta, &data, &OpenOptions { cache_bytes: CACHE_BYTES }).expect("open");
+    let pool = Pool::open(
+        &meta,
+        &data,
+        &OpenOptions {
+            cache_bytes: CACHE_BYTES,
+        },
+    )
+    .expect("open");
     let mut rng = SmallRng::seed_from_u64(seed);
     let start = Instant::now();
+    let cpu = process_cpu_secs();
     for index in 1..=items {
         let (key, value) = item(&mut rng);
         pool.insert(&fscore_key(key), &value).expect("insert");
@@ -104,17 +134,17 @@ fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
     }
     pool.commit().expect("commit");
     let insert = rate(items, start);
+    report_cpu("fscore", "insert", items, cpu);
     let keys = sample_keys(seed, items);
     let start = Instant::now();
-    let cpu = thread_cpu_secs();
+    let cpu = process_cpu_secs();
     let mut found = 0u64;
     for key in &keys {
-        pool.get_with(&fscore_key(*key), &mut |value| found += value.len() as u64).expect("get");
+        pool.get_with(&fscore_key(*key), &mut |value| found += value.len() as u64)
+            .expect("get");
     }
     let lookup = rate(keys.len() as u64, start);
-    if std::env::var_os("FSCORE_BENCH_CPU").is_some() {
-        eprintln!("fscore lookups: {:.0}/cpu-s", keys.len() as f64 / (thread_cpu_secs() - cpu));
-    }
+    report_cpu("fscore", "lookup", keys.len() as u64, cpu);
     assert!(found > 0);
     let start = Instant::now();
     let mut scanned = 0u64;
@@ -134,9 +164,13 @@ fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
 fn bench_redb(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
     let path = dir.join("redb.db");
     let _ = std::fs::remove_file(&path);
-    let db = redb::Builder::new().set_cache_size(CACHE_BYTES as usize).create(&path).expect("redb create");
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES as usize)
+        .create(&path)
+        .expect("redb create");
     let mut rng = SmallRng::seed_from_u64(seed);
     let start = Instant::now();
+    let cpu = process_cpu_secs();
     let mut done = 0;
     while done < items {
         let txn = db.begin_write().expect("begin");
@@ -151,19 +185,21 @@ fn bench_redb(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
         txn.commit().expect("commit");
     }
     let insert = rate(items, start);
+    report_cpu("redb", "insert", items, cpu);
     let keys = sample_keys(seed, items);
     let txn = db.begin_read().expect("read");
     let table = txn.open_table(TABLE).expect("table");
     let start = Instant::now();
-    let cpu = thread_cpu_secs();
+    let cpu = process_cpu_secs();
     let mut found = 0u64;
     for key in &keys {
-        found += table.get(*key).expect("get").map_or(0, |value| value.value().len() as u64);
+        found += table
+            .get(*key)
+            .expect("get")
+            .map_or(0, |value| value.value().len() as u64);
     }
     let lookup = rate(keys.len() as u64, start);
-    if std::env::var_os("FSCORE_BENCH_CPU").is_some() {
-        eprintln!("redb lookups: {:.0}/cpu-s", keys.len() as f64 / (thread_cpu_secs() - cpu));
-    }
+    report_cpu("redb", "lookup", keys.len() as u64, cpu);
     assert!(found > 0);
     let start = Instant::now();
     let mut scanned = 0u64;
@@ -225,13 +261,24 @@ fn bench_allocator(busy: u64) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let dir = tempfile::Builder::new().prefix("fscore-bench").tempdir_in(&args.dir).expect("bench directory");
+    let dir = tempfile::Builder::new()
+        .prefix("fscore-bench")
+        .tempdir_in(&args.dir)
+        .expect("bench directory");
     let mut rows = Vec::new();
     for &items in &args.items {
         let seed = 0x5eed ^ items;
-        let redb = if args.skip_redb { [f64::NAN; 3] } else { bench_redb(dir.path(), items, seed) };
+        let redb = if args.skip_redb {
+            [f64::NAN; 3]
+        } else {
+            bench_redb(dir.path(), items, seed)
+        };
         let fscore = bench_fscore(dir.path(), items, seed);
-        let names = ["random insert, commit every 1000", "random point lookup", "forward range scan"];
+        let names = [
+            "random insert, commit every 1000",
+            "random point lookup",
+            "forward range scan",
+        ];
         for (index, name) in names.iter().enumerate() {
             rows.push(Row {
                 name: format!("{name} ({}M items)", items as f64 / 1e6),
@@ -244,8 +291,18 @@ fn main() {
     if !args.skip_allocator {
         let at_1k = bench_allocator(1_000);
         let at_1m = bench_allocator(1_000_000);
-        rows.push(Row { name: "allocator alloc+free, 1k busy extents".into(), fscore_ops_per_sec: at_1k, peer: "itself at 1k", peer_ops_per_sec: at_1k });
-        rows.push(Row { name: "allocator alloc+free, 1M busy extents".into(), fscore_ops_per_sec: at_1m, peer: "itself at 1k", peer_ops_per_sec: at_1k });
+        rows.push(Row {
+            name: "allocator alloc+free, 1k busy extents".into(),
+            fscore_ops_per_sec: at_1k,
+            peer: "itself at 1k",
+            peer_ops_per_sec: at_1k,
+        });
+        rows.push(Row {
+            name: "allocator alloc+free, 1M busy extents".into(),
+            fscore_ops_per_sec: at_1m,
+            peer: "itself at 1k",
+            peer_ops_per_sec: at_1k,
+        });
     }
     if args.json {
         let rows: Vec<serde_json::Value> = rows
@@ -263,7 +320,10 @@ fn main() {
         println!("{}", serde_json::json!({ "bench": "fscore", "rows": rows }));
         return;
     }
-    println!("{:<48} {:>14} {:>14} {:>14} {:>7}", "operation", "fscore ops/s", "peer", "peer ops/s", "ratio");
+    println!(
+        "{:<48} {:>14} {:>14} {:>14} {:>7}",
+        "operation", "fscore ops/s", "peer", "peer ops/s", "ratio"
+    );
     for row in &rows {
         println!(
             "{:<48} {:>14.0} {:>14} {:>14.0} {:>7.2}",
