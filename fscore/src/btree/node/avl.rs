@@ -2,9 +2,9 @@
 //! link a new item, unlink an item, rebalance bottom-up. No parent links:
 //! the path stack (at most `AVL_PATH_LEN` entries) stands in for them.
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
-use std::cmp::Ordering;
 
 /// Ancestors from the root down, as item offsets.
 pub(super) type Path = [u16; AVL_PATH_LEN];
@@ -23,18 +23,19 @@ pub(super) fn search(buf: &[u8], key: &Key) -> Search {
         depth: 0,
         found: None,
     };
+    let want = key_ord(key);
     let mut cur = hdr_root(buf);
     while cur != 0 && s.depth < AVL_PATH_LEN {
+        let Some((have, links)) = item_head(buf, cur) else {
+            break;
+        };
         s.path[s.depth] = cur as u16;
         s.depth += 1;
-        match key.cmp(&item_key(buf, cur)) {
-            Ordering::Equal => {
-                s.found = Some(cur);
-                break;
-            }
-            Ordering::Less => cur = left(buf, cur),
-            Ordering::Greater => cur = right(buf, cur),
+        if want == have {
+            s.found = Some(cur);
+            break;
         }
+        cur = link_toward(links, want > have);
     }
     s
 }
@@ -138,18 +139,24 @@ fn rebalance(buf: &mut [u8], path: &Path, mut depth: usize) {
     while depth > 0 {
         depth -= 1;
         let node = path[depth] as usize;
-        let old_height = height(buf, node);
-        let top = balance(buf, node);
-        if top != node {
-            let parent = if depth == 0 {
-                0
-            } else {
-                path[depth - 1] as usize
-            };
-            replace_child(buf, parent, node, top);
-        } else if height(buf, node) == old_height {
-            break;
+        let (l, r) = (left(buf, node), right(buf, node));
+        let (hl, hr) = (height(buf, l), height(buf, r));
+        if hl.abs_diff(hr) <= 1 {
+            // Balanced: only the height may change; if not, nothing above does.
+            let h = hl.max(hr) + 1;
+            if h == height(buf, node) {
+                break;
+            }
+            set_height(buf, node, h);
+            continue;
         }
+        let top = balance(buf, node);
+        let parent = if depth == 0 {
+            0
+        } else {
+            path[depth - 1] as usize
+        };
+        replace_child(buf, parent, node, top);
     }
 }
 

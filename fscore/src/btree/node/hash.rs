@@ -4,6 +4,7 @@
 //! (backshift), so there are no tombstones and a probe stops at the first
 //! empty slot. The load factor is at most 1/2 (`items_max * 2` slots).
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
 
@@ -34,13 +35,14 @@ fn next(geo: &Geometry, slot: usize) -> usize {
 /// Finds `key`: (slot index, item offset).
 #[inline]
 pub(super) fn find(buf: &[u8], geo: &Geometry, key: &Key) -> Option<(usize, usize)> {
+    let want = key_ord(key);
     let mut i = home_slot(key, geo.hash_slots);
     for _ in 0..geo.hash_slots {
         let item = slot(buf, geo, i);
         if item == 0 {
             return None;
         }
-        if item_key(buf, item) == *key {
+        if item_key_ord(buf, item) == want {
             return Some((i, item));
         }
         i = next(geo, i);

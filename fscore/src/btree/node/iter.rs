@@ -2,6 +2,7 @@
 //! allocation, no recursion). The stack holds the ancestors still to visit;
 //! a corrupt tree deeper than `AVL_PATH_LEN` or with cycles ends early.
 
+use super::fields::*;
 use super::layout::*;
 use crate::key::Key;
 
@@ -34,7 +35,11 @@ impl<'a> ItemIter<'a> {
         let mut cur = hdr_root(buf);
         // Push every node on the search path whose key is >= the bound: they
         // are exactly the ancestors whose turn is still to come.
-        while cur != 0 && it.depth < AVL_PATH_LEN {
+        // One step per tree level: bounded even when links form a cycle.
+        for _ in 0..AVL_PATH_LEN {
+            if cur == 0 {
+                break;
+            }
             match from {
                 Some(k) if item_key(buf, cur) < *k => cur = right(buf, cur),
                 _ => {
@@ -80,7 +85,11 @@ impl<'a> ItemIterRev<'a> {
             budget: hdr_count(buf),
         };
         let mut cur = hdr_root(buf);
-        while cur != 0 && it.depth < AVL_PATH_LEN {
+        // One step per tree level: bounded even when links form a cycle.
+        for _ in 0..AVL_PATH_LEN {
+            if cur == 0 {
+                break;
+            }
             match from {
                 Some(k) if item_key(buf, cur) > *k => cur = left(buf, cur),
                 _ => {

@@ -11,6 +11,7 @@
 //! `compact` slides live regions up over the free ones; inserts call it only
 //! when the gap alone is too small but gap + free space is enough.
 
+use super::fields::*;
 use super::layout::*;
 
 /// Length of the region ending at `end`, read from its trailer.

@@ -3,7 +3,7 @@
 //! every operation, and that `Err(Full)` leaves the bytes untouched and only
 //! happens when the item really cannot fit.
 
-use super::super::layout::hdr_value_free;
+use super::super::fields::hdr_value_free;
 use super::super::{NodeAccessor, NodeError, NodeMut};
 use super::support::{check, value_of, Model, PAYLOADS};
 use crate::key::Key;
@@ -27,8 +27,16 @@ enum Op {
     },
 }
 
+/// Keys from a small domain (so operations collide) that includes the
+/// extremes of both halves and the sign bit.
 fn key_of((hi, lo): (u8, u8)) -> Key {
-    Key::new(hi as u64 % 3, lo as u64 * 3)
+    let hi = [0, 1 << 63, u64::MAX][hi as usize % 3];
+    let lo = if lo == u8::MAX {
+        u64::MAX
+    } else {
+        lo as u64 * 3
+    };
+    Key::new(hi, lo)
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -133,15 +141,20 @@ proptest! {
     /// Churn on a nearly full node: replaces with changing sizes and deletes
     /// fragment the value area, so inserts must compact.
     #[test]
-    fn fragmentation_churn_compacts(payload in 0..3usize, seed in any::<u64>()) {
+    fn fragmentation_churn_compacts(payload in 0..PAYLOADS.len(), seed in any::<u64>()) {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut buf = vec![0u8; PAYLOADS[payload]];
         let mut node = NodeMut::init(&mut buf, 0);
         let mut model = Model::new();
         let mut compactions = 0;
-        for _ in 0..600 {
-            let key = Key::new(0, rng.gen_range(0..40));
+        // Enough keys that their average items would overfill the node by
+        // half, so it runs full and every insert competes for space.
+        let node_view = node.accessor();
+        let item_avg = NodeAccessor::item_bytes(node_view.value_len_max() / 4);
+        let keys = node_view.capacity_bytes() * 3 / 2 / item_avg;
+        for _ in 0..keys * 12 {
+            let key = Key::new(0, rng.gen_range(0..keys as u64));
             let free_before = hdr_value_free(node.accessor().buf);
             if rng.gen_bool(0.8) {
                 let value = value_of(rng.gen(), rng.gen_range(0..=node.accessor().value_len_max() / 2));
@@ -194,7 +207,39 @@ fn a_full_leaf_keeps_its_hash_load_at_most_half() {
         }
         let node = node.accessor();
         node.verify().unwrap();
-        assert_eq!(node.item_count(), node.items_max());
+        assert_eq!(node.item_count(), node.geo.items_max);
         assert!(node.item_count() * 2 <= node.geo.hash_slots);
+    }
+}
+
+#[test]
+fn the_most_items_any_node_holds_stay_within_the_avl_bound() {
+    // A 64 KiB internal node of empty values holds the most items of all;
+    // ascending and descending inserts stress the rebalancing the most.
+    use super::super::layout::{AVL_HEIGHT_MAX, ITEMS_MAX_ANY};
+    for descending in [false, true] {
+        let mut buf = vec![0u8; 65536];
+        let mut node = NodeMut::init(&mut buf, 1);
+        let mut n = 0u64;
+        let key = |n: u64| Key::new(0, if descending { u64::MAX - n } else { n });
+        while node.insert(&key(n), &[]).is_ok() {
+            n += 1;
+        }
+        assert_eq!(n as usize, ITEMS_MAX_ANY);
+        node.accessor().verify().unwrap();
+        let root = super::super::fields::hdr_root(node.accessor().buf);
+        assert!(super::super::fields::height(node.accessor().buf, root) as usize <= AVL_HEIGHT_MAX);
+        // Delete every other key, then split what is left.
+        for i in (0..n).step_by(2) {
+            assert!(node.delete(&key(i)));
+        }
+        node.accessor().verify().unwrap();
+        let mut right_buf = vec![0u8; 65536];
+        let mut right = NodeMut::init(&mut right_buf, 1);
+        node.split_into(&mut right);
+        node.accessor().verify().unwrap();
+        right.accessor().verify().unwrap();
+        let total = node.accessor().item_count() + right.accessor().item_count();
+        assert_eq!(total as u64, n / 2);
     }
 }
