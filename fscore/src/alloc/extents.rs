@@ -98,11 +98,19 @@ impl ExtentSet {
         Some(self.take_front(start, len.min(want)))
     }
 
-    /// One block from the front of the largest extent, so consecutive
-    /// allocations are contiguous.
+    /// One block from the end of the largest extent: consecutive
+    /// allocations are contiguous (descending), and the extent keeps its
+    /// start, so only its length changes in the indexes.
     pub(crate) fn take_one_from_largest(&mut self) -> Option<u64> {
-        let &(_, start) = self.by_size.iter().next_back()?;
-        Some(self.take_front(start, 1).start)
+        let (len, start) = self.by_size.pop_last()?;
+        self.blocks -= 1;
+        if len == 1 {
+            self.by_start.remove(&start);
+        } else {
+            self.by_start.insert(start, len - 1);
+            self.by_size.insert((len - 1, start));
+        }
+        Some(start + len - 1)
     }
 
     /// Moves every extent of `other` into self.
