@@ -101,11 +101,17 @@ struct Timer {
 
 impl Timer {
     fn start() -> Timer {
-        Timer { start: Instant::now(), cpu: process_cpu_secs() }
+        Timer {
+            start: Instant::now(),
+            cpu: process_cpu_secs(),
+        }
     }
     fn rate(&self, ops: u64) -> Rate {
         let cpu = (process_cpu_secs() - self.cpu).max(1e-9);
-        Rate { wall: ops as f64 / self.start.elapsed().as_secs_f64(), cpu: ops as f64 / cpu }
+        Rate {
+            wall: ops as f64 / self.start.elapsed().as_secs_f64(),
+            cpu: ops as f64 / cpu,
+        }
     }
 }
 
@@ -259,30 +265,62 @@ fn bench_allocator(busy: u64) -> Rate {
         wall += start.elapsed().as_secs_f64();
         cpu += process_cpu_secs() - cpu_start;
     }
-    Rate { wall: ALLOC_PAIRS as f64 / wall, cpu: ALLOC_PAIRS as f64 / cpu.max(1e-9) }
+    Rate {
+        wall: ALLOC_PAIRS as f64 / wall,
+        cpu: ALLOC_PAIRS as f64 / cpu.max(1e-9),
+    }
 }
 
 fn main() {
     let args = parse_args();
-    let dir = tempfile::Builder::new().prefix("fscore-bench").tempdir_in(&args.dir).expect("bench directory");
+    let dir = tempfile::Builder::new()
+        .prefix("fscore-bench")
+        .tempdir_in(&args.dir)
+        .expect("bench directory");
     let mut rows = Vec::new();
-    let none = Rate { wall: f64::NAN, cpu: f64::NAN };
+    let none = Rate {
+        wall: f64::NAN,
+        cpu: f64::NAN,
+    };
     for &items in &args.items {
         let seed = 0x5eed ^ items;
-        let redb = if args.skip_redb { [none; 3] } else { bench_redb(dir.path(), items, seed) };
+        let redb = if args.skip_redb {
+            [none; 3]
+        } else {
+            bench_redb(dir.path(), items, seed)
+        };
         let fscore = bench_fscore(dir.path(), items, seed);
-        let names = ["random insert, commit every 1000", "random point lookup", "forward range scan"];
+        let names = [
+            "random insert, commit every 1000",
+            "random point lookup",
+            "forward range scan",
+        ];
         for (index, name) in names.iter().enumerate() {
             let name = format!("{name} ({}M items)", items as f64 / 1e6);
-            rows.push(Row { name, fscore: fscore[index], peer: "redb", peer_rate: redb[index] });
+            rows.push(Row {
+                name,
+                fscore: fscore[index],
+                peer: "redb",
+                peer_rate: redb[index],
+            });
         }
     }
     if !args.skip_allocator {
         let at_1k = bench_allocator(1_000);
         let at_1m = bench_allocator(1_000_000);
         let peer = "fscore at 1k";
-        rows.push(Row { name: "allocator alloc+free, 1k busy extents".into(), fscore: at_1k, peer, peer_rate: at_1k });
-        rows.push(Row { name: "allocator alloc+free, 1M busy extents".into(), fscore: at_1m, peer, peer_rate: at_1k });
+        rows.push(Row {
+            name: "allocator alloc+free, 1k busy extents".into(),
+            fscore: at_1k,
+            peer,
+            peer_rate: at_1k,
+        });
+        rows.push(Row {
+            name: "allocator alloc+free, 1M busy extents".into(),
+            fscore: at_1m,
+            peer,
+            peer_rate: at_1k,
+        });
     }
     if args.json {
         let rows: Vec<serde_json::Value> = rows
@@ -305,7 +343,14 @@ fn main() {
     }
     println!(
         "{:<44} {:>12} {:>13} {:>12} {:>6} | {:>12} {:>12} {:>6}",
-        "operation", "fscore ops/s", "peer", "peer ops/s", "ratio", "fscore/cpu-s", "peer/cpu-s", "ratio"
+        "operation",
+        "fscore ops/s",
+        "peer",
+        "peer ops/s",
+        "ratio",
+        "fscore/cpu-s",
+        "peer/cpu-s",
+        "ratio"
     );
     for row in &rows {
         println!(
