@@ -63,15 +63,13 @@ impl Allocator {
         (self.first_block, self.end_block)
     }
 
-    /// The lowest free block (first fit). Never a busy block. Keeping the
-    /// used area compact means a metadata file's blocks are overwritten
-    /// rather than newly allocated by the file system (measured: writes to
-    /// fresh sparse areas cost a journal commit per flush), and neighbours
-    /// freed together are reused together, so writes still coalesce.
+    /// One block from the end of the largest free extent, so the blocks
+    /// a transaction dirties are mostly contiguous and a commit writes a few
+    /// large I/Os instead of one per block (measured: ~10-30% less CPU per
+    /// insert than first fit, which refills the scattered single-block
+    /// holes copy-on-write leaves behind). Never a busy block.
     pub fn alloc_one(&mut self) -> Result<u64> {
-        self.free
-            .take_one_near(self.first_block)
-            .ok_or(Error::NoSpace)
+        self.free.take_one_from_largest().ok_or(Error::NoSpace)
     }
 
     /// Between 1 and `want` contiguous blocks (best fit). Never busy blocks.

@@ -88,16 +88,6 @@ impl ExtentSet {
         Extent::new(start, len)
     }
 
-    /// One block, from the first extent at or after `cursor` (wrapping), so
-    /// consecutive allocations tend to be contiguous.
-    pub(crate) fn take_one_near(&mut self, cursor: u64) -> Option<u64> {
-        let start = match self.by_start.range(cursor..).next() {
-            Some((start, _)) => *start,
-            None => *self.by_start.keys().next()?,
-        };
-        Some(self.take_front(start, 1).start)
-    }
-
     /// Up to `want` contiguous blocks: the smallest extent that holds `want`
     /// (best fit), else the whole largest extent.
     pub(crate) fn take_best_fit(&mut self, want: u64) -> Option<Extent> {
@@ -106,6 +96,21 @@ impl ExtentSet {
             None => *self.by_size.iter().next_back()?,
         };
         Some(self.take_front(start, len.min(want)))
+    }
+
+    /// One block from the end of the largest extent: consecutive
+    /// allocations are contiguous (descending), and the extent keeps its
+    /// start, so only its length changes in the indexes.
+    pub(crate) fn take_one_from_largest(&mut self) -> Option<u64> {
+        let (len, start) = self.by_size.pop_last()?;
+        self.blocks -= 1;
+        if len == 1 {
+            self.by_start.remove(&start);
+        } else {
+            self.by_start.insert(start, len - 1);
+            self.by_size.insert((len - 1, start));
+        }
+        Some(start + len - 1)
     }
 
     /// Moves every extent of `other` into self.

@@ -42,6 +42,13 @@ fn unique(block: &mut BlockBuf) -> &mut [u8] {
     Arc::get_mut(block).expect("just made unique")
 }
 
+/// A zeroed block, allocated once (no Vec to copy from).
+fn zeroed_block(block_bytes: u32) -> BlockBuf {
+    let block = Arc::<[u8]>::new_zeroed_slice(block_bytes as usize);
+    // SAFETY: zeroed bytes are valid u8s.
+    unsafe { block.assume_init() }
+}
+
 impl std::ops::Deref for BlockMut {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -160,10 +167,10 @@ impl BlockStore {
         }
     }
 
-    fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<Vec<u8>> {
-        let mut block = vec![0u8; self.block_bytes as usize];
+    fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockBuf> {
+        let mut block = zeroed_block(self.block_bytes);
         self.storage
-            .read_at(r.blkno * self.block_bytes as u64, &mut block)?;
+            .read_at(r.blkno * self.block_bytes as u64, unique(&mut block))?;
         header::check(&block, self.pool_id, r, kind)?;
         if kind == BlockKind::Node {
             let node = NodeAccessor::new(&block[HEADER_BYTES..])
@@ -176,7 +183,7 @@ impl BlockStore {
     /// A new zeroed dirty block with its header.
     pub(crate) fn alloc_block(&mut self, kind: BlockKind) -> Result<BlockRef> {
         let blkno = self.alloc.alloc_one()?;
-        let mut block: BlockBuf = Arc::from(vec![0u8; self.block_bytes as usize]);
+        let mut block = zeroed_block(self.block_bytes);
         header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
         self.dirty.insert(blkno, block);
         Ok(BlockRef {

@@ -7,7 +7,7 @@ use crate::alloc::Extent;
 use crate::btree::node::VALUE_LEN_MAX;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{FileStorage, Storage, DIRECT_ALIGN_BYTES};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -63,6 +63,12 @@ impl Pool {
         prepare_file(data, opts.data_bytes)?;
         let meta_storage = open_locked(meta, true)?;
         let data_storage = open_locked(data, true)?;
+        if meta_storage.is_direct() && (opts.meta_block_bytes as usize) < DIRECT_ALIGN_BYTES {
+            let bytes = opts.meta_block_bytes;
+            return Err(Error::Invalid(format!(
+                "{bytes}-byte metadata blocks on an O_DIRECT device (need {DIRECT_ALIGN_BYTES})"
+            )));
+        }
         Pool::mkfs_on(Box::new(meta_storage), Box::new(data_storage), opts)
     }
 
@@ -229,3 +235,9 @@ impl Pool {
         super::check::verify_live(state)
     }
 }
+
+// The volume engine shares one Pool between threads.
+const _: fn() = || {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+};

@@ -14,7 +14,7 @@ use std::path::Path;
 
 /// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
 /// size; 4096 covers every device we expect.
-pub(crate) const DIRECT_ALIGN_BYTES: usize = 4096;
+pub const DIRECT_ALIGN_BYTES: usize = 4096;
 /// Submission queue entries: bounds the I/Os in flight per batch.
 const RING_ENTRIES: u32 = 128;
 /// Largest single (coalesced) write.

@@ -9,7 +9,10 @@
 //!   cargo run --release --bin fscore-bench [-- --json] [--items N] [--large] [--dir PATH]
 //!
 //! `--large` adds the 10M-item rows (slow on a small machine);
-//! `--skip-redb` and `--skip-allocator` leave parts out (for profiling).
+//! `--skip-redb` and `--skip-allocator` leave parts out (for profiling);
+//! The right half of the table is operations per CPU second of the whole
+//! process (io_uring workers included): on a shared machine wall-clock
+//! rates swing with the load, CPU rates much less.
 
 use fscore::{Allocator, Extent, Key, MkfsOptions, OpenOptions, Pool};
 use rand::rngs::SmallRng;
@@ -32,9 +35,9 @@ const ALLOC_PAIRS_PER_ROUND: u64 = 1_000;
 
 struct Row {
     name: String,
-    fscore_ops_per_sec: f64,
+    fscore: Rate,
     peer: &'static str,
-    peer_ops_per_sec: f64,
+    peer_rate: Rate,
 }
 
 struct Args {
@@ -47,7 +50,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { json: false, skip_redb: false, skip_allocator: false, items: vec![1_000_000], dir: PathBuf::from(".") };
+    let mut args = Args {
+        json: false,
+        skip_redb: false,
+        skip_allocator: false,
+        items: vec![1_000_000],
+        dir: PathBuf::from("."),
+    };
     let mut iter = std::env::args().skip(1);
     while let Some(arg) = iter.next() {
         match arg.as_str() {
@@ -55,7 +64,9 @@ fn parse_args() -> Args {
             "--skip-redb" => args.skip_redb = true,
             "--skip-allocator" => args.skip_allocator = true,
             "--large" => args.items.push(10_000_000),
-            "--items" => args.items = vec![iter.next().and_then(|n| n.parse().ok()).expect("--items N")],
+            "--items" => {
+                args.items = vec![iter.next().and_then(|n| n.parse().ok()).expect("--items N")]
+            }
             "--dir" => args.dir = PathBuf::from(iter.next().expect("--dir PATH")),
             other => panic!("unknown argument {other}"),
         }
@@ -75,26 +86,60 @@ fn fscore_key(key: u128) -> Key {
     Key::new((key >> 64) as u64, key as u64)
 }
 
-fn rate(ops: u64, start: Instant) -> f64 {
-    ops as f64 / start.elapsed().as_secs_f64()
+/// Operations per wall-clock second and per CPU second of the process.
+#[derive(Clone, Copy)]
+struct Rate {
+    wall: f64,
+    cpu: f64,
 }
 
-/// CPU seconds this thread has used (a diagnostic on a busy machine).
-fn thread_cpu_secs() -> f64 {
-    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) };
-    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
+/// A phase being timed.
+struct Timer {
+    start: Instant,
+    cpu: f64,
 }
 
-fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
+impl Timer {
+    fn start() -> Timer {
+        Timer {
+            start: Instant::now(),
+            cpu: process_cpu_secs(),
+        }
+    }
+    fn rate(&self, ops: u64) -> Rate {
+        let cpu = (process_cpu_secs() - self.cpu).max(1e-9);
+        Rate {
+            wall: ops as f64 / self.start.elapsed().as_secs_f64(),
+            cpu: ops as f64 / cpu,
+        }
+    }
+}
+
+/// CPU seconds the whole process (all threads, io_uring workers included)
+/// has used.
+fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage fills one rusage struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let secs = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [Rate; 3] {
     let (meta, data) = (dir.join("fscore-meta"), dir.join("fscore-data"));
     // Room for the tree plus the copies a commit makes: ~1 KiB per item.
     let meta_bytes = (items * 1024).max(1 << 30);
     Pool::mkfs(&meta, &data, &MkfsOptions::new(meta_bytes, 64 << 20)).expect("mkfs");
-    let pool = Pool::open(&meta, &data, &OpenOptions { cache_bytes: CACHE_BYTES }).expect("open");
+    let pool = Pool::open(
+        &meta,
+        &data,
+        &OpenOptions {
+            cache_bytes: CACHE_BYTES,
+        },
+    )
+    .expect("open");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let start = Instant::now();
+    let timer = Timer::start();
     for index in 1..=items {
         let (key, value) = item(&mut rng);
         pool.insert(&fscore_key(key), &value).expect("insert");
@@ -103,20 +148,17 @@ fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
         }
     }
     pool.commit().expect("commit");
-    let insert = rate(items, start);
+    let insert = timer.rate(items);
     let keys = sample_keys(seed, items);
-    let start = Instant::now();
-    let cpu = thread_cpu_secs();
+    let timer = Timer::start();
     let mut found = 0u64;
     for key in &keys {
-        pool.get_with(&fscore_key(*key), &mut |value| found += value.len() as u64).expect("get");
+        pool.get_with(&fscore_key(*key), &mut |value| found += value.len() as u64)
+            .expect("get");
     }
-    let lookup = rate(keys.len() as u64, start);
-    if std::env::var_os("FSCORE_BENCH_CPU").is_some() {
-        eprintln!("fscore lookups: {:.0}/cpu-s", keys.len() as f64 / (thread_cpu_secs() - cpu));
-    }
+    let lookup = timer.rate(keys.len() as u64);
     assert!(found > 0);
-    let start = Instant::now();
+    let timer = Timer::start();
     let mut scanned = 0u64;
     pool.range_with(&Key::MIN, &Key::MAX, &mut |_, _| {
         scanned += 1;
@@ -124,19 +166,22 @@ fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
     })
     .expect("scan");
     assert_eq!(scanned, items);
-    let scan = rate(scanned, start);
+    let scan = timer.rate(scanned);
     drop(pool);
     let _ = std::fs::remove_file(&meta);
     let _ = std::fs::remove_file(&data);
     [insert, lookup, scan]
 }
 
-fn bench_redb(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
+fn bench_redb(dir: &Path, items: u64, seed: u64) -> [Rate; 3] {
     let path = dir.join("redb.db");
     let _ = std::fs::remove_file(&path);
-    let db = redb::Builder::new().set_cache_size(CACHE_BYTES as usize).create(&path).expect("redb create");
+    let db = redb::Builder::new()
+        .set_cache_size(CACHE_BYTES as usize)
+        .create(&path)
+        .expect("redb create");
     let mut rng = SmallRng::seed_from_u64(seed);
-    let start = Instant::now();
+    let timer = Timer::start();
     let mut done = 0;
     while done < items {
         let txn = db.begin_write().expect("begin");
@@ -150,29 +195,28 @@ fn bench_redb(dir: &Path, items: u64, seed: u64) -> [f64; 3] {
         }
         txn.commit().expect("commit");
     }
-    let insert = rate(items, start);
+    let insert = timer.rate(items);
     let keys = sample_keys(seed, items);
     let txn = db.begin_read().expect("read");
     let table = txn.open_table(TABLE).expect("table");
-    let start = Instant::now();
-    let cpu = thread_cpu_secs();
+    let timer = Timer::start();
     let mut found = 0u64;
     for key in &keys {
-        found += table.get(*key).expect("get").map_or(0, |value| value.value().len() as u64);
+        found += table
+            .get(*key)
+            .expect("get")
+            .map_or(0, |value| value.value().len() as u64);
     }
-    let lookup = rate(keys.len() as u64, start);
-    if std::env::var_os("FSCORE_BENCH_CPU").is_some() {
-        eprintln!("redb lookups: {:.0}/cpu-s", keys.len() as f64 / (thread_cpu_secs() - cpu));
-    }
+    let lookup = timer.rate(keys.len() as u64);
     assert!(found > 0);
-    let start = Instant::now();
+    let timer = Timer::start();
     let mut scanned = 0u64;
     for entry in table.range::<u128>(..).expect("range") {
         entry.expect("entry");
         scanned += 1;
     }
     assert_eq!(scanned, items);
-    let scan = rate(scanned, start);
+    let scan = timer.rate(scanned);
     drop(table);
     drop(txn);
     drop(db);
@@ -208,44 +252,75 @@ fn allocator_with_busy(busy: u64) -> Allocator {
     allocator
 }
 
-fn bench_allocator(busy: u64) -> f64 {
+fn bench_allocator(busy: u64) -> Rate {
     let prepared = allocator_with_busy(busy);
-    let mut elapsed = 0.0;
+    let (mut wall, mut cpu) = (0.0, 0.0);
     for _ in 0..ALLOC_PAIRS / ALLOC_PAIRS_PER_ROUND {
         let mut allocator = prepared.clone();
-        let start = Instant::now();
+        let (start, cpu_start) = (Instant::now(), process_cpu_secs());
         for _ in 0..ALLOC_PAIRS_PER_ROUND {
             let block = allocator.alloc_one().expect("alloc");
             allocator.free(Extent::new(block, 1)).expect("free");
         }
-        elapsed += start.elapsed().as_secs_f64();
+        wall += start.elapsed().as_secs_f64();
+        cpu += process_cpu_secs() - cpu_start;
     }
-    ALLOC_PAIRS as f64 / elapsed
+    Rate {
+        wall: ALLOC_PAIRS as f64 / wall,
+        cpu: ALLOC_PAIRS as f64 / cpu.max(1e-9),
+    }
 }
 
 fn main() {
     let args = parse_args();
-    let dir = tempfile::Builder::new().prefix("fscore-bench").tempdir_in(&args.dir).expect("bench directory");
+    let dir = tempfile::Builder::new()
+        .prefix("fscore-bench")
+        .tempdir_in(&args.dir)
+        .expect("bench directory");
     let mut rows = Vec::new();
+    let none = Rate {
+        wall: f64::NAN,
+        cpu: f64::NAN,
+    };
     for &items in &args.items {
         let seed = 0x5eed ^ items;
-        let redb = if args.skip_redb { [f64::NAN; 3] } else { bench_redb(dir.path(), items, seed) };
+        let redb = if args.skip_redb {
+            [none; 3]
+        } else {
+            bench_redb(dir.path(), items, seed)
+        };
         let fscore = bench_fscore(dir.path(), items, seed);
-        let names = ["random insert, commit every 1000", "random point lookup", "forward range scan"];
+        let names = [
+            "random insert, commit every 1000",
+            "random point lookup",
+            "forward range scan",
+        ];
         for (index, name) in names.iter().enumerate() {
+            let name = format!("{name} ({}M items)", items as f64 / 1e6);
             rows.push(Row {
-                name: format!("{name} ({}M items)", items as f64 / 1e6),
-                fscore_ops_per_sec: fscore[index],
+                name,
+                fscore: fscore[index],
                 peer: "redb",
-                peer_ops_per_sec: redb[index],
+                peer_rate: redb[index],
             });
         }
     }
     if !args.skip_allocator {
         let at_1k = bench_allocator(1_000);
         let at_1m = bench_allocator(1_000_000);
-        rows.push(Row { name: "allocator alloc+free, 1k busy extents".into(), fscore_ops_per_sec: at_1k, peer: "itself at 1k", peer_ops_per_sec: at_1k });
-        rows.push(Row { name: "allocator alloc+free, 1M busy extents".into(), fscore_ops_per_sec: at_1m, peer: "itself at 1k", peer_ops_per_sec: at_1k });
+        let peer = "fscore at 1k";
+        rows.push(Row {
+            name: "allocator alloc+free, 1k busy extents".into(),
+            fscore: at_1k,
+            peer,
+            peer_rate: at_1k,
+        });
+        rows.push(Row {
+            name: "allocator alloc+free, 1M busy extents".into(),
+            fscore: at_1m,
+            peer,
+            peer_rate: at_1k,
+        });
     }
     if args.json {
         let rows: Vec<serde_json::Value> = rows
@@ -253,25 +328,41 @@ fn main() {
             .map(|row| {
                 serde_json::json!({
                     "name": row.name,
-                    "fscore_ops_per_sec": row.fscore_ops_per_sec,
+                    "fscore_ops_per_sec": row.fscore.wall,
                     "peer": row.peer,
-                    "peer_ops_per_sec": row.peer_ops_per_sec,
-                    "ratio": row.fscore_ops_per_sec / row.peer_ops_per_sec,
+                    "peer_ops_per_sec": row.peer_rate.wall,
+                    "ratio": row.fscore.wall / row.peer_rate.wall,
+                    "fscore_ops_per_cpu_sec": row.fscore.cpu,
+                    "peer_ops_per_cpu_sec": row.peer_rate.cpu,
+                    "cpu_ratio": row.fscore.cpu / row.peer_rate.cpu,
                 })
             })
             .collect();
         println!("{}", serde_json::json!({ "bench": "fscore", "rows": rows }));
         return;
     }
-    println!("{:<48} {:>14} {:>14} {:>14} {:>7}", "operation", "fscore ops/s", "peer", "peer ops/s", "ratio");
+    println!(
+        "{:<44} {:>12} {:>13} {:>12} {:>6} | {:>12} {:>12} {:>6}",
+        "operation",
+        "fscore ops/s",
+        "peer",
+        "peer ops/s",
+        "ratio",
+        "fscore/cpu-s",
+        "peer/cpu-s",
+        "ratio"
+    );
     for row in &rows {
         println!(
-            "{:<48} {:>14.0} {:>14} {:>14.0} {:>7.2}",
+            "{:<44} {:>12.0} {:>13} {:>12.0} {:>6.2} | {:>12.0} {:>12.0} {:>6.2}",
             row.name,
-            row.fscore_ops_per_sec,
+            row.fscore.wall,
             row.peer,
-            row.peer_ops_per_sec,
-            row.fscore_ops_per_sec / row.peer_ops_per_sec
+            row.peer_rate.wall,
+            row.fscore.wall / row.peer_rate.wall,
+            row.fscore.cpu,
+            row.peer_rate.cpu,
+            row.fscore.cpu / row.peer_rate.cpu
         );
     }
 }
