@@ -353,7 +353,7 @@ fn greeting_bytes(cluster_id: u64, client_id: u64) -> Vec<u8> {
         command: Command::Greeting,
         response: false,
         error: ErrorCode::Ok,
-        body: Body::Greeting(greeting),
+        body: Body::Greeting(Box::new(greeting)),
     };
     let mut bytes = Vec::new();
     frame.encode_into(0, &mut bytes);

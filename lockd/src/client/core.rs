@@ -150,7 +150,7 @@ impl ClientCore {
             Command::Greeting,
             false,
             ErrorCode::Ok,
-            Body::Greeting(greeting),
+            Body::Greeting(Box::new(greeting)),
         );
         self.send(now_us, frame, out);
     }
@@ -424,7 +424,7 @@ impl ClientCore {
                 self.set_held(asked.range, Mode::Null);
                 out.push(ClientOutput::Lost(lost));
             }
-            (Command::Stat, _, _, Body::Stats(stats)) => out.push(ClientOutput::Stats(stats)),
+            (Command::Stat, _, _, Body::Stats(stats)) => out.push(ClientOutput::Stats(*stats)),
             (Command::Farewell, _, _, _) => out.push(ClientOutput::FarewellDone),
             (command, _, _, _) => self.close(format!("unexpected {command:?} response"), out),
         }

@@ -125,7 +125,7 @@ impl Session {
             body,
         };
         self.next_request_id += 1;
-        self.requests.insert(frame.request_id, frame);
+        self.requests.insert(frame.request_id, frame.clone());
         Ok(frame)
     }
 
@@ -149,7 +149,7 @@ impl Session {
             error,
             body,
         };
-        self.responses.insert(frame.seq, frame);
+        self.responses.insert(frame.seq, frame.clone());
         Ok(frame)
     }
 
@@ -226,7 +226,7 @@ impl Session {
             .values()
             .filter(|frame| frame.seq > peer_recv_seq)
             .chain(self.responses.values())
-            .copied()
+            .cloned()
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         debug_assert!(frames
@@ -239,7 +239,7 @@ impl Session {
     /// Requests sent and not answered, in the order they were sent: what a
     /// client re-issues as new requests when the server lost the session.
     pub fn unanswered_requests(&self) -> Vec<Frame> {
-        let mut frames: Vec<Frame> = self.requests.values().copied().collect();
+        let mut frames: Vec<Frame> = self.requests.values().cloned().collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         frames
     }
@@ -293,18 +293,21 @@ mod tests {
             .collect();
         // The server got the first two; the connection died.
         for frame in &sent[..2] {
-            assert!(matches!(server.receive(*frame), Ok(Received::Request(_))));
+            assert!(matches!(
+                server.receive(frame.clone()),
+                Ok(Received::Request(_))
+            ));
         }
         let resent = client.resend(server.recv_seq()).unwrap();
         assert_eq!(
             resent.iter().map(|f| f.seq).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
-        assert_eq!(server.receive(sent[1]), Ok(Received::Duplicate));
+        assert_eq!(server.receive(sent[1].clone()), Ok(Received::Duplicate));
         for frame in resent {
             assert!(matches!(server.receive(frame), Ok(Received::Request(_))));
         }
-        let mut skipped = sent[4];
+        let mut skipped = sent[4].clone();
         skipped.seq = 9;
         assert_eq!(
             server.receive(skipped),
@@ -320,7 +323,7 @@ mod tests {
         let mut server = Session::new();
         let mut client = Session::new();
         let request = client.request(Command::Lock, lock(1)).unwrap();
-        server.receive(request).unwrap();
+        server.receive(request.clone()).unwrap();
         let response = server
             .respond(
                 request.request_id,
@@ -330,7 +333,7 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(
-            client.receive(response),
+            client.receive(response.clone()),
             Ok(Received::Response { .. })
         ));
         assert_eq!(client.requests_in_flight(), 0);

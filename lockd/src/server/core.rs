@@ -161,7 +161,9 @@ impl ServerCore {
             Ok(received) => received,
             Err(error) => return self.close(conn, format!("client {client:#x}: {error}"), out),
         };
-        self.ack_dirty.push(client);
+        if self.ack_dirty.last() != Some(&client) {
+            self.ack_dirty.push(client);
+        }
         match received {
             Received::Duplicate | Received::Control(_) => {}
             Received::Request(request) => self.request(now_us, conn, client, request, out),
@@ -228,7 +230,7 @@ impl ServerCore {
                     request.request_id,
                     Command::Stat,
                     ErrorCode::Ok,
-                    Body::Stats(stats),
+                    Body::Stats(Box::new(stats)),
                     out,
                 );
             }
@@ -395,7 +397,7 @@ impl ServerCore {
                 command: Command::Greeting,
                 response: true,
                 error,
-                body: Body::Greeting(reply),
+                body: Body::Greeting(Box::new(reply)),
             };
             out.push(ServerOutput::Send(conn, response));
             return self.close(
@@ -436,7 +438,7 @@ impl ServerCore {
             Command::Greeting,
             true,
             ErrorCode::Ok,
-            Body::Greeting(reply),
+            Body::Greeting(Box::new(reply)),
         );
         self.conns
             .get_mut(&conn)
