@@ -44,8 +44,13 @@ pub enum Received {
     Control(Frame),
     /// A new request from the peer; answer it with [`Session::respond`].
     Request(Frame),
-    /// The response to one of our requests, with the request it answers.
-    Response { request: Frame, response: Frame },
+    /// The response to one of our requests, with the request it answers
+    /// and the tag it was sent with.
+    Response {
+        request: Frame,
+        response: Frame,
+        tag: u8,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +64,9 @@ pub struct Session {
     ack_sent: u64,
     /// The highest ack received: the peer has every frame at or below it.
     peer_acked: u64,
-    requests: BTreeMap<u64, Frame>,
+    /// With each request, a tag of its owner's (e.g. "this was a downgrade"),
+    /// handed back with the response: no second map keyed by request id.
+    requests: BTreeMap<u64, (Frame, u8)>,
     responses: BTreeMap<u64, Frame>,
 }
 
@@ -112,6 +119,16 @@ impl Session {
 
     /// A new request, retained until its response arrives.
     pub fn request(&mut self, command: Command, body: Body) -> Result<Frame, SessionError> {
+        self.request_tagged(command, body, 0)
+    }
+
+    /// A new request whose response comes back with `tag`.
+    pub fn request_tagged(
+        &mut self,
+        command: Command,
+        body: Body,
+        tag: u8,
+    ) -> Result<Frame, SessionError> {
         if self.requests.len() >= REQUESTS_IN_FLIGHT_MAX {
             return Err(SessionError::TooManyRequests(self.requests.len()));
         }
@@ -125,7 +142,7 @@ impl Session {
             body,
         };
         self.next_request_id += 1;
-        self.requests.insert(frame.request_id, frame.clone());
+        self.requests.insert(frame.request_id, (frame.clone(), tag));
         Ok(frame)
     }
 
@@ -207,9 +224,10 @@ impl Session {
             return Ok(Received::Request(frame));
         }
         match self.requests.remove(&frame.request_id) {
-            Some(request) => Ok(Received::Response {
+            Some((request, tag)) => Ok(Received::Response {
                 request,
                 response: frame,
+                tag,
             }),
             None => Err(SessionError::UnknownResponse(frame.request_id)),
         }
@@ -224,6 +242,7 @@ impl Session {
         let mut frames: Vec<Frame> = self
             .requests
             .values()
+            .map(|(frame, _)| frame)
             .filter(|frame| frame.seq > peer_recv_seq)
             .chain(self.responses.values())
             .cloned()
@@ -239,7 +258,11 @@ impl Session {
     /// Requests sent and not answered, in the order they were sent: what a
     /// client re-issues as new requests when the server lost the session.
     pub fn unanswered_requests(&self) -> Vec<Frame> {
-        let mut frames: Vec<Frame> = self.requests.values().cloned().collect();
+        let mut frames: Vec<Frame> = self
+            .requests
+            .values()
+            .map(|(frame, _)| frame.clone())
+            .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         frames
     }

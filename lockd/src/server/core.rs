@@ -167,7 +167,9 @@ impl ServerCore {
         match received {
             Received::Duplicate | Received::Control(_) => {}
             Received::Request(request) => self.request(now_us, conn, client, request, out),
-            Received::Response { request, response } => {
+            Received::Response {
+                request, response, ..
+            } => {
                 if let (Command::Invalidate, Some(msg)) = (request.command, response.lock_msg()) {
                     let mut actions = std::mem::take(&mut self.actions);
                     self.locks.invalidated(now_us, client, msg, &mut actions);
