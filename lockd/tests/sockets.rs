@@ -1,9 +1,11 @@
 //! The daemon and client library on real loopback sockets: contending clients
-//! never hold incompatible modes, a disconnected client keeps its locks until
-//! it resumes (or its grace period ends; farewell releases at once), a
-//! restarted server learns held locks from re-asserting clients, malformed
-//! frames and a wrong cluster id close only their own connection, and a
-//! client that never reads does not hold up anyone else.
+//! never hold incompatible modes, an invalidation waits for the holder's
+//! guards and its work before the lock moves, the cache gives back idle locks
+//! beyond its limit, a disconnected client keeps its locks until it resumes
+//! (or its grace period ends; farewell releases at once), a restarted server
+//! learns held locks from re-asserting clients, malformed frames and a wrong
+//! cluster id close only their own connection, and a client that never reads
+//! does not hold up anyone else.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -558,4 +560,76 @@ async fn a_unix_socket_daemon_serves_locks_and_removes_its_socket() {
     b.farewell().await.unwrap();
     server.shutdown().await;
     assert!(!path.exists(), "socket file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_waits_for_guards_and_the_holders_work() {
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let log: Log = Arc::default();
+    let work_log = log.clone();
+    let commit: InvalidateFn = Arc::new(move |_range, from, to| {
+        let log = work_log.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log.lock()
+                .unwrap()
+                .push(format!("a committed {from:?}->{to:?}"));
+        })
+    });
+    let a = LockClient::connect(client_config(server.endpoint(), 1, 4_000, Some(commit)))
+        .await
+        .unwrap();
+    let b = LockClient::connect(client_config(server.endpoint(), 2, 4_000, None))
+        .await
+        .unwrap();
+    let guard = a.take(range(0), Mode::Write).await.unwrap();
+    let b_log = log.clone();
+    let waiter = tokio::spawn(async move {
+        let guard = b.take(range(0), Mode::Read).await.unwrap();
+        b_log.lock().unwrap().push("b granted".into());
+        drop(guard);
+        b
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.lock().unwrap().push("a dropped its guard".into());
+    drop(guard);
+    let b = tokio::time::timeout(SCENARIO_LIMIT, waiter)
+        .await
+        .expect("b never granted")
+        .unwrap();
+    let expected = [
+        "a dropped its guard",
+        "a committed Write->Read",
+        "b granted",
+    ];
+    assert_eq!(*log.lock().unwrap(), expected.map(String::from).to_vec());
+    a.farewell().await.unwrap();
+    b.farewell().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_gives_back_idle_locks_beyond_its_limit() {
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let a = LockClient::connect(client_config(server.endpoint(), 1, 4_000, None))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        drop(a.take(range(i * 10), Mode::Read).await.unwrap());
+    }
+    // The limit is 2: the four least recently used go back to the server.
+    tokio::time::timeout(SCENARIO_LIMIT, async {
+        while server.stats().await.unwrap().locks != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("idle locks were not given back");
+    // The two kept are the most recent: taking them again needs no server.
+    let grants = server.stats().await.unwrap().grants_total;
+    drop(a.take(range(40), Mode::Read).await.unwrap());
+    drop(a.take(range(50), Mode::Read).await.unwrap());
+    assert_eq!(server.stats().await.unwrap().grants_total, grants);
+    a.farewell().await.unwrap();
+    server.shutdown().await;
 }
