@@ -63,6 +63,8 @@ fn client_config(
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
+/// Which client uses which mode on each range right now (guards alive).
+type InUse = Arc<Mutex<BTreeMap<LockRange, Vec<(u64, Mode)>>>>;
 
 fn recorder(name: &'static str, log: Log) -> InvalidateFn {
     Arc::new(move |range, from, to| {
@@ -137,7 +139,7 @@ impl Proxy {
 async fn contending_clients_never_hold_incompatible_modes() {
     let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
     let log: Log = Arc::default();
-    let in_use: Arc<Mutex<BTreeMap<LockRange, Vec<(u64, Mode)>>>> = Arc::default();
+    let in_use: InUse = Arc::default();
     let mut tasks = Vec::new();
     for id in 1..=4u64 {
         let client = LockClient::connect(client_config(
