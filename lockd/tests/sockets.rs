@@ -457,7 +457,7 @@ async fn malformed_frames_close_only_their_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_cluster_id_is_refused_on_both_sides() {
+async fn a_wrong_cluster_id_or_version_is_refused_on_both_sides() {
     let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
     let mut config = client_config(server.endpoint(), 1, 4_000, None);
     config.core.cluster_id = CLUSTER + 1;
@@ -466,6 +466,21 @@ async fn a_wrong_cluster_id_is_refused_on_both_sides() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a client of another cluster was accepted"),
     }
+    // Another protocol version is refused the same way.
+    let Endpoint::Tcp(addr) = server.endpoint() else {
+        unreachable!()
+    };
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = greeting_bytes(CLUSTER, 8);
+    greeting[32 + 8..32 + 12].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    stream.write_all(&greeting).await.unwrap();
+    let mut buf = vec![0u8; 80];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        decode(&buf).unwrap().unwrap().0.error,
+        ErrorCode::VersionMismatch
+    );
+    assert!(closed_by_server(&mut stream).await);
     let (mut stream, reply) = raw_greeted(server.endpoint(), CLUSTER + 1, 9).await;
     assert_eq!(reply.error, ErrorCode::ClusterMismatch);
     assert!(matches!(reply.body, Body::Greeting(g) if g.cluster_id == CLUSTER));
