@@ -4,8 +4,9 @@
 //! beyond its limit, a disconnected client keeps its locks until it resumes
 //! (or its grace period ends; farewell releases at once), a restarted server
 //! learns held locks from re-asserting clients, malformed frames and a wrong
-//! cluster id close only their own connection, and a client that never reads
-//! does not hold up anyone else.
+//! cluster id close only their own connection, a client that never reads
+//! does not hold up anyone else, and one that never acks is cut off at the
+//! bound on unacked responses.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -648,5 +649,59 @@ async fn the_cache_gives_back_idle_locks_beyond_its_limit() {
     drop(a.take(range(50), Mode::Read).await.unwrap());
     assert_eq!(server.stats().await.unwrap().grants_total, grants);
     a.farewell().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_acks_is_cut_off_at_the_bound() {
+    use lockd::net::RESPONSES_UNACKED_MAX;
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let (stream, _) = raw_greeted(server.endpoint(), CLUSTER, 98).await;
+    let (mut read, mut write) = stream.into_split();
+    let requests = RESPONSES_UNACKED_MAX as u64 + 1_000;
+    // Every frame says ack 0: the server's unacked responses can only grow.
+    let flood = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        for i in 0..requests {
+            let msg = LockMsg {
+                range: LockRange::new(1, i, i),
+                mode: Mode::Read,
+            };
+            let frame = Frame {
+                seq: i + 1,
+                ack: 0,
+                request_id: i + 1,
+                command: Command::Lock,
+                response: false,
+                error: ErrorCode::Ok,
+                body: Body::Lock(msg),
+            };
+            frame.encode_into(0, &mut bytes);
+            if bytes.len() >= 64 * 1024 {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                bytes.clear();
+            }
+        }
+        let _ = write.write_all(&bytes).await;
+    });
+    let mut sink = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(SCENARIO_LIMIT, async {
+        while !matches!(read.read(&mut sink).await, Ok(0) | Err(_)) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a client that never acks");
+    flood.abort();
+    let good = LockClient::connect(client_config(server.endpoint(), 1, 4_000, None))
+        .await
+        .unwrap();
+    drop(
+        tokio::time::timeout(SCENARIO_LIMIT, good.take(range(0), Mode::Write))
+            .await
+            .expect("hung")
+            .unwrap(),
+    );
+    good.farewell().await.unwrap();
     server.shutdown().await;
 }
