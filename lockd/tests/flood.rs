@@ -53,7 +53,9 @@ async fn flood(stream: Stream) -> u64 {
                         .encode_into(session.recv_seq(), &mut staging);
                     answered += 1;
                 }
-                Received::Response { request, response } => {
+                Received::Response {
+                    request, response, ..
+                } => {
                     assert_eq!(request.body, response.body);
                     responses += 1;
                 }

@@ -44,7 +44,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                 |(version, resumed, cluster_id, client_id, server_epoch, recv_seq)| {
                     (
                         Command::Greeting,
-                        Body::Greeting(Greeting {
+                        Body::Greeting(Box::new(Greeting {
                             magic: lockd::wire::GREETING_MAGIC,
                             version,
                             resumed,
@@ -52,7 +52,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                             client_id,
                             server_epoch,
                             recv_seq,
-                        }),
+                        })),
                     )
                 }
             ),
@@ -159,10 +159,10 @@ fn each_kind_of_bad_header_is_refused_before_its_payload() {
     .encode(&mut stat);
     assert_eq!(
         decode(&stat).map(|f| f.map(|(f, _)| f.body)),
-        Ok(Some(Body::Stats(Stats {
+        Ok(Some(Body::Stats(Box::new(Stats {
             locks: 7,
             ..Stats::default()
-        })))
+        }))))
     );
     let mut bad_mode = header(3, 0, 0, 32);
     bad_mode.extend_from_slice(&[0u8; 24]);

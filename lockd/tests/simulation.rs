@@ -22,7 +22,7 @@ const DELAY_MAX_US: u64 = 20_000;
 const ACTIVE_US: u64 = 3_000_000;
 /// Settling must finish by then, or a request was starved.
 const SETTLE_DEADLINE_US: u64 = ACTIVE_US + 30_000_000;
-const SEEDS_DEFAULT: u64 = 400;
+const SEEDS_DEFAULT: u64 = 1000;
 
 fn server_config() -> ServerConfig {
     ServerConfig {

@@ -1,9 +1,12 @@
 //! The daemon and client library on real loopback sockets: contending clients
-//! never hold incompatible modes, a disconnected client keeps its locks until
-//! it resumes (or its grace period ends; farewell releases at once), a
-//! restarted server learns held locks from re-asserting clients, malformed
-//! frames and a wrong cluster id close only their own connection, and a
-//! client that never reads does not hold up anyone else.
+//! never hold incompatible modes, an invalidation waits for the holder's
+//! guards and its work before the lock moves, the cache gives back idle locks
+//! beyond its limit, a disconnected client keeps its locks until it resumes
+//! (or its grace period ends; farewell releases at once), a restarted server
+//! learns held locks from re-asserting clients, malformed frames and a wrong
+//! cluster id close only their own connection, a client that never reads
+//! does not hold up anyone else, and one that never acks is cut off at the
+//! bound on unacked responses.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -61,6 +64,8 @@ fn client_config(
 }
 
 type Log = Arc<Mutex<Vec<String>>>;
+/// Which client uses which mode on each range right now (guards alive).
+type InUse = Arc<Mutex<BTreeMap<LockRange, Vec<(u64, Mode)>>>>;
 
 fn recorder(name: &'static str, log: Log) -> InvalidateFn {
     Arc::new(move |range, from, to| {
@@ -116,11 +121,18 @@ impl Proxy {
         }
     }
 
-    /// Drops every connection through the proxy, in both directions.
-    fn cut(&self) {
-        for conn in self.conns.lock().unwrap().drain(..) {
+    /// Drops every connection through the proxy, in both directions, and
+    /// waits until no copying task runs; returns how many there were.
+    async fn cut(&self) -> usize {
+        let conns: Vec<JoinHandle<()>> = self.conns.lock().unwrap().drain(..).collect();
+        for conn in &conns {
             conn.abort();
         }
+        let count = conns.len();
+        for conn in conns {
+            let _ = conn.await;
+        }
+        count
     }
 }
 
@@ -128,7 +140,7 @@ impl Proxy {
 async fn contending_clients_never_hold_incompatible_modes() {
     let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
     let log: Log = Arc::default();
-    let in_use: Arc<Mutex<BTreeMap<LockRange, Vec<(u64, Mode)>>>> = Arc::default();
+    let in_use: InUse = Arc::default();
     let mut tasks = Vec::new();
     for id in 1..=4u64 {
         let client = LockClient::connect(client_config(
@@ -206,7 +218,7 @@ async fn a_disconnected_client_keeps_its_locks_and_resumes() {
         .unwrap();
     drop(a.take(range(0), Mode::Write).await.unwrap());
     proxy.refusing.store(true, Ordering::SeqCst);
-    proxy.cut();
+    assert_eq!(proxy.cut().await, 1);
     let b_log = log.clone();
     let waiter = tokio::spawn(async move {
         let guard = b.take(range(0), Mode::Write).await.unwrap();
@@ -249,7 +261,7 @@ async fn grace_expiry_releases_a_vanished_clients_locks() {
     let a = LockClient::connect(config).await.unwrap();
     drop(a.take(range(0), Mode::Write).await.unwrap());
     proxy.refusing.store(true, Ordering::SeqCst);
-    proxy.cut();
+    assert_eq!(proxy.cut().await, 1);
     let b = LockClient::connect(client_config(server.endpoint(), 2, 20_000, None))
         .await
         .unwrap();
@@ -353,7 +365,7 @@ fn greeting_bytes(cluster_id: u64, client_id: u64) -> Vec<u8> {
         command: Command::Greeting,
         response: false,
         error: ErrorCode::Ok,
-        body: Body::Greeting(greeting),
+        body: Body::Greeting(Box::new(greeting)),
     };
     let mut bytes = Vec::new();
     frame.encode_into(0, &mut bytes);
@@ -446,7 +458,7 @@ async fn malformed_frames_close_only_their_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_cluster_id_is_refused_on_both_sides() {
+async fn a_wrong_cluster_id_or_version_is_refused_on_both_sides() {
     let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
     let mut config = client_config(server.endpoint(), 1, 4_000, None);
     config.core.cluster_id = CLUSTER + 1;
@@ -455,6 +467,21 @@ async fn a_wrong_cluster_id_is_refused_on_both_sides() {
         Err(other) => panic!("wrong error: {other}"),
         Ok(_) => panic!("a client of another cluster was accepted"),
     }
+    // Another protocol version is refused the same way.
+    let Endpoint::Tcp(addr) = server.endpoint() else {
+        unreachable!()
+    };
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut greeting = greeting_bytes(CLUSTER, 8);
+    greeting[32 + 8..32 + 12].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    stream.write_all(&greeting).await.unwrap();
+    let mut buf = vec![0u8; 80];
+    stream.read_exact(&mut buf).await.unwrap();
+    assert_eq!(
+        decode(&buf).unwrap().unwrap().0.error,
+        ErrorCode::VersionMismatch
+    );
+    assert!(closed_by_server(&mut stream).await);
     let (mut stream, reply) = raw_greeted(server.endpoint(), CLUSTER + 1, 9).await;
     assert_eq!(reply.error, ErrorCode::ClusterMismatch);
     assert!(matches!(reply.body, Body::Greeting(g) if g.cluster_id == CLUSTER));
@@ -512,8 +539,15 @@ async fn a_client_that_never_reads_does_not_block_others() {
     tokio::time::timeout(SCENARIO_LIMIT, work)
         .await
         .expect("a client that never reads blocked the others");
-    let stats = server.stats().await.unwrap();
-    assert!(stats.grants_total >= REQUESTS, "{stats:?}");
+    // And the daemon kept reading the flooder: every request gets processed
+    // even though none of the answers can be delivered.
+    tokio::time::timeout(SCENARIO_LIMIT, async {
+        while server.stats().await.unwrap().grants_total < REQUESTS {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the daemon stopped processing the flooding client");
     drop(stream);
     good.farewell().await.unwrap();
     server.shutdown().await;
@@ -544,4 +578,130 @@ async fn a_unix_socket_daemon_serves_locks_and_removes_its_socket() {
     b.farewell().await.unwrap();
     server.shutdown().await;
     assert!(!path.exists(), "socket file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalidation_waits_for_guards_and_the_holders_work() {
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let log: Log = Arc::default();
+    let work_log = log.clone();
+    let commit: InvalidateFn = Arc::new(move |_range, from, to| {
+        let log = work_log.clone();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            log.lock()
+                .unwrap()
+                .push(format!("a committed {from:?}->{to:?}"));
+        })
+    });
+    let a = LockClient::connect(client_config(server.endpoint(), 1, 4_000, Some(commit)))
+        .await
+        .unwrap();
+    let b = LockClient::connect(client_config(server.endpoint(), 2, 4_000, None))
+        .await
+        .unwrap();
+    let guard = a.take(range(0), Mode::Write).await.unwrap();
+    let b_log = log.clone();
+    let waiter = tokio::spawn(async move {
+        let guard = b.take(range(0), Mode::Read).await.unwrap();
+        b_log.lock().unwrap().push("b granted".into());
+        drop(guard);
+        b
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.lock().unwrap().push("a dropped its guard".into());
+    drop(guard);
+    let b = tokio::time::timeout(SCENARIO_LIMIT, waiter)
+        .await
+        .expect("b never granted")
+        .unwrap();
+    let expected = [
+        "a dropped its guard",
+        "a committed Write->Read",
+        "b granted",
+    ];
+    assert_eq!(*log.lock().unwrap(), expected.map(String::from).to_vec());
+    a.farewell().await.unwrap();
+    b.farewell().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_gives_back_idle_locks_beyond_its_limit() {
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let a = LockClient::connect(client_config(server.endpoint(), 1, 4_000, None))
+        .await
+        .unwrap();
+    for i in 0..6 {
+        drop(a.take(range(i * 10), Mode::Read).await.unwrap());
+    }
+    // The limit is 2: the four least recently used go back to the server.
+    tokio::time::timeout(SCENARIO_LIMIT, async {
+        while server.stats().await.unwrap().locks != 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("idle locks were not given back");
+    // The two kept are the most recent: taking them again needs no server.
+    let grants = server.stats().await.unwrap().grants_total;
+    drop(a.take(range(40), Mode::Read).await.unwrap());
+    drop(a.take(range(50), Mode::Read).await.unwrap());
+    assert_eq!(server.stats().await.unwrap().grants_total, grants);
+    a.farewell().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_acks_is_cut_off_at_the_bound() {
+    use lockd::net::RESPONSES_UNACKED_MAX;
+    let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
+    let (stream, _) = raw_greeted(server.endpoint(), CLUSTER, 98).await;
+    let (mut read, mut write) = stream.into_split();
+    let requests = RESPONSES_UNACKED_MAX as u64 + 1_000;
+    // Every frame says ack 0: the server's unacked responses can only grow.
+    let flood = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        for i in 0..requests {
+            let msg = LockMsg {
+                range: LockRange::new(1, i, i),
+                mode: Mode::Read,
+            };
+            let frame = Frame {
+                seq: i + 1,
+                ack: 0,
+                request_id: i + 1,
+                command: Command::Lock,
+                response: false,
+                error: ErrorCode::Ok,
+                body: Body::Lock(msg),
+            };
+            frame.encode_into(0, &mut bytes);
+            if bytes.len() >= 64 * 1024 {
+                if write.write_all(&bytes).await.is_err() {
+                    return;
+                }
+                bytes.clear();
+            }
+        }
+        let _ = write.write_all(&bytes).await;
+    });
+    let mut sink = vec![0u8; 1 << 16];
+    let closed = tokio::time::timeout(SCENARIO_LIMIT, async {
+        while !matches!(read.read(&mut sink).await, Ok(0) | Err(_)) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "the server kept a client that never acks");
+    flood.abort();
+    let good = LockClient::connect(client_config(server.endpoint(), 1, 4_000, None))
+        .await
+        .unwrap();
+    drop(
+        tokio::time::timeout(SCENARIO_LIMIT, good.take(range(0), Mode::Write))
+            .await
+            .expect("hung")
+            .unwrap(),
+    );
+    good.farewell().await.unwrap();
+    server.shutdown().await;
 }

@@ -67,6 +67,10 @@ struct ChildReport {
     pairs: u64,
     seconds: f64,
     histogram_hex: String,
+    /// Every pair, warm-up included, and the CPU time the process used:
+    /// CPU per pair does not depend on how busy the machine is.
+    pairs_all: u64,
+    cpu_us: u64,
 }
 
 #[derive(Serialize)]
@@ -80,6 +84,8 @@ struct Row {
     p99_us: u64,
     p999_us: u64,
     vs_scoutfs: f64,
+    server_cpu_ns_per_pair: f64,
+    client_cpu_ns_per_pair: f64,
 }
 
 fn main() -> Result<()> {
@@ -123,12 +129,26 @@ fn main() -> Result<()> {
         load.trim()
     );
     println!(
-        "{:<30} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>10}",
-        "case", "clients", "in-flight", "pairs/s", "p50 us", "p99 us", "p999 us", "vs scoutfs"
+        "{:<30} {:>7} {:>9} {:>12} {:>8} {:>8} {:>8} {:>10} {:>11} {:>11}",
+        "case",
+        "clients",
+        "in-flight",
+        "pairs/s",
+        "p50 us",
+        "p99 us",
+        "p999 us",
+        "vs scoutfs",
+        "srv ns/pair",
+        "cli ns/pair"
     );
     for row in &rows {
+        let versus = if row.vs_scoutfs.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{:.1}x", row.vs_scoutfs)
+        };
         println!(
-            "{:<30} {:>7} {:>9} {:>12.0} {:>8} {:>8} {:>8} {:>9.1}x",
+            "{:<30} {:>7} {:>9} {:>12.0} {:>8} {:>8} {:>8} {:>10} {:>11.0} {:>11.0}",
             row.case,
             row.clients,
             row.in_flight,
@@ -136,7 +156,9 @@ fn main() -> Result<()> {
             row.p50_us,
             row.p99_us,
             row.p999_us,
-            row.vs_scoutfs
+            versus,
+            row.server_cpu_ns_per_pair,
+            row.client_cpu_ns_per_pair
         );
     }
     Ok(())
@@ -206,7 +228,7 @@ fn start_lockd(args: &Args) -> Result<(Killed, String)> {
 }
 
 fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: bool) -> Result<Row> {
-    let (_server, addr) = start_lockd(args)?;
+    let (server, addr) = start_lockd(args)?;
     let me = std::env::current_exe()?;
     let children: Vec<Child> = (0..clients)
         .map(|zone| {
@@ -225,7 +247,7 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
         })
         .collect::<Result<_, _>>()?;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let (mut pairs, mut seconds) = (0u64, 0f64);
+    let (mut pairs, mut seconds, mut pairs_all, mut client_cpu_us) = (0u64, 0f64, 0u64, 0u64);
     for child in children {
         let output = child.wait_with_output()?;
         if !output.status.success() {
@@ -234,6 +256,8 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
         let report: ChildReport =
             serde_json::from_slice(&output.stdout).context("client report")?;
         pairs += report.pairs;
+        pairs_all += report.pairs_all;
+        client_cpu_us += report.cpu_us;
         seconds = seconds.max(report.seconds);
         let bytes = (0..report.histogram_hex.len())
             .step_by(2)
@@ -242,8 +266,13 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
         let part: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..])?;
         histogram.add(part)?;
     }
+    let server_cpu_us = process_cpu_us(server.0.id())?;
+    drop(server);
     let pairs_per_sec = pairs as f64 / seconds;
+    let per_pair_ns = |cpu_us: u64| cpu_us as f64 * 1000.0 / pairs_all.max(1) as f64;
     Ok(Row {
+        server_cpu_ns_per_pair: per_pair_ns(server_cpu_us),
+        client_cpu_ns_per_pair: per_pair_ns(client_cpu_us),
         case: case.to_string(),
         clients,
         in_flight,
@@ -252,7 +281,12 @@ fn run_row(args: &Args, case: &str, clients: u64, in_flight: u64, contended: boo
         p50_us: histogram.value_at_quantile(0.5),
         p99_us: histogram.value_at_quantile(0.99),
         p999_us: histogram.value_at_quantile(0.999),
-        vs_scoutfs: pairs_per_sec / SCOUTFS_PAIRS_PER_SEC,
+        // The scoutfs figure is for the uncontended flood only.
+        vs_scoutfs: if contended {
+            f64::NAN
+        } else {
+            pairs_per_sec / SCOUTFS_PAIRS_PER_SEC
+        },
     })
 }
 
@@ -286,7 +320,7 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
     let measure_from_us = WARMUP_MS * 1000;
     let measure_to_us = measure_from_us + args.seconds * 1_000_000;
     let mut started = false;
-    let mut pairs = 0u64;
+    let (mut pairs, mut pairs_all) = (0u64, 0u64);
     loop {
         let now = now_us(start);
         for output in out.drain(..) {
@@ -308,6 +342,7 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                     }
                 }
                 ClientOutput::Granted(msg) => {
+                    pairs_all += 1;
                     let slot = if contended { 0 } else { msg.range.start };
                     if (measure_from_us..measure_to_us).contains(&now)
                         && (!contended || msg.mode == Mode::Write)
@@ -384,18 +419,45 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
         pairs,
         seconds: args.seconds as f64,
         histogram_hex,
+        pairs_all,
+        cpu_us: own_cpu_us(),
     })
+}
+
+/// User plus system CPU time of this process.
+fn own_cpu_us() -> u64 {
+    // SAFETY: getrusage fills the struct we pass and touches nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let us = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// User plus system CPU time of another process, from /proc (10 ms ticks).
+fn process_cpu_us(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = &stat[stat.rfind(')').context("/proc stat format")? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Ok(ticks * 1_000_000 / hz.max(1))
 }
 
 /// Sends one lock request: its frame goes straight to the staging buffer.
 fn issue(core: &mut ClientCore, now_us: u64, msg: LockMsg, staging: &mut Vec<u8>) -> Result<()> {
-    let mut out = Vec::new();
-    core.request(now_us, msg, &mut out)?;
-    encode_sends(out, staging);
-    Ok(())
+    thread_local!(static SCRATCH: std::cell::RefCell<Vec<ClientOutput>> = const { std::cell::RefCell::new(Vec::new()) });
+    SCRATCH.with_borrow_mut(|out| {
+        core.request(now_us, msg, out)?;
+        encode_sends(out.drain(..), staging);
+        Ok(())
+    })
 }
 
-fn encode_sends(outputs: Vec<ClientOutput>, staging: &mut Vec<u8>) {
+fn encode_sends(outputs: impl IntoIterator<Item = ClientOutput>, staging: &mut Vec<u8>) {
     for output in outputs {
         if let ClientOutput::Send(frame) = output {
             frame.encode_into(frame.ack, staging);

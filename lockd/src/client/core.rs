@@ -8,13 +8,16 @@
 //! unanswered requests. Across a reconnect to the same server the session
 //! resumes and unacked frames are resent instead.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::net::{Received, Session, SessionError};
 use crate::wire::{
     Body, Command, ErrorCode, Frame, Greeting, LockMsg, LockRange, Mode, Stats, GREETING_MAGIC,
     PROTOCOL_VERSION,
 };
+
+/// The session tag of a LOCK request that was a downgrade when sent.
+const TAG_DOWNGRADE: u8 = 1;
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -87,10 +90,6 @@ pub struct ClientCore {
     server_epoch: u64,
     phase: Phase,
     held: BTreeMap<LockRange, Mode>,
-    /// LOCK requests that were downgrades when sent: they took effect then,
-    /// and their grant must not raise the mode again (an invalidation may
-    /// have lowered it further since).
-    downgrades: BTreeSet<u64>,
     last_recv_us: u64,
     last_send_us: u64,
     connected_us: u64,
@@ -105,7 +104,6 @@ impl ClientCore {
             server_epoch: 0,
             phase: Phase::Disconnected,
             held: BTreeMap::new(),
-            downgrades: BTreeSet::new(),
             last_recv_us: 0,
             last_send_us: 0,
             connected_us: 0,
@@ -150,7 +148,7 @@ impl ClientCore {
             Command::Greeting,
             false,
             ErrorCode::Ok,
-            Body::Greeting(greeting),
+            Body::Greeting(Box::new(greeting)),
         );
         self.send(now_us, frame, out);
     }
@@ -168,11 +166,15 @@ impl ClientCore {
         msg: LockMsg,
         out: &mut Vec<ClientOutput>,
     ) -> Result<(), SessionError> {
-        let frame = self.session.request(Command::Lock, Body::Lock(msg))?;
         let held = self.held(&msg.range);
-        if held.covers(msg.mode) {
+        let downgrade = held.covers(msg.mode);
+        let frame = self.session.request_tagged(
+            Command::Lock,
+            Body::Lock(msg),
+            if downgrade { TAG_DOWNGRADE } else { 0 },
+        )?;
+        if downgrade {
             self.set_held(msg.range, msg.mode);
-            self.downgrades.insert(frame.request_id);
         } else if !msg.mode.covers(held) {
             // A sideways change (READ to WRITE_ONLY or back): the server may
             // grant it, and others beside it, before we hear, so we stop using
@@ -356,7 +358,6 @@ impl ClientCore {
                 out,
             );
         }
-        self.downgrades.clear();
         for request in unanswered {
             match (request.command, request.body) {
                 (Command::Lock, Body::Lock(msg)) => {
@@ -390,9 +391,11 @@ impl ClientCore {
                 }
                 (command, _) => self.close(format!("server sent a {command:?} request"), out),
             },
-            Received::Response { request, response } => {
-                self.response(now_us, request, response, out)
-            }
+            Received::Response {
+                request,
+                response,
+                tag,
+            } => self.response(now_us, request, response, tag == TAG_DOWNGRADE, out),
         }
     }
 
@@ -401,20 +404,21 @@ impl ClientCore {
         _now_us: u64,
         request: Frame,
         response: Frame,
+        downgrade: bool,
         out: &mut Vec<ClientOutput>,
     ) {
         let asked = request.lock_msg();
         match (request.command, asked, response.error, response.body) {
             (Command::Lock, Some(_), ErrorCode::Ok, Body::Lock(granted)) => {
-                if !self.downgrades.remove(&request.request_id) {
+                // A downgrade took effect when sent, and its grant must not
+                // raise the mode again: an invalidation may have lowered it
+                // further since.
+                if !downgrade {
                     self.set_held(granted.range, granted.mode);
                 }
                 out.push(ClientOutput::Granted(granted));
             }
-            (Command::Lock, Some(asked), error, _) => {
-                self.downgrades.remove(&request.request_id);
-                out.push(ClientOutput::Failed(asked, error));
-            }
+            (Command::Lock, Some(asked), error, _) => out.push(ClientOutput::Failed(asked, error)),
             (Command::Recover, Some(_), ErrorCode::Ok, _) => {}
             (Command::Recover, Some(asked), _, _) => {
                 let lost = LockMsg {
@@ -424,7 +428,7 @@ impl ClientCore {
                 self.set_held(asked.range, Mode::Null);
                 out.push(ClientOutput::Lost(lost));
             }
-            (Command::Stat, _, _, Body::Stats(stats)) => out.push(ClientOutput::Stats(stats)),
+            (Command::Stat, _, _, Body::Stats(stats)) => out.push(ClientOutput::Stats(*stats)),
             (Command::Farewell, _, _, _) => out.push(ClientOutput::FarewellDone),
             (command, _, _, _) => self.close(format!("unexpected {command:?} response"), out),
         }

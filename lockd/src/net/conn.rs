@@ -18,7 +18,7 @@ use super::addr::Stream;
 use crate::wire::{decode, Frame};
 
 /// Bytes read per call: many frames per system call under load.
-pub const READ_BUFFER_BYTES: usize = 256 * 1024;
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Frames handed over in one batch (a full read buffer of the smallest frame).
 pub const FRAMES_PER_BATCH_MAX: usize = READ_BUFFER_BYTES / crate::wire::HEADER_BYTES;
 /// Emptied batch vectors kept for the reader to reuse: no allocation, and no

@@ -44,8 +44,13 @@ pub enum Received {
     Control(Frame),
     /// A new request from the peer; answer it with [`Session::respond`].
     Request(Frame),
-    /// The response to one of our requests, with the request it answers.
-    Response { request: Frame, response: Frame },
+    /// The response to one of our requests, with the request it answers
+    /// and the tag it was sent with.
+    Response {
+        request: Frame,
+        response: Frame,
+        tag: u8,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -59,7 +64,9 @@ pub struct Session {
     ack_sent: u64,
     /// The highest ack received: the peer has every frame at or below it.
     peer_acked: u64,
-    requests: BTreeMap<u64, Frame>,
+    /// With each request, a tag of its owner's (e.g. "this was a downgrade"),
+    /// handed back with the response: no second map keyed by request id.
+    requests: BTreeMap<u64, (Frame, u8)>,
     responses: BTreeMap<u64, Frame>,
 }
 
@@ -112,6 +119,16 @@ impl Session {
 
     /// A new request, retained until its response arrives.
     pub fn request(&mut self, command: Command, body: Body) -> Result<Frame, SessionError> {
+        self.request_tagged(command, body, 0)
+    }
+
+    /// A new request whose response comes back with `tag`.
+    pub fn request_tagged(
+        &mut self,
+        command: Command,
+        body: Body,
+        tag: u8,
+    ) -> Result<Frame, SessionError> {
         if self.requests.len() >= REQUESTS_IN_FLIGHT_MAX {
             return Err(SessionError::TooManyRequests(self.requests.len()));
         }
@@ -125,7 +142,7 @@ impl Session {
             body,
         };
         self.next_request_id += 1;
-        self.requests.insert(frame.request_id, frame);
+        self.requests.insert(frame.request_id, (frame.clone(), tag));
         Ok(frame)
     }
 
@@ -149,7 +166,7 @@ impl Session {
             error,
             body,
         };
-        self.responses.insert(frame.seq, frame);
+        self.responses.insert(frame.seq, frame.clone());
         Ok(frame)
     }
 
@@ -207,9 +224,10 @@ impl Session {
             return Ok(Received::Request(frame));
         }
         match self.requests.remove(&frame.request_id) {
-            Some(request) => Ok(Received::Response {
+            Some((request, tag)) => Ok(Received::Response {
                 request,
                 response: frame,
+                tag,
             }),
             None => Err(SessionError::UnknownResponse(frame.request_id)),
         }
@@ -224,9 +242,10 @@ impl Session {
         let mut frames: Vec<Frame> = self
             .requests
             .values()
+            .map(|(frame, _)| frame)
             .filter(|frame| frame.seq > peer_recv_seq)
             .chain(self.responses.values())
-            .copied()
+            .cloned()
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         debug_assert!(frames
@@ -239,7 +258,11 @@ impl Session {
     /// Requests sent and not answered, in the order they were sent: what a
     /// client re-issues as new requests when the server lost the session.
     pub fn unanswered_requests(&self) -> Vec<Frame> {
-        let mut frames: Vec<Frame> = self.requests.values().copied().collect();
+        let mut frames: Vec<Frame> = self
+            .requests
+            .values()
+            .map(|(frame, _)| frame.clone())
+            .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         frames
     }
@@ -293,18 +316,21 @@ mod tests {
             .collect();
         // The server got the first two; the connection died.
         for frame in &sent[..2] {
-            assert!(matches!(server.receive(*frame), Ok(Received::Request(_))));
+            assert!(matches!(
+                server.receive(frame.clone()),
+                Ok(Received::Request(_))
+            ));
         }
         let resent = client.resend(server.recv_seq()).unwrap();
         assert_eq!(
             resent.iter().map(|f| f.seq).collect::<Vec<_>>(),
             vec![3, 4, 5]
         );
-        assert_eq!(server.receive(sent[1]), Ok(Received::Duplicate));
+        assert_eq!(server.receive(sent[1].clone()), Ok(Received::Duplicate));
         for frame in resent {
             assert!(matches!(server.receive(frame), Ok(Received::Request(_))));
         }
-        let mut skipped = sent[4];
+        let mut skipped = sent[4].clone();
         skipped.seq = 9;
         assert_eq!(
             server.receive(skipped),
@@ -320,7 +346,7 @@ mod tests {
         let mut server = Session::new();
         let mut client = Session::new();
         let request = client.request(Command::Lock, lock(1)).unwrap();
-        server.receive(request).unwrap();
+        server.receive(request.clone()).unwrap();
         let response = server
             .respond(
                 request.request_id,
@@ -330,7 +356,7 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(
-            client.receive(response),
+            client.receive(response.clone()),
             Ok(Received::Response { .. })
         ));
         assert_eq!(client.requests_in_flight(), 0);

@@ -161,11 +161,15 @@ impl ServerCore {
             Ok(received) => received,
             Err(error) => return self.close(conn, format!("client {client:#x}: {error}"), out),
         };
-        self.ack_dirty.push(client);
+        if self.ack_dirty.last() != Some(&client) {
+            self.ack_dirty.push(client);
+        }
         match received {
             Received::Duplicate | Received::Control(_) => {}
             Received::Request(request) => self.request(now_us, conn, client, request, out),
-            Received::Response { request, response } => {
+            Received::Response {
+                request, response, ..
+            } => {
                 if let (Command::Invalidate, Some(msg)) = (request.command, response.lock_msg()) {
                     let mut actions = std::mem::take(&mut self.actions);
                     self.locks.invalidated(now_us, client, msg, &mut actions);
@@ -228,7 +232,7 @@ impl ServerCore {
                     request.request_id,
                     Command::Stat,
                     ErrorCode::Ok,
-                    Body::Stats(stats),
+                    Body::Stats(Box::new(stats)),
                     out,
                 );
             }
@@ -395,7 +399,7 @@ impl ServerCore {
                 command: Command::Greeting,
                 response: true,
                 error,
-                body: Body::Greeting(reply),
+                body: Body::Greeting(Box::new(reply)),
             };
             out.push(ServerOutput::Send(conn, response));
             return self.close(
@@ -436,7 +440,7 @@ impl ServerCore {
             Command::Greeting,
             true,
             ErrorCode::Ok,
-            Body::Greeting(reply),
+            Body::Greeting(Box::new(reply)),
         );
         self.conns
             .get_mut(&conn)

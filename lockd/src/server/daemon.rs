@@ -83,7 +83,11 @@ pub fn run(listener: Listener, config: ServerConfig) -> std::io::Result<DaemonHa
     let task = tokio::spawn(async move {
         core_loop(ServerCore::new(config, epoch, 0), events_rx).await;
         accept.abort();
+        // The accept task holds the listener: once it is gone, so is the
+        // listening socket, and a new daemon can bind the address at once.
+        let _ = accept.await;
         listener.cleanup();
+        drop(listener);
     });
     Ok(DaemonHandle {
         endpoint,

@@ -8,7 +8,6 @@
 //! every conflicting holder is sent an invalidation, and later waiters wait too.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::ops::Bound;
 
 use smallvec::SmallVec;
 
@@ -98,11 +97,12 @@ impl Lock {
     }
 }
 
-/// Locks are keyed by (zone, start); ranges of distinct locks never overlap.
+/// Locks are keyed by (zone, end); ranges of distinct locks never overlap,
+/// so this orders them as well as their starts would.
 type LockKey = (u64, u64);
 
 fn key(range: &LockRange) -> LockKey {
-    (range.zone, range.start)
+    (range.zone, range.end)
 }
 
 #[derive(Debug, Default)]
@@ -409,23 +409,19 @@ impl LockServer {
         range: LockRange,
     ) -> Result<&mut Lock, ErrorCode> {
         let lock_key = key(&range);
-        // One descent finds the lock itself or its predecessor.
-        let before = match locks.range(..=lock_key).next_back() {
-            Some((k, lock)) if *k == lock_key => {
-                return if lock.range == range {
-                    Ok(locks.get_mut(&lock_key).expect("just seen"))
-                } else {
-                    Err(ErrorCode::RangeOverlap)
-                };
-            }
-            other => other.map(|(_, l)| l.range),
-        };
-        let after = locks
-            .range((Bound::Excluded(lock_key), Bound::Unbounded))
+        // Locks are disjoint and keyed by their end, so the first lock ending
+        // at or after our start is the only one that can overlap us: one
+        // descent tells "this lock", "overlaps another" or "free".
+        let first = locks
+            .range((range.zone, range.start)..)
             .next()
             .map(|(_, l)| l.range);
-        if before.is_some_and(|r| r.overlaps(&range)) || after.is_some_and(|r| r.overlaps(&range)) {
-            return Err(ErrorCode::RangeOverlap);
+        match first {
+            Some(found) if found == range => {
+                return Ok(locks.get_mut(&lock_key).expect("just seen"))
+            }
+            Some(found) if found.overlaps(&range) => return Err(ErrorCode::RangeOverlap),
+            _ => {}
         }
         if locks.len() >= LOCKS_MAX {
             return Err(ErrorCode::InvalidRequest);
@@ -493,5 +489,143 @@ impl LockServer {
             break;
         }
         self.remove_if_idle(lock_key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ask(
+        server: &mut LockServer,
+        client: ClientId,
+        zone: u64,
+        start: u64,
+        end: u64,
+    ) -> LockAction {
+        let mut out = Vec::new();
+        let msg = LockMsg {
+            range: LockRange::new(zone, start, end),
+            mode: Mode::Read,
+        };
+        server.request(0, client, 1, msg, &mut out);
+        out.pop()
+            .expect("a read on a fresh server is answered at once")
+    }
+
+    fn refused(action: LockAction) -> Option<ErrorCode> {
+        match action {
+            LockAction::Refuse { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn partially_overlapping_ranges_are_refused_identical_and_disjoint_ones_are_not() {
+        let mut server = LockServer::new(0);
+        assert_eq!(refused(ask(&mut server, 1, 1, 10, 19)), None);
+        assert_eq!(
+            refused(ask(&mut server, 2, 1, 10, 19)),
+            None,
+            "the same lock"
+        );
+        assert_eq!(
+            refused(ask(&mut server, 2, 1, 0, 9)),
+            None,
+            "the neighbour below"
+        );
+        assert_eq!(
+            refused(ask(&mut server, 2, 1, 20, 29)),
+            None,
+            "the neighbour above"
+        );
+        assert_eq!(
+            refused(ask(&mut server, 2, 2, 15, 25)),
+            None,
+            "another zone"
+        );
+        for (start, end) in [(15, 25), (5, 15), (12, 13), (0, 100), (19, 20), (9, 10)] {
+            assert_eq!(
+                refused(ask(&mut server, 3, 1, start, end)),
+                Some(ErrorCode::RangeOverlap),
+                "[{start}, {end}]"
+            );
+        }
+        assert_eq!(server.locks(), 4);
+        server.check_invariant().unwrap();
+    }
+
+    #[test]
+    fn an_incompatible_request_waits_for_every_invalidation_reply() {
+        let mut server = LockServer::new(0);
+        let range = LockRange::new(0, 0, 0);
+        let mut out = Vec::new();
+        server.request(
+            0,
+            1,
+            1,
+            LockMsg {
+                range,
+                mode: Mode::Read,
+            },
+            &mut out,
+        );
+        server.request(
+            0,
+            2,
+            1,
+            LockMsg {
+                range,
+                mode: Mode::Read,
+            },
+            &mut out,
+        );
+        out.clear();
+        server.request(
+            0,
+            3,
+            1,
+            LockMsg {
+                range,
+                mode: Mode::Write,
+            },
+            &mut out,
+        );
+        let invalidated: Vec<ClientId> = out
+            .iter()
+            .filter_map(|a| match a {
+                LockAction::Invalidate { client, msg } if msg.mode == Mode::Null => Some(*client),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(invalidated.len(), 2);
+        out.clear();
+        server.invalidated(
+            0,
+            1,
+            LockMsg {
+                range,
+                mode: Mode::Null,
+            },
+            &mut out,
+        );
+        assert!(
+            out.is_empty(),
+            "granted before every holder answered: {out:?}"
+        );
+        server.invalidated(
+            0,
+            2,
+            LockMsg {
+                range,
+                mode: Mode::Null,
+            },
+            &mut out,
+        );
+        assert!(
+            matches!(out[..], [LockAction::Grant { client: 3, .. }]),
+            "{out:?}"
+        );
+        server.check_invariant().unwrap();
     }
 }

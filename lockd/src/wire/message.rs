@@ -34,12 +34,13 @@ impl Mode {
 
     /// Whether two holders (on overlapping ranges) may hold these modes at once.
     pub fn compatible(self, other: Mode) -> bool {
-        match (self, other) {
-            (Mode::Null, _) | (_, Mode::Null) => true,
-            (Mode::Read, Mode::Read) => true,
-            (Mode::WriteOnly, Mode::WriteOnly) => true,
-            _ => false,
-        }
+        matches!(
+            (self, other),
+            (Mode::Null, _)
+                | (_, Mode::Null)
+                | (Mode::Read, Mode::Read)
+                | (Mode::WriteOnly, Mode::WriteOnly)
+        )
     }
 
     /// Whether holding `self` already gives everything `wanted` gives.

@@ -1,0 +1,92 @@
+//! The `lockd` program: it serves on the address given, `lockd stat` prints a
+//! running daemon's counts (and fails clearly for a wrong cluster id), and
+//! SIGTERM shuts it down cleanly (exit status 0, unix socket file removed).
+
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const LOCKD: &str = env!("CARGO_BIN_EXE_lockd");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(listen: &str) -> Daemon {
+    let child = Command::new(LOCKD)
+        .args([
+            "--listen",
+            listen,
+            "--cluster-id",
+            "0x77",
+            "--recovery-ms",
+            "0",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("lockd starts");
+    Daemon(child)
+}
+
+fn stat(connect: &str, cluster_id: &str) -> Output {
+    Command::new(LOCKD)
+        .args(["stat", "--connect", connect, "--cluster-id", cluster_id])
+        .output()
+        .expect("lockd stat runs")
+}
+
+/// Runs `lockd stat` until the daemon answers (it may still be binding).
+fn stat_when_up(connect: &str) -> Output {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let output = stat(connect, "0x77");
+        if output.status.success() || Instant::now() > deadline {
+            return output;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn terminate(mut daemon: Daemon) -> std::process::ExitStatus {
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    daemon.0.wait().expect("lockd exits")
+}
+
+#[test]
+fn stat_over_tcp_and_a_clean_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = start(&addr);
+    let output = stat_when_up(&addr);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("locks") && text.contains("p99"), "{text}");
+    let refused = stat(&addr, "0x78");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("cluster"),
+        "{refused:?}"
+    );
+    assert!(terminate(daemon).success());
+}
+
+#[test]
+fn a_unix_socket_daemon_removes_its_socket_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockd.sock");
+    let listen = format!("unix:{}", path.display());
+    let daemon = start(&listen);
+    assert!(stat_when_up(&listen).status.success());
+    assert!(path.exists());
+    assert!(terminate(daemon).success());
+    assert!(!path.exists(), "socket file left behind");
+}
