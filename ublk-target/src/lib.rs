@@ -5,7 +5,12 @@
 //!   (`BlockTarget`), the errors that become an errno at the edge
 //!   (`TargetError`), and `MemTarget`, an in-memory target for front-end
 //!   tests.
+//! - `aligned`: `AlignedBuf`, 4096-aligned buffers for O_DIRECT.
+//! - `nbd`: the NBD front end (handshake, transmission, listener).
 
+pub mod aligned;
+pub mod nbd;
 pub mod target;
 
+pub use aligned::AlignedBuf;
 pub use target::{BlockTarget, MemTarget, TargetError};
