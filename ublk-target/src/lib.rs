@@ -7,10 +7,14 @@
 //!   tests.
 //! - `aligned`: `AlignedBuf`, 4096-aligned buffers for O_DIRECT.
 //! - `nbd`: the NBD front end (handshake, transmission, listener).
+//! - `volume`: the volume engine (map in fscore's btree, copy-on-write data,
+//!   checksums, commits) and `DataIo`, how it reaches the data device.
 
 pub mod aligned;
 pub mod nbd;
 pub mod target;
+pub mod volume;
 
 pub use aligned::AlignedBuf;
 pub use target::{BlockTarget, MemTarget, TargetError};
+pub use volume::{DataIo, Volume, VolumeHandle};
