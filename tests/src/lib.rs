@@ -299,6 +299,11 @@ impl NbdClient {
         self.s.write_all(&b)
     }
 
+    /// Sends bytes as they are (for malformed requests).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).expect("sending raw bytes");
+    }
+
     /// One simple reply: (cookie, errno). Read data, if any, follows: use `read_data`.
     pub fn reply(&mut self) -> std::io::Result<(u64, u32)> {
         let mut r = [0u8; 16];

@@ -11,8 +11,16 @@ fn fio_randwrite_verify_crc32c_qd32() {
     let pool = Pool::mkfs("256M");
     let d = pool.add();
     let job = concat!(env!("CARGO_MANIFEST_DIR"), "/../ci/fio/verify.fio");
-    let out = run_ok(Command::new("fio").arg(job).env("NBD_URI", &d.uri).env("SIZE", "64M"));
-    assert!(out.contains("randwrite-4k") && out.contains("randwrite-512-to-64k"), "{out}");
+    let out = run_ok(
+        Command::new("fio")
+            .arg(job)
+            .env("NBD_URI", &d.uri)
+            .env("SIZE", "64M"),
+    );
+    assert!(
+        out.contains("randwrite-4k") && out.contains("randwrite-512-to-64k"),
+        "{out}"
+    );
     assert!(!out.contains("verify: bad"), "{out}");
     pool.del(0);
     pool.check_clean();

@@ -23,7 +23,12 @@ fn crc_of(path: &Path) -> u32 {
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         total += n as u64;
     }
-    assert_eq!(total, IMAGE_BYTES, "{} has the image's size", path.display());
+    assert_eq!(
+        total,
+        IMAGE_BYTES,
+        "{} has the image's size",
+        path.display()
+    );
     crc
 }
 
@@ -52,9 +57,18 @@ fn sparse_image_converts_in_and_out_unchanged() {
     let want = crc_of(&src);
 
     let d = pool.add();
-    run_ok(Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&d.uri));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&d.uri),
+    );
     let out = pool.dir.path().join("out.img");
-    run_ok(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &d.uri]).arg(&out));
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &d.uri])
+            .arg(&out),
+    );
     assert_eq!(crc_of(&out), want, "seed {seed}");
 
     pool.del(0);
