@@ -1,5 +1,10 @@
 //! `AlignedBuf`: a heap buffer whose address and capacity are multiples of
 //! 4096, so it can be handed to O_DIRECT reads and writes as is.
+//!
+//! Dropped buffers go to a small per-thread cache by power-of-two size
+//! class and are handed out again by `AlignedBuf::reuse`: large buffers
+//! would otherwise be fresh mmaps whose page faults cost more than the I/O
+//! (measured: a fifth of the daemon's time in a 1 MiB write workload).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ops::{Deref, DerefMut};
@@ -8,6 +13,32 @@ use std::ptr::NonNull;
 /// Alignment of every buffer: the data block size, which is also a multiple
 /// of every logical block size O_DIRECT may demand.
 pub const BUF_ALIGN_BYTES: usize = 4096;
+
+/// Bytes of buffers one thread keeps for reuse: a few requests' worth of
+/// the largest payloads, so a burst does not pin memory forever.
+pub const BUF_CACHE_BYTES_MAX: usize = 64 << 20;
+/// Buffers kept per size class.
+const BUF_CACHE_PER_CLASS_MAX: usize = 64;
+/// Size classes 4 KiB (2^12) ..= 32 MiB (2^25).
+const CLASS_MIN_SHIFT: u32 = 12;
+const CLASSES: usize = 14;
+
+struct Cache {
+    classes: [Vec<NonNull<u8>>; CLASSES],
+    bytes: usize,
+}
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Cache> = std::cell::RefCell::new(Cache {
+        classes: Default::default(),
+        bytes: 0,
+    });
+}
+
+fn class_of(capacity: usize) -> Option<usize> {
+    let class = (capacity.trailing_zeros() - CLASS_MIN_SHIFT) as usize;
+    (capacity.is_power_of_two() && class < CLASSES).then_some(class)
+}
 
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
@@ -30,6 +61,30 @@ impl AlignedBuf {
             std::alloc::handle_alloc_error(layout);
         };
         AlignedBuf { ptr, len, layout }
+    }
+
+    /// A buffer of `len` bytes whose contents are unspecified (whatever a
+    /// previous user left, or zeros): for callers that overwrite all of it.
+    pub fn reuse(len: usize) -> AlignedBuf {
+        let capacity = len.max(1).next_power_of_two().max(BUF_ALIGN_BYTES);
+        if let Some(class) = class_of(capacity) {
+            let cached = CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                let ptr = c.classes[class].pop();
+                if ptr.is_some() {
+                    c.bytes -= capacity;
+                }
+                ptr
+            });
+            if let Some(ptr) = cached {
+                let layout =
+                    Layout::from_size_align(capacity, BUF_ALIGN_BYTES).expect("buffer layout");
+                return AlignedBuf { ptr, len, layout };
+            }
+        }
+        let mut buf = AlignedBuf::zeroed(capacity);
+        buf.len = len;
+        buf
     }
 
     pub fn len(&self) -> usize {
@@ -58,6 +113,25 @@ impl DerefMut for AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
+        let capacity = self.layout.size();
+        if let Some(class) = class_of(capacity) {
+            let kept = CACHE
+                .try_with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.bytes + capacity > BUF_CACHE_BYTES_MAX
+                        || c.classes[class].len() >= BUF_CACHE_PER_CLASS_MAX
+                    {
+                        return false;
+                    }
+                    c.bytes += capacity;
+                    c.classes[class].push(self.ptr);
+                    true
+                })
+                .unwrap_or(false);
+            if kept {
+                return;
+            }
+        }
         // SAFETY: allocated in `zeroed` with this layout.
         unsafe { dealloc(self.ptr.as_ptr(), self.layout) }
     }
@@ -83,6 +157,14 @@ mod tests {
             assert!(buf.iter().all(|&b| b == 0xa5));
         }
         assert!(is_block_aligned(&AlignedBuf::zeroed(8192)));
+        // A reused buffer is aligned, of the asked length, and comes back.
+        let first = AlignedBuf::reuse(3 * 4096);
+        let ptr = first.as_ptr();
+        drop(first);
+        let again = AlignedBuf::reuse(4 * 4096);
+        assert_eq!(again.as_ptr(), ptr);
+        assert_eq!(again.len(), 4 * 4096);
+        assert_eq!(again.as_ptr() as usize % BUF_ALIGN_BYTES, 0);
         assert!(!is_block_aligned(&AlignedBuf::zeroed(8192)[512..4608]));
     }
 }

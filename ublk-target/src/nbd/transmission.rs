@@ -91,7 +91,7 @@ where
             .await
             .expect("semaphore never closed");
         let payload = if request.kind == CMD_WRITE {
-            let mut buf = AlignedBuf::zeroed(request.length as usize);
+            let mut buf = AlignedBuf::reuse(request.length as usize);
             if let Err(e) = reader.read_exact(&mut buf).await {
                 break Err(truncated(e));
             }
@@ -192,7 +192,8 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
         ));
         return error_reply(cookie, structured, &e);
     }
-    let mut buf = AlignedBuf::zeroed(request.length as usize);
+    // The target fills all of it (BlockTarget::read).
+    let mut buf = AlignedBuf::reuse(request.length as usize);
     if let Err(e) = target.read(request.offset, &mut buf).await {
         return error_reply(cookie, structured, &e);
     }

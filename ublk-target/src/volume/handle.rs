@@ -83,8 +83,8 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// Reads the mapped blocks of `first..` into `buf` (block i at i*4096),
-    /// one I/O per run of physically contiguous blocks; unmapped blocks stay
-    /// zero. Returns the indexes whose checksum did not match.
+    /// one I/O per run of physically contiguous blocks; unmapped blocks are
+    /// zero-filled without I/O. Returns the indexes whose checksum did not match.
     async fn read_blocks(
         &self,
         first: u64,
@@ -94,6 +94,7 @@ impl<D: DataIo> VolumeHandle<D> {
         let mut i = 0;
         while i < maps.len() {
             let Some(m) = maps[i] else {
+                buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize].fill(0);
                 i += 1;
                 continue;
             };
@@ -195,7 +196,7 @@ impl<D: DataIo> VolumeHandle<D> {
         let open_txn = v.open_txn.load(Ordering::Acquire);
         let old = self.lookup(first, count)?;
 
-        let mut buf = AlignedBuf::zeroed((count * BLOCK_BYTES) as usize);
+        let mut buf = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
         let head = (offset % BLOCK_BYTES) as usize;
         let tail = ((offset + data.len() as u64) % BLOCK_BYTES) as usize;
         if head != 0 {
@@ -273,7 +274,7 @@ impl<D: DataIo> VolumeHandle<D> {
         old: Option<Mapping>,
         block: &mut [u8],
     ) -> TargetResult<()> {
-        if old.is_some() && !self.read_blocks(vblock, &[old], block).await?.is_empty() {
+        if !self.read_blocks(vblock, &[old], block).await?.is_empty() {
             log::error!(
                 "volume {}: checksum mismatch at volume offset {}",
                 self.volume.volume_id,
@@ -406,9 +407,10 @@ impl<D: DataIo> VolumeHandle<D> {
 
     /// Writes zeros over `offset..offset + len`, allocating (no unmap).
     async fn write_zero_bytes(&self, offset: u64, len: u64) -> TargetResult<()> {
-        let zeros = vec![0u8; (CHUNK_BLOCKS * BLOCK_BYTES) as usize];
+        static ZEROS: [u8; (CHUNK_BLOCKS * BLOCK_BYTES) as usize] =
+            [0; (CHUNK_BLOCKS * BLOCK_BYTES) as usize];
         for (at, n) in chunks(offset, len) {
-            self.write_with_retry(at, &zeros[..n as usize]).await?;
+            self.write_with_retry(at, &ZEROS[..n as usize]).await?;
         }
         Ok(())
     }
@@ -437,18 +439,12 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
         check_range(self.volume.size_bytes, offset, buf.len() as u64)?;
-        let mut bounce = AlignedBuf::zeroed(0);
         let mut done = 0usize;
         for (at, n) in chunks(offset, buf.len() as u64) {
             let first = at / BLOCK_BYTES;
             let last = (at + n - 1) / BLOCK_BYTES;
             let count = last - first + 1;
-            let bytes = (count * BLOCK_BYTES) as usize;
-            if bounce.len() != bytes {
-                bounce = AlignedBuf::zeroed(bytes);
-            } else {
-                bounce.fill(0);
-            }
+            let mut bounce = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
             self.read_chunk(first, count, &mut bounce).await?;
             let skip = (at % BLOCK_BYTES) as usize;
             buf[done..done + n as usize].copy_from_slice(&bounce[skip..skip + n as usize]);
