@@ -168,6 +168,28 @@ impl Pool {
     pub fn del(&self, id: u32) {
         run_ok(self.cmd().args(["del", "-n", &id.to_string()]));
     }
+    /// Waits until no process holds the pool's files locked. A killed
+    /// daemon's io_uring is torn down by the kernel after the process has
+    /// exited, and its files (and their flocks) are released only then.
+    pub fn wait_released(&self) {
+        use std::os::fd::AsRawFd;
+        for path in [self.meta(), self.data()] {
+            let f = std::fs::File::open(&path).unwrap();
+            for attempt in 0.. {
+                // SAFETY: flock on a descriptor we own; closing it unlocks.
+                if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                    break;
+                }
+                assert!(
+                    attempt < 3000,
+                    "{} still locked 30 s after its daemon died",
+                    path.display()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
     /// Runs `check` and asserts it is clean; returns its output.
     pub fn check_clean(&self) -> String {
         let mut c = self.cmd();

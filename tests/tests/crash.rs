@@ -175,6 +175,7 @@ fn kill_9_during_writes_keeps_every_flushed_write() {
         d.kill9();
         let _ = fio.kill();
         let _ = fio.wait();
+        pool.wait_released();
         pool.check_clean();
     }
     let d = pool.add();
