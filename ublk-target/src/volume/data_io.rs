@@ -111,15 +111,21 @@ impl Ring {
 struct Shared {
     ring: RefCell<Ring>,
     eventfd: tokio::io::unix::AsyncFd<OwnedFd>,
+    /// Entries are queued but not yet submitted.
+    unsubmitted: std::cell::Cell<bool>,
+    submitter: RefCell<Option<Waker>>,
 }
 
 /// An io_uring on the current thread, its completions signalled through an
-/// eventfd that a local reaper task watches. Must be created inside a tokio
-/// `LocalSet`.
+/// eventfd that a local reaper task watches. Operations queued while other
+/// tasks run are submitted together by a local submitter task, which runs
+/// after the tasks already ready (one io_uring_enter for many requests).
+/// Must be created inside a tokio `LocalSet`.
 pub struct UringDataIo {
     file: File,
     shared: Rc<Shared>,
     reaper: tokio::task::JoinHandle<()>,
+    submitter: tokio::task::JoinHandle<()>,
 }
 
 impl UringDataIo {
@@ -140,6 +146,8 @@ impl UringDataIo {
                 slots: slab::Slab::new(),
             }),
             // SAFETY: the OwnedFd stays open and unchanged inside the AsyncFd.
+            unsubmitted: std::cell::Cell::new(false),
+            submitter: RefCell::new(None),
             eventfd: unsafe {
                 tokio::io::unix::AsyncFd::register_with_interest(
                     eventfd,
@@ -149,10 +157,12 @@ impl UringDataIo {
             .map_err(|e| io::Error::other(e.to_string()))?,
         });
         let reaper = tokio::task::spawn_local(reap_forever(shared.clone()));
+        let submitter = tokio::task::spawn_local(submit_forever(shared.clone()));
         Ok(UringDataIo {
             file,
             shared,
             reaper,
+            submitter,
         })
     }
 
@@ -175,6 +185,27 @@ impl UringDataIo {
 impl Drop for UringDataIo {
     fn drop(&mut self) {
         self.reaper.abort();
+        self.submitter.abort();
+    }
+}
+
+async fn submit_forever(shared: Rc<Shared>) {
+    loop {
+        std::future::poll_fn(|cx| {
+            if shared.unsubmitted.get() {
+                return Poll::Ready(());
+            }
+            *shared.submitter.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+        shared.unsubmitted.set(false);
+        if let Err(e) = shared.ring.borrow_mut().ring.submit() {
+            // The entries stay queued; the next submission carries them.
+            log::warn!("io_uring submit failed: {e}");
+            shared.unsubmitted.set(true);
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -220,10 +251,12 @@ impl std::future::Future for Op<'_> {
                     return Poll::Ready(-e.raw_os_error().unwrap_or(libc::EIO));
                 }
             }
-            if let Err(e) = ring.ring.submit() {
-                log::warn!("io_uring submit failed: {e}");
-            }
             drop(ring);
+            if !self.shared.unsubmitted.replace(true) {
+                if let Some(submitter) = self.shared.submitter.borrow_mut().take() {
+                    submitter.wake();
+                }
+            }
             self.key = Some(key);
             return Poll::Pending;
         }
