@@ -208,11 +208,20 @@ fn a_corrupted_data_block_is_eio_naming_the_volume_offset() {
 
     let volume = pool.open();
     let h = file_handle(&volume);
+    // Both read paths: a bounce buffer (unaligned Vec) and straight into
+    // an aligned buffer.
     let mut buf = vec![0u8; 8192];
     match block_on(h.read(offset, &mut buf)) {
         Err(TargetError::Io(msg)) => assert!(msg.contains(&offset.to_string()), "{msg}"),
         other => panic!("corrupt block read gave {other:?}"),
     }
+    let mut aligned = AlignedBuf::zeroed(8192);
+    assert!(matches!(
+        block_on(h.read(offset, &mut aligned)),
+        Err(TargetError::Io(_))
+    ));
+    block_on(h.read(offset + 4096, &mut aligned[..4096])).unwrap();
+    assert_eq!(&aligned[..4096], &[0x6bu8; 4096][..]);
     // A 512-byte write into it cannot merge with garbage either.
     assert!(matches!(
         block_on(h.write(offset + 512, &[1u8; 512], false)),

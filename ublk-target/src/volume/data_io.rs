@@ -200,7 +200,8 @@ async fn submit_forever(shared: Rc<Shared>) {
         })
         .await;
         shared.unsubmitted.set(false);
-        if let Err(e) = shared.ring.borrow_mut().ring.submit() {
+        let submitted = shared.ring.borrow_mut().ring.submit();
+        if let Err(e) = submitted {
             // The entries stay queued; the next submission carries them.
             log::warn!("io_uring submit failed: {e}");
             shared.unsubmitted.set(true);

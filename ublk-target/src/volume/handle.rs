@@ -18,7 +18,7 @@
 use super::data_io::DataIo;
 use super::map::{self, Mapping, BLOCK_BYTES};
 use super::volume::{target_error, Volume};
-use crate::aligned::AlignedBuf;
+use crate::aligned::{is_block_aligned, AlignedBuf};
 use crate::target::{check_range, BlockTarget, TargetError, TargetResult};
 use fscore::Extent;
 use std::sync::atomic::Ordering;
@@ -439,11 +439,19 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
         check_range(self.volume.size_bytes, offset, buf.len() as u64)?;
+        // Whole blocks into an aligned buffer: read straight into it.
+        let direct = offset % BLOCK_BYTES == 0 && is_block_aligned(buf);
         let mut done = 0usize;
         for (at, n) in chunks(offset, buf.len() as u64) {
             let first = at / BLOCK_BYTES;
             let last = (at + n - 1) / BLOCK_BYTES;
             let count = last - first + 1;
+            if direct {
+                self.read_chunk(first, count, &mut buf[done..done + n as usize])
+                    .await?;
+                done += n as usize;
+                continue;
+            }
             let mut bounce = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
             self.read_chunk(first, count, &mut bounce).await?;
             let skip = (at % BLOCK_BYTES) as usize;
