@@ -1,0 +1,2 @@
+. /ci/guest-lib.sh
+say "GUEST-BENCH-DONE"
