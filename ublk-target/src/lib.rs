@@ -5,7 +5,9 @@
 //!   (`BlockTarget`), the errors that become an errno at the edge
 //!   (`TargetError`), and `MemTarget`, an in-memory target for front-end
 //!   tests.
+//! - `ublk`: the ublk front end (/dev/ublkbN through libublk).
 
 pub mod target;
+pub mod ublk;
 
 pub use target::{BlockTarget, MemTarget, TargetError};
