@@ -14,6 +14,9 @@ run_test() {
         >/tmp/test-$name.log 2>&1
     status=$?
     end=$(date +%s)
+    if [ "$VERBOSE" = 1 ]; then
+        sed "s/^/  $name| /" /tmp/test-$name.log >/dev/console
+    fi
     if [ $status = 0 ]; then
         say "GUEST-TEST $name PASS ($((end - start))s)"
         passed=$((passed + 1))
@@ -29,7 +32,26 @@ test_modules() {
     test -c /dev/ublk-control
 }
 
+test_smoke() {
+    export SCOUTFS_UBLK_DEV_MEM_MIB=256
+    scoutfs-ublk add -q 2 -d 32 --meta /x --data /y
+    wait_for /dev/ublkb0
+    scoutfs-ublk list
+    scoutfs-ublk list --json
+    cat /sys/block/ublkb0/queue/write_cache /sys/block/ublkb0/queue/fua /sys/block/ublkb0/queue/discard_max_bytes /sys/block/ublkb0/queue/write_zeroes_max_bytes /sys/block/ublkb0/queue/max_sectors_kb /sys/block/ublkb0/queue/physical_block_size
+    dd if=/dev/urandom of=/tmp/src bs=1M count=16
+    dd if=/tmp/src of=$DEV bs=1M oflag=direct
+    dd if=$DEV of=/tmp/back bs=1M count=16 iflag=direct
+    cmp /tmp/src /tmp/back
+    blkdiscard -o 0 -l 1048576 $DEV
+    fio --name=v --filename=$DEV --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --direct=1 --size=32M --verify=crc32c --numjobs=1
+    scoutfs-ublk del -n 0
+    wait_for ! /dev/ublkb0
+    cat /run/scoutfs-ublk/daemon.log
+}
+
 [ "${1:-}" = "--define" ] && return 0
 
 run_test modules 10
+run_test smoke 100
 say "GUEST-SUMMARY passed=$passed failed=$failed"

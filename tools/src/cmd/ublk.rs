@@ -1,1 +1,324 @@
 //! The ublk side of add, del, list and recover.
+//!
+//! `add` and `recover` start a daemon (unless `--foreground`): the parent
+//! forks, the child leaves the caller's session and mount namespace, opens
+//! the pool, creates or recovers /dev/ublkbN and reports the device id back
+//! through a pipe once the device is live; the parent prints the device and
+//! exits. The daemon's output goes to `DAEMON_LOG`.
+
+use crate::cli::{AddArgs, RecoverArgs};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use ublk_target::ublk::{self as front, ServeConfig, ServeMode};
+
+/// Where daemons write their log (appending; one line per event).
+pub const DAEMON_LOG: &str = "/run/scoutfs-ublk/daemon.log";
+
+/// Whether this kernel can serve ublk devices (/dev/ublk-control exists).
+pub fn available() -> bool {
+    front::available()
+}
+
+/// Whether `dev_id` names a ublk device, so del and list dispatch to ublk.
+pub fn owns(dev_id: u32) -> bool {
+    front::exists(dev_id)
+}
+
+/// The pool a device serves, as stored with the device for `recover`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolPaths {
+    meta: PathBuf,
+    data: PathBuf,
+}
+
+impl PoolPaths {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "meta": self.meta.to_string_lossy(),
+            "data": self.data.to_string_lossy(),
+        })
+    }
+
+    fn from_json(value: &serde_json::Value) -> Result<PoolPaths> {
+        let path = |key: &str| -> Result<PathBuf> {
+            value[key]
+                .as_str()
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow!("the device's stored target data has no {key:?} path"))
+        };
+        Ok(PoolPaths {
+            meta: path("meta")?,
+            data: path("data")?,
+        })
+    }
+}
+
+/// What a daemon is started with.
+#[derive(Debug, Clone)]
+struct DaemonSpec {
+    mode: ServeMode,
+    queues: u16,
+    depth: u16,
+    pool: PoolPaths,
+}
+
+/// `scoutfs-ublk add`: serve the pool as /dev/ublkbN.
+pub fn add(args: &AddArgs) -> Result<()> {
+    let spec = DaemonSpec {
+        mode: ServeMode::Add(args.dev_id),
+        queues: args.queues,
+        depth: args.depth,
+        pool: PoolPaths {
+            meta: args.pool.meta.clone(),
+            data: args.pool.data.clone(),
+        },
+    };
+    if args.foreground {
+        return run_daemon(&spec, None);
+    }
+    let dev_id = start_daemon(&spec)?;
+    print!("{}", front::device_info(dev_id)?.ublksrv_text());
+    Ok(())
+}
+
+/// `scoutfs-ublk recover -n N`: a new daemon for device N, whose daemon died.
+pub fn recover(args: &RecoverArgs) -> Result<()> {
+    let info = front::device_info(args.dev_id)?;
+    if info.state != "QUIESCED" && info.state != "FAIL_IO" {
+        bail!(
+            "ublk device {} is {}: only a device whose daemon died can be recovered",
+            args.dev_id,
+            info.state
+        );
+    }
+    let stored = info
+        .target_data
+        .as_ref()
+        .ok_or_else(|| anyhow!("ublk device {} has no stored pool paths", args.dev_id))?;
+    let spec = DaemonSpec {
+        mode: ServeMode::Recover(args.dev_id),
+        queues: info.nr_hw_queues,
+        depth: info.queue_depth,
+        pool: PoolPaths::from_json(stored)?,
+    };
+    let dev_id = start_daemon(&spec)?;
+    print!("{}", front::device_info(dev_id)?.ublksrv_text());
+    Ok(())
+}
+
+/// `scoutfs-ublk del -n N | -a`: stop devices, live or with a dead daemon.
+pub fn del(dev_id: Option<u32>, all: bool) -> Result<()> {
+    let ids = if all {
+        front::device_ids()
+    } else {
+        dev_id.into_iter().collect()
+    };
+    let mut failures = Vec::new();
+    for id in ids {
+        if let Err(e) = front::delete(id) {
+            failures.push(format!("device {id}: {e}"));
+        }
+    }
+    if !failures.is_empty() {
+        bail!("del failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// `scoutfs-ublk list [-n N] [--json]`.
+pub fn list(dev_id: Option<u32>, json: bool) -> Result<()> {
+    let ids = match dev_id {
+        Some(id) => vec![id],
+        None => front::device_ids(),
+    };
+    let infos = ids
+        .into_iter()
+        .map(front::device_info)
+        .collect::<Result<Vec<_>, _>>()?;
+    if json {
+        let list: Vec<_> = infos.iter().map(|i| i.to_json()).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        for info in infos {
+            print!("{}", info.ublksrv_text());
+        }
+    }
+    Ok(())
+}
+
+/// Forks the daemon and waits until it reports the live device's id (or
+/// exits without doing so).
+fn start_daemon(spec: &DaemonSpec) -> Result<u32> {
+    let (read_end, write_end) = pipe()?;
+    // SAFETY: the command is single-threaded here; the child only runs
+    // ordinary Rust code of this process image.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(read_end);
+            let status = match detach().and_then(|()| run_daemon(spec, Some(write_end))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("scoutfs-ublk daemon {}: {e:#}", std::process::id());
+                    1
+                }
+            };
+            std::process::exit(status);
+        }
+        child => {
+            drop(write_end);
+            let mut report = [0u8; 4];
+            let mut reader = std::fs::File::from(read_end);
+            match reader.read_exact(&mut report) {
+                Ok(()) => Ok(u32::from_le_bytes(report)),
+                Err(_) => {
+                    let mut status = 0;
+                    // SAFETY: waiting for our own child.
+                    unsafe { libc::waitpid(child, &mut status, 0) };
+                    bail!("the ublk daemon failed to start; see {DAEMON_LOG}")
+                }
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Leaves the caller's session and terminal: stdin from /dev/null, output to
+/// the daemon log.
+fn detach() -> Result<()> {
+    // SAFETY: plain system calls on our own process.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(std::io::Error::last_os_error()).context("setsid");
+    }
+    let log_path = Path::new(DAEMON_LOG);
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("opening {DAEMON_LOG}"))?;
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto the standard descriptors of this process.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+/// The daemon: opens the pool, serves the device until it stops, then
+/// closes the pool (committing). `report` receives the device id once live.
+fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
+    front::enter_private_mount_namespace()?;
+    let started = move |dev_id: u32| {
+        eprintln!(
+            "scoutfs-ublk daemon {}: serving /dev/ublkb{dev_id}",
+            std::process::id()
+        );
+        if let Some(fd) = report {
+            let mut pipe = std::fs::File::from(fd);
+            let _ = pipe.write_all(&dev_id.to_le_bytes());
+        }
+    };
+    serve_pool(spec, started)
+}
+
+/// Development aid, before a pool exists: with SCOUTFS_UBLK_DEV_MEM_MIB set,
+/// serve a volatile in-memory device of that size instead of the pool.
+const DEV_MEM_ENV: &str = "SCOUTFS_UBLK_DEV_MEM_MIB";
+
+fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
+    let target_data = spec.pool.to_json();
+    if let Ok(mib) = std::env::var(DEV_MEM_ENV) {
+        let size_bytes = mib.parse::<u64>().context(DEV_MEM_ENV)? << 20;
+        let memory = mem::SharedMem::new(size_bytes);
+        let config = ServeConfig {
+            mode: spec.mode,
+            queues: spec.queues,
+            depth: spec.depth,
+            size_bytes,
+            data_path: None,
+            target_data,
+        };
+        front::serve(config, move |_, _| memory.clone(), started)?;
+        return Ok(());
+    }
+    bail!("serving a pool through ublk needs the volume engine")
+}
+
+mod mem {
+    //! A volatile in-memory target shared by every queue thread.
+    use std::sync::{Arc, Mutex};
+    use ublk_target::target::{check_range, BlockTarget, TargetResult};
+
+    #[derive(Clone)]
+    pub(super) struct SharedMem(Arc<Mutex<Vec<u8>>>);
+
+    impl SharedMem {
+        pub(super) fn new(size_bytes: u64) -> SharedMem {
+            SharedMem(Arc::new(Mutex::new(vec![0; size_bytes as usize])))
+        }
+        fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner())
+        }
+    }
+
+    impl BlockTarget for SharedMem {
+        fn size_bytes(&self) -> u64 {
+            self.bytes().len() as u64
+        }
+        async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
+            let bytes = self.bytes();
+            check_range(bytes.len() as u64, offset, buf.len() as u64)?;
+            buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
+            Ok(())
+        }
+        async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> TargetResult<()> {
+            let mut bytes = self.bytes();
+            check_range(bytes.len() as u64, offset, data.len() as u64)?;
+            bytes[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+            Ok(())
+        }
+        async fn flush(&self) -> TargetResult<()> {
+            Ok(())
+        }
+        async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {
+            self.write_zeroes(offset, len, true).await
+        }
+        async fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> TargetResult<()> {
+            let mut bytes = self.bytes();
+            check_range(bytes.len() as u64, offset, len)?;
+            bytes[offset as usize..(offset + len) as usize].fill(0);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_paths_round_trip_through_the_stored_json() {
+        let pool = PoolPaths {
+            meta: "/mnt/p.meta".into(),
+            data: "/mnt/p.data".into(),
+        };
+        assert_eq!(PoolPaths::from_json(&pool.to_json()).unwrap(), pool);
+        assert!(PoolPaths::from_json(&serde_json::json!({"meta": "/x"})).is_err());
+    }
+}
