@@ -1,14 +1,13 @@
 # Shared helpers of the guest scripts (sourced by busybox sh).
 
-# Per-test bound: a test that hangs is killed and fails, the rest still run.
-TEST_TIMEOUT_SECS=${TEST_TIMEOUT_SECS:-60}
 POOL_META=/mnt/disk/pool.meta
 POOL_DATA=/mnt/disk/pool.data
+POOL_SIZE=1G
 DEV=/dev/ublkb0
 
 say() { echo "$*" >/dev/console 2>/dev/null || echo "$*"; }
 
-# Waits (bounded) until a path exists, or does not exist with "!".
+# Waits (bounded, 20 s) until a path exists, or with "!" until it does not.
 wait_for() {
     local want=present path=$1 tries=0
     if [ "$1" = "!" ]; then want=absent; path=$2; fi
@@ -22,11 +21,91 @@ wait_for() {
     return 1
 }
 
+# Whether process $1 exists and is not a zombie.
+alive() {
+    [ -r /proc/$1/stat ] || return 1
+    ! sed 's/.*) //' /proc/$1/stat | grep -q '^[ZX]'
+}
+
+# Waits (bounded, 20 s) until process $1 is gone.
+wait_gone() {
+    local tries=0
+    while alive "$1"; do
+        [ $tries -lt 200 ] || { echo "process $1 still alive"; return 1; }
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+}
+
+# Waits at most $2 seconds for our background child $1; returns its exit
+# status, or 124 after killing it when the time is up.
+wait_pid() {
+    local pid=$1 limit=$2 tenths=0
+    while alive "$pid"; do
+        if [ $tenths -ge $((limit * 10)) ]; then
+            echo "process $pid still running after ${limit}s: killing it"
+            kill -9 "$pid"
+            wait "$pid"
+            return 124
+        fi
+        sleep 0.1
+        tenths=$((tenths + 1))
+    done
+    wait "$pid"
+}
+
+new_pool() {
+    rm -f $POOL_META $POOL_DATA
+    if [ -n "$SCOUTFS_UBLK_DEV_RAW" ]; then truncate -s $POOL_SIZE $POOL_DATA; return; fi
+    scoutfs-ublk mkfs --meta $POOL_META --data $POOL_DATA --size $POOL_SIZE
+}
+
+# add_dev [-q N] [-d N]: serves the pool as /dev/ublkb0.
+add_dev() {
+    scoutfs-ublk add -n 0 "$@" --meta $POOL_META --data $POOL_DATA
+    wait_for $DEV
+}
+
+del_dev() {
+    scoutfs-ublk del -n 0
+    wait_for ! $DEV
+}
+
+check_pool() {
+    [ -z "$SCOUTFS_UBLK_DEV_RAW" ] || return 0
+    scoutfs-ublk check --meta $POOL_META --data $POOL_DATA
+}
+
+# Bytes of the data device in use, from `check`'s space accounting.
+used_bytes() {
+    scoutfs-ublk check --meta $POOL_META --data $POOL_DATA | sed -n 's/.*data used bytes[: ]*\([0-9]*\).*/\1/p'
+}
+
+daemon_pid() {
+    scoutfs-ublk list -n "$1" | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p'
+}
+
+# Compares the first $3 MiB of device $2 (read with O_DIRECT) with file $1.
+same_bytes() {
+    dd if="$2" bs=1M count="$3" iflag=direct 2>/dev/null | cmp - "$1"
+}
+
+# write_files DIR N: N files of random data of different sizes.
+write_files() {
+    local i=1
+    while [ $i -le $2 ]; do
+        dd if=/dev/urandom of="$1/f$i" bs=64k count=$((i * 3 + 1)) 2>/dev/null
+        i=$((i + 1))
+    done
+}
+
 # Returns the device and the pool to a clean state between tests.
 cleanup_all() {
     killall -9 fio dd 2>/dev/null
-    for m in /mnt/fs; do umount "$m" 2>/dev/null; done
+    umount /mnt/fs 2>/dev/null
+    scoutfs-ublk del -a >/dev/null 2>&1
+    killall -9 scoutfs-ublk 2>/dev/null
     scoutfs-ublk del -a >/dev/null 2>&1
     losetup -D 2>/dev/null
-    sleep 0.2
+    rm -f /tmp/src /tmp/fio-*.log
 }

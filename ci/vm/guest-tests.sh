@@ -1,7 +1,9 @@
 # The guest tests of issue 5, each reported as one line on the console:
 #   GUEST-TEST <name> PASS|FAIL (<seconds>s)
-# then a GUEST-SUMMARY line. ci/vm/run counts the `run_test` lines below to
-# know how many PASS lines to expect.
+# then a GUEST-SUMMARY line. ci/vm/run counts the `run_test` lines at the
+# end of this file to know how many PASS lines to expect. Every test runs
+# against a real pool (metadata and data files on the guest's virtio disk),
+# in a subshell with `set -e`, under its own time limit.
 . /ci/guest-lib.sh
 
 passed=0
@@ -9,8 +11,9 @@ failed=0
 
 run_test() {
     local name=$1 limit=$2 start end status
+    [ "${ONLY:-all}" = all ] || [ "$ONLY" = "$name" ] || return 0
     start=$(date +%s)
-    timeout -s KILL "$limit" sh -c ". /ci/guest-lib.sh; . /ci/guest-tests.sh --define; set -e; test_$name" \
+    timeout -s KILL "$limit" sh -c ". /ci/guest-lib.sh; . /ci/guest-tests.sh --define; set -ex; test_$name" \
         >/tmp/test-$name.log 2>&1
     status=$?
     end=$(date +%s)
@@ -22,36 +25,181 @@ run_test() {
         passed=$((passed + 1))
     else
         say "GUEST-TEST $name FAIL ($((end - start))s, status $status)"
-        tail -n 30 /tmp/test-$name.log | sed "s/^/  $name| /" >/dev/console
+        if [ "$VERBOSE" != 1 ]; then
+            tail -n 40 /tmp/test-$name.log | sed "s/^/  $name| /" >/dev/console
+            tail -n 10 /run/scoutfs-ublk/daemon.log 2>/dev/null | sed "s/^/  $name| daemon: /" >/dev/console
+        fi
         failed=$((failed + 1))
     fi
     cleanup_all
 }
 
-test_modules() {
-    test -c /dev/ublk-control
+# 1. 64 MiB through O_DIRECT, read back; del; add on the same pool; the
+#    data is still there.
+test_persist() {
+    new_pool
+    add_dev
+    dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null
+    dd if=/tmp/src of=$DEV bs=1M oflag=direct
+    same_bytes /tmp/src $DEV 64
+    del_dev
+    add_dev
+    same_bytes /tmp/src $DEV 64
+    del_dev
+    check_pool
 }
 
-test_smoke() {
-    export SCOUTFS_UBLK_DEV_MEM_MIB=256
-    scoutfs-ublk add -q 2 -d 32 --meta /x --data /y
-    wait_for /dev/ublkb0
-    scoutfs-ublk list
-    scoutfs-ublk list --json
-    cat /sys/block/ublkb0/queue/write_cache /sys/block/ublkb0/queue/fua /sys/block/ublkb0/queue/discard_max_bytes /sys/block/ublkb0/queue/write_zeroes_max_bytes /sys/block/ublkb0/queue/max_sectors_kb /sys/block/ublkb0/queue/physical_block_size
-    dd if=/dev/urandom of=/tmp/src bs=1M count=16
-    dd if=/tmp/src of=$DEV bs=1M oflag=direct
-    dd if=$DEV of=/tmp/back bs=1M count=16 iflag=direct
-    cmp /tmp/src /tmp/back
-    blkdiscard -o 0 -l 1048576 $DEV
-    fio --name=v --filename=$DEV --rw=randwrite --bs=4k --iodepth=16 --ioengine=io_uring --direct=1 --size=32M --verify=crc32c --numjobs=1
-    scoutfs-ublk del -n 0
-    wait_for ! /dev/ublkb0
-    cat /run/scoutfs-ublk/daemon.log
+# 2. fio random writes over 2 queues at depth 32 with crc32c verification,
+#    then a mixed read/write job with an fsync every 16 writes.
+test_fio() {
+    new_pool
+    add_dev -q 2 -d 32
+    fio --name=randwrite-verify --filename=$DEV --ioengine=io_uring --direct=1 \
+        --rw=randwrite --bs=4k --iodepth=32 --size=48M --verify=crc32c \
+        --verify_fatal=1 --numjobs=1
+    fio --name=mixed-fsync --filename=$DEV --ioengine=io_uring --direct=1 \
+        --rw=randrw --rwmixread=50 --bs=16k --iodepth=16 --size=32M --fsync=16 \
+        --numjobs=2 --offset_increment=64M
+    del_dev
+    check_pool
+}
+
+# 3. ext4 and xfs: make, mount, write files, sync, umount, del and add
+#    again, remount, checksums match, fsck clean.
+test_filesystems() {
+    new_pool
+    add_dev
+    for fs in ext4 xfs; do
+        case $fs in
+            ext4) mkfs.ext4 -q -F $DEV ;;
+            xfs) mkfs.xfs -q -f $DEV ;;
+        esac
+        mkdir -p /mnt/fs
+        mount -t $fs $DEV /mnt/fs
+        write_files /mnt/fs 12
+        sync
+        (cd /mnt/fs && sha256sum f*) >/tmp/sums-$fs
+        umount /mnt/fs
+        del_dev
+        add_dev
+        mount -t $fs $DEV /mnt/fs
+        (cd /mnt/fs && sha256sum -c /tmp/sums-$fs)
+        umount /mnt/fs
+        case $fs in
+            ext4) fsck.ext4 -fn $DEV ;;
+            xfs) xfs_repair -n $DEV ;;
+        esac
+    done
+    del_dev
+    check_pool
+}
+
+# 4. blkdiscard a range: it reads as zeros, and after del the pool's check
+#    shows the space free again.
+test_discard() {
+    new_pool
+    add_dev
+    dd if=/dev/urandom of=$DEV bs=1M count=32 oflag=direct 2>/dev/null
+    sync
+    del_dev
+    before=$(used_bytes)
+    add_dev
+    blkdiscard -o 8388608 -l 16777216 $DEV
+    dd if=$DEV bs=1M skip=8 count=16 iflag=direct 2>/dev/null | cmp -n 16777216 - /dev/zero
+    del_dev
+    after=$(used_bytes)
+    echo "used before discard: $before, after: $after"
+    [ $((before - after)) -ge 16777216 ]
+    check_pool
+}
+
+# 5. kill -9 the daemon while fio writes and verifies (each write durable
+#    on completion: O_DSYNC, i.e. FUA); recover; fio finishes and verifies.
+test_recover() {
+    new_pool
+    add_dev -q 2 -d 16
+    fio --name=verify-across-recovery --filename=$DEV --ioengine=io_uring --direct=1 \
+        --sync=1 --rw=randwrite --bs=64k --iodepth=16 --size=128M --verify=crc32c \
+        --verify_fatal=1 >/tmp/fio-recover.log 2>&1 &
+    fio_pid=$!
+    sleep 1
+    alive $fio_pid
+    daemon=$(daemon_pid 0)
+    kill -9 "$daemon"
+    wait_gone "$daemon"
+    scoutfs-ublk list -n 0
+    scoutfs-ublk recover -n 0
+    scoutfs-ublk list -n 0 | grep -q 'state LIVE'
+    alive $fio_pid   # the job spans the crash and the recovery
+    wait_pid $fio_pid 90 || { cat /tmp/fio-recover.log; false; }
+    cat /tmp/fio-recover.log
+    grep -q 'err= 0' /tmp/fio-recover.log
+    del_dev
+    check_pool
+}
+
+# 6. del while fio runs: the device goes away, fio gets errors, nothing
+#    hangs, the pool checks clean.
+test_del_busy() {
+    new_pool
+    add_dev -q 2 -d 32
+    fio --name=busy --filename=$DEV --ioengine=io_uring --direct=1 --rw=randrw \
+        --bs=4k --iodepth=32 --size=256M --time_based --runtime=60 \
+        >/tmp/fio-busy.log 2>&1 &
+    fio_pid=$!
+    sleep 2
+    kill -0 $fio_pid
+    timeout 30 scoutfs-ublk del -n 0
+    wait_for ! $DEV
+    status=0
+    wait_pid $fio_pid 30 || status=$?
+    cat /tmp/fio-busy.log
+    [ "$status" != 0 ]
+    [ "$status" != 124 ]
+    ! pidof scoutfs-ublk
+    check_pool
+}
+
+# 7. Crash consistency through the kernel: files written and synced, more
+#    written without sync, kill -9 with no recover, del, add again: every
+#    synced file matches its checksum and the filesystem checks clean.
+test_crash() {
+    new_pool
+    add_dev
+    mkfs.ext4 -q -F $DEV
+    mkdir -p /mnt/fs
+    mount -t ext4 $DEV /mnt/fs
+    write_files /mnt/fs 10
+    sync
+    (cd /mnt/fs && sha256sum f*) >/tmp/sums-synced
+    mkdir /mnt/fs/unsynced
+    write_files /mnt/fs/unsynced 6
+    daemon=$(daemon_pid 0)
+    kill -9 "$daemon"
+    wait_gone "$daemon"
+    # del fails the I/O the kernel held for the dead daemon, then waits for
+    # the last opener of the disk: the mounted filesystem, unmounted next.
+    scoutfs-ublk del -n 0 &
+    del_pid=$!
+    wait_for ! $DEV
+    umount /mnt/fs || umount -l /mnt/fs
+    wait_pid $del_pid 30
+    add_dev
+    mount -t ext4 $DEV /mnt/fs
+    (cd /mnt/fs && sha256sum -c /tmp/sums-synced)
+    umount /mnt/fs
+    fsck.ext4 -fn $DEV
+    del_dev
+    check_pool
 }
 
 [ "${1:-}" = "--define" ] && return 0
 
-run_test modules 10
-run_test smoke 100
+run_test persist 60
+run_test fio 90
+run_test filesystems 90
+run_test discard 45
+run_test recover 120
+run_test del_busy 60
+run_test crash 60
 say "GUEST-SUMMARY passed=$passed failed=$failed"

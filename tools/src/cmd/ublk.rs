@@ -237,73 +237,114 @@ fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
     serve_pool(spec, started)
 }
 
-/// Development aid, before a pool exists: with SCOUTFS_UBLK_DEV_MEM_MIB set,
-/// serve a volatile in-memory device of that size instead of the pool.
-const DEV_MEM_ENV: &str = "SCOUTFS_UBLK_DEV_MEM_MIB";
+/// Development aid, before a pool exists: with SCOUTFS_UBLK_DEV_RAW set,
+/// serve the --data file itself as the device (no pool, no metadata), all
+/// I/O through the queue rings' `QueueDataIo`.
+const DEV_RAW_ENV: &str = "SCOUTFS_UBLK_DEV_RAW";
 
 fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
     let target_data = spec.pool.to_json();
-    if let Ok(mib) = std::env::var(DEV_MEM_ENV) {
-        let size_bytes = mib.parse::<u64>().context(DEV_MEM_ENV)? << 20;
-        let memory = mem::SharedMem::new(size_bytes);
+    if std::env::var_os(DEV_RAW_ENV).is_some() {
+        let size_bytes = std::fs::metadata(&spec.pool.data)
+            .with_context(|| format!("{}", spec.pool.data.display()))?
+            .len()
+            & !4095;
         let config = ServeConfig {
             mode: spec.mode,
             queues: spec.queues,
             depth: spec.depth,
             size_bytes,
-            data_path: None,
+            data_path: Some(spec.pool.data.clone()),
             target_data,
         };
-        front::serve(config, move |_, _| memory.clone(), started)?;
+        front::serve(
+            config,
+            move |_, data_io| raw::RawFile {
+                data_io,
+                size_bytes,
+            },
+            started,
+        )?;
         return Ok(());
     }
     bail!("serving a pool through ublk needs the volume engine")
 }
 
-mod mem {
-    //! A volatile in-memory target shared by every queue thread.
-    use std::sync::{Arc, Mutex};
-    use ublk_target::target::{check_range, BlockTarget, TargetResult};
+mod raw {
+    //! The data file served as is, through the queue ring (development aid).
+    use ublk_target::target::{check_range, BlockTarget, TargetError, TargetResult};
+    use ublk_target::ublk::QueueDataIo;
 
-    #[derive(Clone)]
-    pub(super) struct SharedMem(Arc<Mutex<Vec<u8>>>);
+    /// Zeroes written per request for DISCARD / WRITE_ZEROES.
+    const ZERO_CHUNK_BYTES: usize = 256 << 10;
 
-    impl SharedMem {
-        pub(super) fn new(size_bytes: u64) -> SharedMem {
-            SharedMem(Arc::new(Mutex::new(vec![0; size_bytes as usize])))
-        }
-        fn bytes(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
-            self.0.lock().unwrap_or_else(|p| p.into_inner())
-        }
+    pub(super) struct RawFile {
+        pub(super) data_io: QueueDataIo,
+        pub(super) size_bytes: u64,
     }
 
-    impl BlockTarget for SharedMem {
+    fn io(e: std::io::Error) -> TargetError {
+        TargetError::Io(e.to_string())
+    }
+
+    impl BlockTarget for RawFile {
         fn size_bytes(&self) -> u64 {
-            self.bytes().len() as u64
+            self.size_bytes
         }
         async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
-            let bytes = self.bytes();
-            check_range(bytes.len() as u64, offset, buf.len() as u64)?;
-            buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
-            Ok(())
+            check_range(self.size_bytes, offset, buf.len() as u64)?;
+            self.data_io.read_at(offset, buf).await.map_err(io)
         }
-        async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> TargetResult<()> {
-            let mut bytes = self.bytes();
-            check_range(bytes.len() as u64, offset, data.len() as u64)?;
-            bytes[offset as usize..offset as usize + data.len()].copy_from_slice(data);
+        async fn write(&self, offset: u64, data: &[u8], fua: bool) -> TargetResult<()> {
+            check_range(self.size_bytes, offset, data.len() as u64)?;
+            self.data_io.write_at(offset, data).await.map_err(io)?;
+            if fua {
+                self.data_io.sync().await.map_err(io)?;
+            }
             Ok(())
         }
         async fn flush(&self) -> TargetResult<()> {
-            Ok(())
+            self.data_io.sync().await.map_err(io)
         }
         async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {
             self.write_zeroes(offset, len, true).await
         }
         async fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> TargetResult<()> {
-            let mut bytes = self.bytes();
-            check_range(bytes.len() as u64, offset, len)?;
-            bytes[offset as usize..(offset + len) as usize].fill(0);
+            check_range(self.size_bytes, offset, len)?;
+            let zeros = ublk_target_zero_buf();
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(ZERO_CHUNK_BYTES as u64) as usize;
+                self.data_io
+                    .write_at(offset + done, &zeros.as_slice()[..n])
+                    .await
+                    .map_err(io)?;
+                done += n as u64;
+            }
             Ok(())
+        }
+    }
+
+    fn ublk_target_zero_buf() -> libublk_buf::Zeros {
+        libublk_buf::Zeros::new(ZERO_CHUNK_BYTES)
+    }
+
+    mod libublk_buf {
+        #[repr(C, align(4096))]
+        #[derive(Clone, Copy)]
+        struct Page([u8; 4096]);
+        /// A 4096-aligned zeroed buffer (O_DIRECT needs the alignment).
+        pub(crate) struct Zeros(Vec<Page>);
+        impl Zeros {
+            pub(crate) fn new(bytes: usize) -> Zeros {
+                Zeros(vec![Page([0u8; 4096]); bytes / 4096])
+            }
+            pub(crate) fn as_slice(&self) -> &[u8] {
+                // SAFETY: a Vec of 4096-byte arrays is contiguous bytes.
+                unsafe {
+                    std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 4096)
+                }
+            }
         }
     }
 }
