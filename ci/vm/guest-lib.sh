@@ -5,6 +5,11 @@ POOL_DATA=/mnt/disk/pool.data
 POOL_SIZE=1G
 DEV=/dev/ublkb0
 
+# busybox sh prefers its own applets over $PATH; these need util-linux's
+# (losetup --direct-io, blkdiscard -o/-l as documented).
+losetup() { /usr/sbin/losetup "$@"; }
+blkdiscard() { /usr/sbin/blkdiscard "$@"; }
+
 say() { echo "$*" >/dev/console 2>/dev/null || echo "$*"; }
 
 # Waits (bounded, 20 s) until a path exists, or with "!" until it does not.

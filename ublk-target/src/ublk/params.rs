@@ -2,10 +2,10 @@
 
 use libublk::sys;
 
-/// Largest single request (and the size of each tag's buffer): 512 KiB is
-/// libublk's default and large enough for the block layer's sequential I/O;
-/// depth x queues x this is the daemon's buffer memory.
-pub const IO_BUF_BYTES: u32 = 512 << 10;
+/// Largest single request (and the size of each tag's buffer): 1 MiB keeps
+/// a 1 MiB sequential request whole instead of split in two; depth x queues
+/// x this is the daemon's buffer address space (touched only as used).
+pub const IO_BUF_BYTES: u32 = 1 << 20;
 
 /// Largest DISCARD / WRITE_ZEROES request, in 512-byte sectors (1 GiB): the
 /// target frees or zeroes a range in one call, so this bounds one call's work.
