@@ -61,7 +61,6 @@ wait_pid() {
 
 new_pool() {
     rm -f $POOL_META $POOL_DATA
-    if [ -n "$SCOUTFS_UBLK_DEV_RAW" ]; then truncate -s $POOL_SIZE $POOL_DATA; return; fi
     scoutfs-ublk mkfs --meta $POOL_META --data $POOL_DATA --size $POOL_SIZE
 }
 
@@ -77,13 +76,16 @@ del_dev() {
 }
 
 check_pool() {
-    [ -z "$SCOUTFS_UBLK_DEV_RAW" ] || return 0
     scoutfs-ublk check --meta $POOL_META --data $POOL_DATA
 }
 
-# Bytes of the data device in use, from `check`'s space accounting.
+# Bytes of the data device in use, from `check`'s space accounting
+# ("... data blocks N used M free", 4 KiB blocks).
 used_bytes() {
-    scoutfs-ublk check --meta $POOL_META --data $POOL_DATA | sed -n 's/.*data used bytes[: ]*\([0-9]*\).*/\1/p'
+    local blocks
+    blocks=$(scoutfs-ublk check --meta $POOL_META --data $POOL_DATA | sed -n 's/.*data blocks \([0-9]*\) used.*/\1/p')
+    [ -n "$blocks" ] || { echo "no data usage in check output" >&2; return 1; }
+    echo $((blocks * 4096))
 }
 
 daemon_pid() {

@@ -13,7 +13,10 @@ pub struct Key {
 
 impl Key {
     pub const MIN: Key = Key { hi: 0, lo: 0 };
-    pub const MAX: Key = Key { hi: u64::MAX, lo: u64::MAX };
+    pub const MAX: Key = Key {
+        hi: u64::MAX,
+        lo: u64::MAX,
+    };
 
     pub const fn new(hi: u64, lo: u64) -> Key {
         Key { hi, lo }

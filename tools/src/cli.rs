@@ -76,7 +76,12 @@ pub struct AddArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DelArgs {
     /// Device id to stop.
-    #[arg(short = 'n', long = "number", conflicts_with = "all", required_unless_present = "all")]
+    #[arg(
+        short = 'n',
+        long = "number",
+        conflicts_with = "all",
+        required_unless_present = "all"
+    )]
     pub dev_id: Option<u32>,
     /// Stop every device.
     #[arg(short = 'a', long = "all")]

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use ublk_target::ublk::{self as front, ServeConfig, ServeMode};
+use ublk_target::volume::{Volume, VolumeOptions};
 
 /// Where daemons write their log (appending; one line per event).
 pub const DAEMON_LOG: &str = "/run/scoutfs-ublk/daemon.log";
@@ -237,116 +238,27 @@ fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
     serve_pool(spec, started)
 }
 
-/// Development aid, before a pool exists: with SCOUTFS_UBLK_DEV_RAW set,
-/// serve the --data file itself as the device (no pool, no metadata), all
-/// I/O through the queue rings' `QueueDataIo`.
-const DEV_RAW_ENV: &str = "SCOUTFS_UBLK_DEV_RAW";
-
+/// Opens the pool, serves its volume until the device stops, then closes
+/// the pool (a last commit). Each queue thread gets its own volume handle,
+/// doing data I/O through that queue's ring.
 fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
-    let target_data = spec.pool.to_json();
-    if std::env::var_os(DEV_RAW_ENV).is_some() {
-        let size_bytes = std::fs::metadata(&spec.pool.data)
-            .with_context(|| format!("{}", spec.pool.data.display()))?
-            .len()
-            & !4095;
-        let config = ServeConfig {
-            mode: spec.mode,
-            queues: spec.queues,
-            depth: spec.depth,
-            size_bytes,
-            data_path: Some(spec.pool.data.clone()),
-            target_data,
-        };
-        front::serve(
-            config,
-            move |_, data_io| raw::RawFile {
-                data_io,
-                size_bytes,
-            },
-            started,
-        )?;
-        return Ok(());
-    }
-    bail!("serving a pool through ublk needs the volume engine")
-}
-
-mod raw {
-    //! The data file served as is, through the queue ring (development aid).
-    use ublk_target::target::{check_range, BlockTarget, TargetError, TargetResult};
-    use ublk_target::ublk::QueueDataIo;
-
-    /// Zeroes written per request for DISCARD / WRITE_ZEROES.
-    const ZERO_CHUNK_BYTES: usize = 256 << 10;
-
-    pub(super) struct RawFile {
-        pub(super) data_io: QueueDataIo,
-        pub(super) size_bytes: u64,
-    }
-
-    fn io(e: std::io::Error) -> TargetError {
-        TargetError::Io(e.to_string())
-    }
-
-    impl BlockTarget for RawFile {
-        fn size_bytes(&self) -> u64 {
-            self.size_bytes
-        }
-        async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
-            check_range(self.size_bytes, offset, buf.len() as u64)?;
-            self.data_io.read_at(offset, buf).await.map_err(io)
-        }
-        async fn write(&self, offset: u64, data: &[u8], fua: bool) -> TargetResult<()> {
-            check_range(self.size_bytes, offset, data.len() as u64)?;
-            self.data_io.write_at(offset, data).await.map_err(io)?;
-            if fua {
-                self.data_io.sync().await.map_err(io)?;
-            }
-            Ok(())
-        }
-        async fn flush(&self) -> TargetResult<()> {
-            self.data_io.sync().await.map_err(io)
-        }
-        async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {
-            self.write_zeroes(offset, len, true).await
-        }
-        async fn write_zeroes(&self, offset: u64, len: u64, _may_unmap: bool) -> TargetResult<()> {
-            check_range(self.size_bytes, offset, len)?;
-            let zeros = ublk_target_zero_buf();
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(ZERO_CHUNK_BYTES as u64) as usize;
-                self.data_io
-                    .write_at(offset + done, &zeros.as_slice()[..n])
-                    .await
-                    .map_err(io)?;
-                done += n as u64;
-            }
-            Ok(())
-        }
-    }
-
-    fn ublk_target_zero_buf() -> libublk_buf::Zeros {
-        libublk_buf::Zeros::new(ZERO_CHUNK_BYTES)
-    }
-
-    mod libublk_buf {
-        #[repr(C, align(4096))]
-        #[derive(Clone, Copy)]
-        struct Page([u8; 4096]);
-        /// A 4096-aligned zeroed buffer (O_DIRECT needs the alignment).
-        pub(crate) struct Zeros(Vec<Page>);
-        impl Zeros {
-            pub(crate) fn new(bytes: usize) -> Zeros {
-                Zeros(vec![Page([0u8; 4096]); bytes / 4096])
-            }
-            pub(crate) fn as_slice(&self) -> &[u8] {
-                // SAFETY: a Vec of 4096-byte arrays is contiguous bytes.
-                unsafe {
-                    std::slice::from_raw_parts(self.0.as_ptr() as *const u8, self.0.len() * 4096)
-                }
-            }
-        }
-    }
+    let (meta, data) = (&spec.pool.meta, &spec.pool.data);
+    let volume = Volume::open(meta, data, &VolumeOptions::default())
+        .with_context(|| format!("opening pool (meta {}, data {})", meta.display(), data.display()))?;
+    let config = ServeConfig {
+        mode: spec.mode,
+        queues: spec.queues,
+        depth: spec.depth,
+        size_bytes: volume.size_bytes(),
+        data_path: Some(data.clone()),
+        target_data: spec.pool.to_json(),
+    };
+    let shared = volume.clone();
+    let served = front::serve(config, move |_, data_io| shared.handle(data_io), started);
+    let closed = volume.close();
+    served?;
+    closed.context("closing the pool")?;
+    Ok(())
 }
 
 #[cfg(test)]

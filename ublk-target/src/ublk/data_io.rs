@@ -5,6 +5,7 @@
 //! The data device is registered as fixed file `DATA_FIXED_FILE` of every
 //! queue ring (libublk registers `tgt.fds`; index 0 is /dev/ublkcN).
 
+use crate::volume::DataIo;
 use io_uring::{opcode, types};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::UblkUringData;
@@ -37,9 +38,11 @@ impl QueueDataIo {
         }
         Ok(res as u32)
     }
+}
 
+impl DataIo for QueueDataIo {
     /// Reads `buf.len()` bytes at byte `offset` of the data device.
-    pub async fn read_at(&self, mut offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    async fn read_at(&self, mut offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let rest = &mut buf[done..];
@@ -64,7 +67,7 @@ impl QueueDataIo {
     }
 
     /// Writes `buf` at byte `offset` of the data device.
-    pub async fn write_at(&self, mut offset: u64, buf: &[u8]) -> io::Result<()> {
+    async fn write_at(&self, mut offset: u64, buf: &[u8]) -> io::Result<()> {
         let mut done = 0usize;
         while done < buf.len() {
             let rest = &buf[done..];
@@ -89,7 +92,7 @@ impl QueueDataIo {
     }
 
     /// fdatasync of the data device.
-    pub async fn sync(&self) -> io::Result<()> {
+    async fn sync(&self) -> io::Result<()> {
         let sqe = opcode::Fsync::new(types::Fixed(DATA_FIXED_FILE))
             .flags(types::FsyncFlags::DATASYNC)
             .build();

@@ -4,6 +4,7 @@
 //! - `request`: decode a request, run it on the target, errno at one edge.
 //! - `queue`: one thread per queue, one async task per tag.
 //! - `data_io`: data-device I/O through the queue's own io_uring.
+//! - `wake`: wakes from other threads reach a queue thread's ring.
 //! - `params`: what the kernel is told about the device.
 //! - `server`: create or recover a device and serve it (the daemon).
 //! - `control`: list, describe and delete devices.
@@ -16,6 +17,7 @@ mod params;
 mod queue;
 mod request;
 mod server;
+mod wake;
 
 pub use control::{available, delete, device_ids, device_info, exists, DeviceInfo};
 pub use data_io::QueueDataIo;

@@ -3,9 +3,11 @@
 //! Each task fetches its first request once, then loops: execute the
 //! request on the target, commit the result and fetch the next request in
 //! one command. The target's data I/O goes into the same ring (see
-//! `data_io`), so one thread waits on one ring for everything.
+//! `data_io`), so one thread waits on one ring for everything; wakes from
+//! other threads reach it through an eventfd polled in that ring (`wake`).
 
 use super::request::{completion_result, execute, Request};
+use super::wake::{QueueSignal, WakeAcrossThreads};
 use crate::target::BlockTarget;
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -24,20 +26,30 @@ pub(crate) fn run_queue<T: BlockTarget + 'static>(qid: u16, dev: &UblkDev, targe
             return;
         }
     };
+    let signal = match QueueSignal::new() {
+        Ok(signal) => signal,
+        Err(e) => {
+            log::error!("ublk: queue {qid} eventfd: {e}");
+            return;
+        }
+    };
     let target = Rc::new(target);
     let executor = Rc::new(smol::LocalExecutor::new());
     let tasks: Vec<_> = queue
         .tags()
         .map(|tag| {
             let (queue, target) = (queue.clone(), target.clone());
-            executor.spawn(async move {
+            let task = async move {
                 match serve_tag(&queue, tag, &*target).await {
                     Ok(()) | Err(UblkError::QueueIsDown) => {}
                     Err(e) => log::error!("ublk: queue {qid} tag {tag} stopped: {e:?}"),
                 }
-            })
+            };
+            executor.spawn(WakeAcrossThreads::new(task, signal.clone()))
         })
         .collect();
+    // Not among `tasks`: it lives as long as the queue and never finishes.
+    executor.spawn(signal.listen()).detach();
 
     let exe = executor.clone();
     smol::block_on(executor.run(async move {

@@ -12,12 +12,12 @@ use super::error::{FrontEndError, FrontEndResult};
 use super::params::{device_params, IO_BUF_BYTES};
 use super::queue::run_queue;
 use crate::target::BlockTarget;
+use crate::volume::open_data_device;
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::io::UblkDev;
 use libublk::{sys, UblkFlags};
 use nix::sys::signal::{SigSet, Signal};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// The name the device's JSON carries as its target type.
@@ -114,11 +114,7 @@ where
 
     let data_file = match &config.data_path {
         Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(path)
+            open_data_device(path)
                 .map_err(|e| FrontEndError::io(format!("opening {}", path.display()), e))?,
         ),
         None => None,

@@ -1,0 +1,5 @@
+mod allocator;
+mod extents;
+
+pub use allocator::Allocator;
+pub use extents::Extent;

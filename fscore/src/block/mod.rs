@@ -1,0 +1,7 @@
+mod cache;
+pub(crate) mod header;
+pub(crate) mod store;
+
+pub(crate) use cache::BlockBuf;
+pub(crate) use header::{BlockKind, BlockRef, HEADER_BYTES};
+pub(crate) use store::BlockStore;

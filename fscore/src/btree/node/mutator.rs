@@ -1,0 +1,234 @@
+//! `NodeMut`: the in-place editor of a dirty node (insert, replace, delete,
+//! split, refill).
+
+use super::accessor::NodeAccessor;
+use super::layout::*;
+use super::{avl, hash, values, NodeError};
+use crate::key::Key;
+
+/// In-place editor of a dirty node.
+pub(crate) struct NodeMut<'a> {
+    buf: &'a mut [u8],
+    geo: Geometry,
+}
+
+impl<'a> NodeMut<'a> {
+    /// Formats an empty node at `level` over the whole buffer, which must be
+    /// `PAYLOAD_BYTES_MIN..=PAYLOAD_BYTES_MAX` bytes long.
+    pub(crate) fn init(buf: &'a mut [u8], level: u8) -> Self {
+        assert!(
+            (PAYLOAD_BYTES_MIN..=PAYLOAD_BYTES_MAX).contains(&buf.len()),
+            "node payload of {} bytes",
+            buf.len()
+        );
+        let geo = Geometry::new(buf.len(), level);
+        buf[..HEADER_LEN].fill(0);
+        buf[HDR_LEVEL] = level;
+        set_hdr_value_low(buf, geo.values_end);
+        buf[geo.values_end..].fill(0);
+        NodeMut { buf, geo }
+    }
+
+    /// Wraps an existing node for editing (same checks as `NodeAccessor::new`).
+    pub(crate) fn open(buf: &'a mut [u8]) -> Result<Self, NodeError> {
+        let geo = NodeAccessor::new(buf)?.geo;
+        Ok(NodeMut { buf, geo })
+    }
+
+    pub(crate) fn accessor(&self) -> NodeAccessor<'_> {
+        NodeAccessor {
+            buf: self.buf,
+            geo: self.geo,
+        }
+    }
+
+    /// Inserts or replaces. Returns the old value's length if it replaced.
+    /// `Err(Full)` leaves the node unchanged; it is also the answer for a
+    /// value longer than `value_len_max()` (which no split can make fit).
+    pub(crate) fn insert(&mut self, key: &Key, value: &[u8]) -> Result<Option<usize>, NodeError> {
+        if value.len() > self.geo.value_len_max {
+            return Err(NodeError::Full);
+        }
+        let mut s = avl::search(self.buf, key);
+        match s.found {
+            Some(item) => self.replace(item, value).map(Some),
+            None => self.insert_new(&mut s, key, value).map(|()| None),
+        }
+    }
+
+    fn replace(&mut self, item: usize, value: &[u8]) -> Result<usize, NodeError> {
+        let old_len = val_len(self.buf, item);
+        let old_start = val_off(self.buf, item);
+        if value.len() == old_len {
+            values::write(self.buf, old_start, item, value);
+            return Ok(old_len);
+        }
+        let free = self.accessor().free_bytes();
+        if value.len() > free + old_len {
+            return Err(NodeError::Full);
+        }
+        values::free(self.buf, old_start, old_len + OWNER_LEN);
+        let start = self.alloc_value(value.len() + OWNER_LEN, 0);
+        values::write(self.buf, start, item, value);
+        wr16(self.buf, item + ITEM_VAL_OFF, start as u16);
+        wr16(self.buf, item + ITEM_VAL_LEN, value.len() as u16);
+        Ok(old_len)
+    }
+
+    fn insert_new(
+        &mut self,
+        s: &mut avl::Search,
+        key: &Key,
+        value: &[u8],
+    ) -> Result<(), NodeError> {
+        if !self.accessor().has_room(value.len()) {
+            return Err(NodeError::Full);
+        }
+        let count = hdr_count(self.buf);
+        let item = item_offset(count);
+        let start = self.alloc_value(value.len() + OWNER_LEN, ITEM_LEN);
+        values::write(self.buf, start, item, value);
+        let fields = &mut self.buf[item..item + ITEM_LEN];
+        fields[ITEM_KEY..ITEM_KEY + 16].copy_from_slice(&key.encode());
+        fields[ITEM_LEFT..ITEM_VAL_OFF].fill(0);
+        fields[ITEM_VAL_OFF..ITEM_VAL_LEN].copy_from_slice(&(start as u16).to_le_bytes());
+        fields[ITEM_VAL_LEN..ITEM_HEIGHT].copy_from_slice(&(value.len() as u16).to_le_bytes());
+        fields[ITEM_HEIGHT] = 1;
+        fields[ITEM_RESERVED] = 0;
+        set_hdr_count(self.buf, count + 1);
+        avl::link(self.buf, s, key, item);
+        if self.geo.hash_slots != 0 {
+            hash::insert(self.buf, &self.geo, key, item);
+        }
+        Ok(())
+    }
+
+    /// Takes a value region of `len` bytes from the gap, leaving `reserve`
+    /// bytes above the item array for a new item; compacts first if the gap
+    /// is too small. The caller checked that the space exists.
+    fn alloc_value(&mut self, len: usize, reserve: usize) -> usize {
+        let items_end = item_offset(hdr_count(self.buf));
+        if hdr_value_low(self.buf) < items_end + reserve + len {
+            values::compact(self.buf, &self.geo);
+        }
+        values::alloc(self.buf, len)
+    }
+
+    /// Returns whether the key was present.
+    pub(crate) fn delete(&mut self, key: &Key) -> bool {
+        let mut s = avl::search(self.buf, key);
+        let Some(item) = s.found else {
+            return false;
+        };
+        avl::unlink(self.buf, &mut s);
+        if self.geo.hash_slots != 0 {
+            if let Some((slot, _)) = hash::find(self.buf, &self.geo, key) {
+                hash::remove_at(self.buf, &self.geo, slot);
+            }
+        }
+        values::free(
+            self.buf,
+            val_off(self.buf, item),
+            val_len(self.buf, item) + OWNER_LEN,
+        );
+        self.fill_hole(item);
+        true
+    }
+
+    /// Moves the last item of the array into the unlinked item's slot `hole`
+    /// so the array stays dense, repointing its parent, owner and hash slot.
+    fn fill_hole(&mut self, hole: usize) {
+        let count = hdr_count(self.buf);
+        let last = item_offset(count - 1);
+        if hole != last {
+            self.buf.copy_within(last..last + ITEM_LEN, hole);
+            let key = item_key(self.buf, hole);
+            let parent = avl::parent_of(self.buf, &key, last);
+            avl::replace_child(self.buf, parent, last, hole);
+            let owner = val_off(self.buf, hole) + val_len(self.buf, hole);
+            wr16(self.buf, owner, hole as u16);
+            if self.geo.hash_slots != 0 {
+                hash::repoint(self.buf, &self.geo, &key, last, hole);
+            }
+        }
+        set_hdr_count(self.buf, count - 1);
+    }
+
+    /// Moves the upper half of the items (by bytes) into `right`, which must
+    /// be empty and of the same level. Afterwards every key in self is less
+    /// than every key in right, each half holds at most half the bytes plus
+    /// half an item, and either half has room for a maximal item.
+    pub(crate) fn split_into(&mut self, right: &mut NodeMut<'_>) {
+        assert_eq!(
+            right.accessor().item_count(),
+            0,
+            "split into a non-empty node"
+        );
+        assert_eq!(
+            right.accessor().level(),
+            self.accessor().level(),
+            "split across levels"
+        );
+        let Some(split_key) = self.split_key() else {
+            return;
+        };
+        while let Some((key, value)) = self.accessor().last() {
+            if key < split_key {
+                break;
+            }
+            let moved = right.insert(&key, value);
+            debug_assert!(moved.is_ok(), "right half overflowed in a split");
+            self.delete(&key);
+        }
+    }
+
+    /// The smallest key of the upper half: moving an item right is taken as
+    /// long as it makes the two halves' bytes more even (and one is left).
+    fn split_key(&self) -> Option<Key> {
+        let node = self.accessor();
+        let total = node.used_bytes();
+        let count = node.item_count();
+        let mut moved_bytes = 0;
+        let mut split = None;
+        for (moved_items, (key, value)) in node.items_rev().enumerate() {
+            let size = NodeAccessor::item_bytes(value.len());
+            let first = moved_items == 0;
+            if moved_items + 1 >= count || (!first && 2 * moved_bytes + size >= total) {
+                break;
+            }
+            moved_bytes += size;
+            split = Some(key);
+        }
+        split
+    }
+
+    /// Moves items from `src` into `self` until self holds at least
+    /// `used_goal` bytes, src is empty, or the next item does not fit.
+    /// `from_front` takes src's smallest items (src is self's right
+    /// neighbour), otherwise its largest (src is the left neighbour).
+    /// Returns the number of items moved.
+    pub(crate) fn refill_from(
+        &mut self,
+        src: &mut NodeMut<'_>,
+        from_front: bool,
+        used_goal: usize,
+    ) -> usize {
+        let mut moved = 0;
+        while self.accessor().used_bytes() < used_goal {
+            let src_node = src.accessor();
+            let Some((key, value)) = (if from_front {
+                src_node.first()
+            } else {
+                src_node.last()
+            }) else {
+                break;
+            };
+            if self.insert(&key, value).is_err() {
+                break;
+            }
+            src.delete(&key);
+            moved += 1;
+        }
+        moved
+    }
+}

@@ -1,0 +1,94 @@
+//! Proves that `split_into` and `refill_from` preserve contents and key order
+//! across the pair, leave both nodes valid, balance a split by bytes, and
+//! leave room for a maximal insert in either half.
+
+use super::super::{NodeAccessor, NodeMut};
+use super::support::{check, fill, Model, PAYLOADS};
+use crate::key::Key;
+use proptest::prelude::*;
+use rand::{Rng, SeedableRng};
+
+fn contents(node: &NodeAccessor<'_>) -> Model {
+    node.items().map(|(k, v)| (k, v.to_vec())).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 120, ..ProptestConfig::default() })]
+
+    #[test]
+    fn split_of_a_full_node_is_balanced_and_roomy(payload in 0..PAYLOADS.len(), level in 0u8..2,
+                                                  small in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let payload = PAYLOADS[payload];
+        let mut left_buf = vec![0u8; payload];
+        let vmax = NodeMut::init(&mut left_buf, level).accessor().value_len_max();
+        let model = fill(&mut left_buf, level, &mut rng, if small { 64.min(vmax) } else { vmax });
+        let mut right_buf = vec![0x5au8; payload];
+        let mut left = NodeMut::open(&mut left_buf).unwrap();
+        let mut right = NodeMut::init(&mut right_buf, level);
+        let total = left.accessor().used_bytes();
+        left.split_into(&mut right);
+        let (l, r) = (left.accessor(), right.accessor());
+        l.verify().unwrap();
+        r.verify().unwrap();
+        prop_assert!(l.item_count() > 0 && r.item_count() > 0);
+        let (lc, rc) = (contents(&l), contents(&r));
+        prop_assert!(lc.keys().next_back() < rc.keys().next());
+        let mut union = lc.clone();
+        union.extend(rc.clone());
+        prop_assert_eq!(&union, &model);
+        check(&l, &lc);
+        check(&r, &rc);
+        // Balanced by bytes: neither half exceeds half plus half an item.
+        let item_max = model.values().map(|v| NodeAccessor::item_bytes(v.len())).max().unwrap();
+        prop_assert_eq!(l.used_bytes() + r.used_bytes(), total);
+        prop_assert!(2 * l.used_bytes() <= total + item_max, "left {} of {}", l.used_bytes(), total);
+        prop_assert!(2 * r.used_bytes() <= total + item_max, "right {} of {}", r.used_bytes(), total);
+        // Whichever half receives the insert that overflowed has room for it.
+        prop_assert!(l.has_room(l.value_len_max()));
+        prop_assert!(r.has_room(r.value_len_max()));
+    }
+
+    #[test]
+    fn refill_moves_edge_items_in_order(payload in 0..PAYLOADS.len(), level in 0u8..2, from_front in any::<bool>(),
+                                        goal_frac in 0usize..=100, seed in any::<u64>()) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let payload = PAYLOADS[payload];
+        // Two neighbours: `dst` holds keys with hi 0 (left) or hi 9 (right)
+        // of `src`, whose keys have hi 1..4.
+        let mut src_buf = vec![0u8; payload];
+        let vmax = NodeMut::init(&mut src_buf, level).accessor().value_len_max();
+        let src_model = fill(&mut src_buf, level, &mut rng, vmax.min(200));
+        let mut dst_buf = vec![0u8; payload];
+        let mut dst = NodeMut::init(&mut dst_buf, level);
+        let mut dst_model = Model::new();
+        for _ in 0..rng.gen_range(0..4) {
+            let key = Key::new(if from_front { 0 } else { 9 }, rng.gen());
+            dst.insert(&key, &[7; 10]).unwrap();
+            dst_model.insert(key, vec![7; 10]);
+        }
+        let mut src = NodeMut::open(&mut src_buf).unwrap();
+        let goal = dst.accessor().capacity_bytes() * goal_frac / 100;
+        let moved = dst.refill_from(&mut src, from_front, goal);
+        let (d, s) = (dst.accessor(), src.accessor());
+        d.verify().unwrap();
+        s.verify().unwrap();
+        let (dc, sc) = (contents(&d), contents(&s));
+        prop_assert_eq!(dc.len(), dst_model.len() + moved);
+        let mut union = dc.clone();
+        union.extend(sc.clone());
+        let mut expect = src_model.clone();
+        expect.extend(dst_model.clone());
+        prop_assert_eq!(union, expect);
+        // The moved items are src's edge: order across the pair holds.
+        if from_front {
+            prop_assert!(dc.keys().next_back() < sc.keys().next() || sc.is_empty());
+        } else {
+            prop_assert!(sc.keys().next_back() < dc.keys().next() || sc.is_empty());
+        }
+        // It stopped for a reason: goal reached, src empty, or no room.
+        let next = if from_front { s.first() } else { s.last() };
+        let stopped_for_room = next.is_some_and(|(_, v)| !d.has_room(v.len()));
+        prop_assert!(d.used_bytes() >= goal || sc.is_empty() || stopped_for_room);
+    }
+}

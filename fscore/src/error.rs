@@ -1,0 +1,43 @@
+//! The one error type of the crate. Corruption and bad input are values of
+//! this type, never panics.
+
+use std::fmt;
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The device failed a read, write or flush.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A block failed its checks. `block` is the metadata block number
+    /// (superblock slots are blocks 0 and 1).
+    #[error("corrupt metadata block {block}: {what}")]
+    Corrupt { block: u64, what: String },
+    /// No free (non-busy) space for the request. Space freed in the open
+    /// transaction is busy; `Pool::commit` makes it allocatable again.
+    #[error("no space left")]
+    NoSpace,
+    /// Another handle holds the pool's devices (flock).
+    #[error("pool is in use by another process")]
+    InUse,
+    /// The devices do not hold a pool this code can open.
+    #[error("bad format: {0}")]
+    BadFormat(String),
+    /// An earlier write or flush failed; nothing more is written until the
+    /// pool is reopened (what landed on disk is unknown).
+    #[error("pool is poisoned by an earlier I/O error; reopen it")]
+    Poisoned,
+    /// The caller passed something out of bounds (value too long, bad size).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(block: u64, what: impl fmt::Display) -> Error {
+        Error::Corrupt {
+            block,
+            what: what.to_string(),
+        }
+    }
+}

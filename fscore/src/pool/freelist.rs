@@ -1,0 +1,102 @@
+//! Persisted free space: at each commit the free extents of both allocators
+//! as they will be once the commit is durable (free plus busy, merged) are
+//! written into a chain of freshly allocated FreeList blocks; the superblock
+//! points at the first one. The previous chain is freed (busy) in the same
+//! commit.
+//!
+//! Recursion: the chain's own blocks come out of the free space it records.
+//! Taking a block from the front of a free extent never adds an extent, so
+//! the commit allocates blocks until the chain can hold the (re-measured)
+//! extent count; surplus blocks, if merging shrank the count, stay in the
+//! chain with zero entries, so nothing leaks. See docs/format.md.
+
+use crate::alloc::Extent;
+use crate::block::header::{le_u32, le_u64};
+use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
+use crate::error::{Error, Result};
+
+/// FreeList payload, little-endian:
+///
+/// ```text
+///  0 next ref {blkno u64, seq u64} (NONE at the end)  16 count u32  20 zero u32
+/// 24 count x {start u64, len u64}
+/// ```
+const LIST_HEADER_BYTES: usize = 24;
+const ENTRY_BYTES: usize = 16;
+
+pub(crate) fn entries_per_block(block_bytes: u32) -> usize {
+    (block_bytes as usize - HEADER_BYTES - LIST_HEADER_BYTES) / ENTRY_BYTES
+}
+
+pub(crate) fn blocks_for(extents: usize, block_bytes: u32) -> usize {
+    extents.div_ceil(entries_per_block(block_bytes))
+}
+
+/// Fills the dirty blocks `chain` with `extents`, in order.
+pub(crate) fn write_chain(
+    store: &mut BlockStore,
+    chain: &[BlockRef],
+    extents: &[Extent],
+) -> Result<()> {
+    let per_block = entries_per_block(store.block_bytes);
+    assert!(
+        chain.len() * per_block >= extents.len(),
+        "free-list chain too short"
+    );
+    let mut rest = extents;
+    for (index, r) in chain.iter().enumerate() {
+        let take = rest.len().min(per_block);
+        let (these, tail) = rest.split_at(take);
+        rest = tail;
+        let next = chain.get(index + 1).copied().unwrap_or(BlockRef::NONE);
+        let mut block = store.take(*r)?;
+        let payload = &mut block[HEADER_BYTES..];
+        payload.fill(0);
+        payload[..16].copy_from_slice(&next.encode());
+        payload[16..20].copy_from_slice(&(take as u32).to_le_bytes());
+        for (slot, extent) in these.iter().enumerate() {
+            let at = LIST_HEADER_BYTES + slot * ENTRY_BYTES;
+            payload[at..at + 8].copy_from_slice(&extent.start.to_le_bytes());
+            payload[at + 8..at + 16].copy_from_slice(&extent.len.to_le_bytes());
+        }
+        store.put(*r, block);
+    }
+    Ok(())
+}
+
+/// Reads the chain from `first`: its blocks and the extents, in order.
+/// At most `blocks_max` blocks (a loop in a corrupt chain ends there).
+pub(crate) fn read_chain(
+    store: &mut BlockStore,
+    first: BlockRef,
+    blocks_max: u64,
+) -> Result<(Vec<BlockRef>, Vec<Extent>)> {
+    let per_block = entries_per_block(store.block_bytes);
+    let mut chain = Vec::new();
+    let mut extents = Vec::new();
+    let mut next = first;
+    while next != BlockRef::NONE {
+        if chain.len() as u64 >= blocks_max {
+            return Err(Error::corrupt(
+                next.blkno,
+                "free-list chain longer than the device",
+            ));
+        }
+        let block = store.read(next, BlockKind::FreeList)?;
+        let payload = &block[HEADER_BYTES..];
+        let count = le_u32(payload, 16) as usize;
+        if count > per_block || le_u32(payload, 20) != 0 {
+            return Err(Error::corrupt(
+                next.blkno,
+                format!("free-list block claims {count} entries"),
+            ));
+        }
+        for slot in 0..count {
+            let at = LIST_HEADER_BYTES + slot * ENTRY_BYTES;
+            extents.push(Extent::new(le_u64(payload, at), le_u64(payload, at + 8)));
+        }
+        chain.push(next);
+        next = BlockRef::decode(&payload[..16], next.blkno)?;
+    }
+    Ok((chain, extents))
+}

@@ -1,0 +1,228 @@
+//! `Pool`: the public handle. One open transaction behind a mutex; every
+//! method takes `&self`.
+
+use super::options::{MkfsOptions, OpenOptions, PoolInfo};
+use super::state::PoolState;
+use crate::alloc::Extent;
+use crate::btree::node::VALUE_LEN_MAX;
+use crate::error::{Error, Result};
+use crate::key::Key;
+use crate::storage::{FileStorage, Storage};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// After a successful `insert` or `delete`, this many `free_data` calls are
+/// sure not to fail with NoSpace (they only grow the free-space list), so a
+/// caller can replace a mapping and free what it pointed at.
+pub const FREES_AFTER_CHANGE_MIN: usize = 16;
+
+/// Largest value `Pool::insert` accepts with metadata blocks of 4 KiB or
+/// more (`Pool::value_len_max` gives the limit of a pool).
+pub const POOL_VALUE_LEN_MAX: usize = VALUE_LEN_MAX;
+
+pub struct Pool {
+    state: Mutex<PoolState>,
+    data_path: PathBuf,
+}
+
+/// Opens a device file and takes an exclusive flock on it (kept while the
+/// returned storage lives): a second opener gets `Error::InUse`.
+fn open_locked(path: &Path, writable: bool) -> Result<FileStorage> {
+    let storage = FileStorage::open(path, writable)?;
+    // SAFETY: flock on a file descriptor we own.
+    let locked = unsafe { libc::flock(storage.file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(Error::InUse);
+        }
+        return Err(error.into());
+    }
+    Ok(storage)
+}
+
+/// Creates a sparse file of `len_bytes` where none exists and grows a
+/// regular file that is smaller.
+fn prepare_file(path: &Path, len_bytes: u64) -> Result<()> {
+    FileStorage::create_sparse(path, len_bytes)?;
+    let metadata = std::fs::metadata(path)?;
+    if metadata.is_file() && metadata.len() < len_bytes {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)?
+            .set_len(len_bytes)?;
+    }
+    Ok(())
+}
+
+impl Pool {
+    /// Formats. Files that don't exist are created sparse at the given sizes.
+    pub fn mkfs(meta: &Path, data: &Path, opts: &MkfsOptions) -> Result<PoolInfo> {
+        prepare_file(meta, opts.meta_bytes)?;
+        prepare_file(data, opts.data_bytes)?;
+        let meta_storage = open_locked(meta, true)?;
+        let data_storage = open_locked(data, true)?;
+        Pool::mkfs_on(Box::new(meta_storage), Box::new(data_storage), opts)
+    }
+
+    /// Formats pool storage given directly (tests use `SimDisk`).
+    pub fn mkfs_on(
+        meta: Box<dyn Storage>,
+        data: Box<dyn Storage>,
+        opts: &MkfsOptions,
+    ) -> Result<PoolInfo> {
+        Ok(PoolState::mkfs(meta, data, opts)?.info())
+    }
+
+    /// Opens, recovering the newest valid superblock. Takes an exclusive
+    /// flock on both files.
+    pub fn open(meta: &Path, data: &Path, opts: &OpenOptions) -> Result<Pool> {
+        let meta_storage = open_locked(meta, true)?;
+        let data_storage = open_locked(data, true)?;
+        let state = PoolState::open(Box::new(meta_storage), Box::new(data_storage), opts)?;
+        Ok(Pool {
+            state: Mutex::new(state),
+            data_path: data.to_path_buf(),
+        })
+    }
+
+    /// Opens pool storage given directly; `data_path` is empty.
+    pub fn open_on(
+        meta: Box<dyn Storage>,
+        data: Box<dyn Storage>,
+        opts: &OpenOptions,
+    ) -> Result<Pool> {
+        let state = PoolState::open(meta, data, opts)?;
+        Ok(Pool {
+            state: Mutex::new(state),
+            data_path: PathBuf::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        // A panic while holding the lock cannot leave a half-written disk
+        // (commits poison on error), so a poisoned mutex is still usable.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Largest value `insert` accepts in this pool.
+    pub fn value_len_max(&self) -> usize {
+        self.lock().value_len_max
+    }
+
+    pub fn info(&self) -> PoolInfo {
+        self.lock().info()
+    }
+
+    /// Path of the data device (empty for storage given to `open_on`).
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Option<Vec<u8>>> {
+        let mut value = None;
+        self.get_with(key, &mut |bytes| value = Some(bytes.to_vec()))?;
+        Ok(value)
+    }
+
+    /// Calls `found` with the value of `key`, if present, without copying.
+    pub fn get_with(&self, key: &Key, found: &mut dyn FnMut(&[u8])) -> Result<()> {
+        let state = &mut *self.lock();
+        state.tree.with_value(&mut state.store, key, found)
+    }
+
+    /// Inserts or replaces. Values are at most `POOL_VALUE_LEN_MAX` bytes.
+    pub fn insert(&self, key: &Key, value: &[u8]) -> Result<()> {
+        if value.len() > POOL_VALUE_LEN_MAX {
+            return Err(Error::Invalid(format!(
+                "value of {} bytes (max {POOL_VALUE_LEN_MAX})",
+                value.len()
+            )));
+        }
+        let state = &mut *self.lock();
+        state.ensure_meta_room(state.tree.op_blocks_max(), FREES_AFTER_CHANGE_MIN + 1)?;
+        state.tree.insert(&mut state.store, key, value)
+    }
+
+    /// Deletes; returns whether the key was present.
+    pub fn delete(&self, key: &Key) -> Result<bool> {
+        let state = &mut *self.lock();
+        state.ensure_meta_room(state.tree.op_blocks_max(), FREES_AFTER_CHANGE_MIN + 1)?;
+        state.tree.delete(&mut state.store, key)
+    }
+
+    /// Items with `start <= key <= end` in ascending order, at most `limit`.
+    pub fn range(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<(Key, Vec<u8>)>> {
+        let mut out = Vec::new();
+        self.range_with(start, end, &mut |key, value| {
+            out.push((*key, value.to_vec()));
+            out.len() < limit
+        })?;
+        Ok(out)
+    }
+
+    /// Items with `start <= key <= end` in descending order, at most `limit`.
+    pub fn range_rev(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<(Key, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        let state = &mut *self.lock();
+        state
+            .tree
+            .scan_backward(&mut state.store, start, end, &mut |key, value| {
+                out.push((*key, value.to_vec()));
+                out.len() < limit
+            })?;
+        Ok(out)
+    }
+
+    /// Visits items with `start <= key <= end` in ascending order until
+    /// `visit` returns false (no copies).
+    pub fn range_with(
+        &self,
+        start: &Key,
+        end: &Key,
+        visit: &mut dyn FnMut(&Key, &[u8]) -> bool,
+    ) -> Result<()> {
+        let state = &mut *self.lock();
+        state.tree.scan_forward(&mut state.store, start, end, visit)
+    }
+
+    /// Allocates between 1 and `blocks` contiguous data blocks. Never a busy
+    /// block; `Error::NoSpace` when nothing is free (commit, then retry, if
+    /// `info().data_busy_blocks` is not zero).
+    pub fn alloc_data(&self, blocks: u64) -> Result<Extent> {
+        let state = &mut *self.lock();
+        state.store.check_writable()?;
+        state.data_alloc.alloc(blocks)
+    }
+
+    /// Frees data blocks; they stay busy until the freeing commit is durable.
+    pub fn free_data(&self, extent: Extent) -> Result<()> {
+        let state = &mut *self.lock();
+        state.ensure_meta_room(0, 1)?;
+        state.data_alloc.free(extent)
+    }
+
+    /// Makes everything done before the call durable (see docs/format.md).
+    pub fn commit(&self) -> Result<()> {
+        self.lock().commit()
+    }
+
+    /// Bytes of metadata the next commit will write (dirty blocks); the
+    /// caller commits at its own limit.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.lock().store.dirty_bytes()
+    }
+
+    /// Checks the in-memory state of this handle (the open transaction
+    /// included): tree invariants and allocator indexes. For tests.
+    pub fn verify(&self) -> Result<()> {
+        let state = &mut *self.lock();
+        super::check::verify_live(state)
+    }
+}

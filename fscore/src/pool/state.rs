@@ -1,0 +1,270 @@
+//! The state behind one open pool handle, and the steps that build it: mkfs
+//! of an empty pool and recovery of the newest superblock at open.
+
+use super::freelist;
+use super::options::{
+    valid_meta_block_bytes, MkfsOptions, OpenOptions, PoolInfo, DATA_BLOCK_BYTES,
+};
+use super::superblock::{Superblock, SUPER_AREA_BYTES, SUPER_BYTES};
+use crate::alloc::{Allocator, Extent};
+use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
+use crate::btree::node::NodeMut;
+use crate::error::{Error, Result};
+use crate::storage::Storage;
+use crate::tree::Tree;
+
+pub(crate) struct PoolState {
+    pub(crate) store: BlockStore,
+    pub(crate) data: Box<dyn Storage>,
+    pub(crate) data_alloc: Allocator,
+    pub(crate) tree: Tree,
+    /// The last durable superblock.
+    pub(crate) sb: Superblock,
+    /// The free-list chain the last durable superblock points at.
+    pub(crate) freelist_chain: Vec<BlockRef>,
+    /// Largest leaf value a node of this block size can hold and split.
+    pub(crate) value_len_max: usize,
+}
+
+fn value_len_max(block_bytes: u32) -> usize {
+    let mut scratch = vec![0u8; block_bytes as usize - HEADER_BYTES];
+    NodeMut::init(&mut scratch, 0).accessor().value_len_max()
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return nanos ^ ((std::process::id() as u64) << 32);
+    }
+    u64::from_le_bytes(bytes)
+}
+
+fn cache_blocks(opts: &OpenOptions, block_bytes: u32) -> usize {
+    (opts.cache_bytes / block_bytes as u64).max(16) as usize
+}
+
+impl PoolState {
+    /// Formats: an empty leaf as the root, everything else free, committed
+    /// as seq 1. Both superblock slots are zeroed first so no older pool's
+    /// superblock can win at open.
+    pub(crate) fn mkfs(
+        meta: Box<dyn Storage>,
+        data: Box<dyn Storage>,
+        opts: &MkfsOptions,
+    ) -> Result<PoolState> {
+        let block_bytes = opts.meta_block_bytes;
+        if !valid_meta_block_bytes(block_bytes) {
+            return Err(Error::Invalid(format!("metadata block size {block_bytes}")));
+        }
+        if opts.meta_bytes > meta.len_bytes() || opts.data_bytes > data.len_bytes() {
+            return Err(Error::Invalid(
+                "a device is smaller than the size asked for".into(),
+            ));
+        }
+        let meta_blocks = opts.meta_bytes / block_bytes as u64;
+        let first_block = Superblock::first_meta_block(block_bytes);
+        if meta_blocks < first_block + 8 {
+            return Err(Error::Invalid("metadata device too small".into()));
+        }
+        let data_blocks = opts.data_bytes / DATA_BLOCK_BYTES as u64;
+        let pool_id = random_u64();
+        let alloc = Allocator::all_free(first_block, meta_blocks);
+        let mut store = BlockStore::new(
+            meta,
+            block_bytes,
+            pool_id,
+            1,
+            first_block,
+            meta_blocks,
+            1024,
+            alloc,
+        );
+        store.write_raw(0, &vec![0u8; SUPER_AREA_BYTES as usize])?;
+        store.flush()?;
+        let root = store.alloc_block(BlockKind::Node)?;
+        let mut block = store.take(root)?;
+        NodeMut::init(&mut block[HEADER_BYTES..], 0);
+        store.put(root, block);
+        let sb = Superblock {
+            meta_block_bytes: block_bytes,
+            pool_id,
+            seq: 0,
+            meta_blocks,
+            data_blocks,
+            data_block_bytes: DATA_BLOCK_BYTES,
+            tree_height: 1,
+            root,
+            freelist: BlockRef::NONE,
+            meta_free_extents: 0,
+            data_free_extents: 0,
+            meta_free_blocks: 0,
+            data_free_blocks: 0,
+            item_count: 0,
+        };
+        let mut state = PoolState {
+            store,
+            data,
+            data_alloc: Allocator::all_free(0, data_blocks),
+            tree: Tree {
+                root,
+                height: 1,
+                items: 0,
+            },
+            sb,
+            freelist_chain: Vec::new(),
+            value_len_max: value_len_max(block_bytes),
+        };
+        state.commit()?;
+        Ok(state)
+    }
+
+    /// Opens: the valid superblock slot with the greater seq, then its
+    /// free-list chain. Nothing is written.
+    pub(crate) fn open(
+        mut meta: Box<dyn Storage>,
+        data: Box<dyn Storage>,
+        opts: &OpenOptions,
+    ) -> Result<PoolState> {
+        if meta.len_bytes() < SUPER_AREA_BYTES {
+            return Err(Error::BadFormat(
+                "metadata device smaller than the superblocks".into(),
+            ));
+        }
+        let mut area = vec![0u8; SUPER_AREA_BYTES as usize];
+        meta.read_at(0, &mut area)?;
+        let slots = [
+            Superblock::decode(&area[..SUPER_BYTES], 0),
+            Superblock::decode(&area[SUPER_BYTES..], 1),
+        ];
+        let sb = match slots {
+            [Ok(a), Ok(b)] if a.pool_id != b.pool_id => {
+                return Err(Error::corrupt(0, "superblock slots name different pools"))
+            }
+            [Ok(a), Ok(b)] => {
+                if a.seq >= b.seq {
+                    a
+                } else {
+                    b
+                }
+            }
+            [Ok(a), Err(_)] | [Err(_), Ok(a)] => a,
+            [Err(a), Err(_)] => return Err(a),
+        };
+        if meta.len_bytes() < sb.meta_blocks * sb.meta_block_bytes as u64
+            || data.len_bytes() < sb.data_blocks * DATA_BLOCK_BYTES as u64
+        {
+            return Err(Error::BadFormat(
+                "a device is smaller than the pool it holds".into(),
+            ));
+        }
+        let first_block = Superblock::first_meta_block(sb.meta_block_bytes);
+        let alloc = Allocator::new(first_block, sb.meta_blocks);
+        let cache = cache_blocks(opts, sb.meta_block_bytes);
+        let mut store = BlockStore::new(
+            meta,
+            sb.meta_block_bytes,
+            sb.pool_id,
+            sb.seq + 1,
+            first_block,
+            sb.meta_blocks,
+            cache,
+            alloc,
+        );
+        let (chain, extents) = freelist::read_chain(&mut store, sb.freelist, sb.meta_blocks)?;
+        let mut data_alloc = Allocator::new(0, sb.data_blocks);
+        load_free_extents(&mut store, &mut data_alloc, &sb, &extents)?;
+        let tree = Tree {
+            root: sb.root,
+            height: sb.tree_height,
+            items: sb.item_count,
+        };
+        let value_len_max = value_len_max(sb.meta_block_bytes);
+        Ok(PoolState {
+            store,
+            data,
+            data_alloc,
+            tree,
+            sb,
+            freelist_chain: chain,
+            value_len_max,
+        })
+    }
+
+    pub(crate) fn info(&self) -> PoolInfo {
+        PoolInfo {
+            pool_id: self.sb.pool_id,
+            seq: self.sb.seq,
+            meta_block_bytes: self.sb.meta_block_bytes,
+            data_block_bytes: DATA_BLOCK_BYTES,
+            meta_blocks: self.sb.meta_blocks,
+            data_blocks: self.sb.data_blocks,
+            meta_free_blocks: self.store.alloc.free_blocks(),
+            meta_busy_blocks: self.store.alloc.busy_blocks(),
+            data_free_blocks: self.data_alloc.free_blocks(),
+            data_busy_blocks: self.data_alloc.busy_blocks(),
+            items: self.tree.items,
+            tree_height: self.tree.height,
+        }
+    }
+
+    /// Refuses a change that could leave too few free metadata blocks for
+    /// the change itself (`op_blocks`) plus the next commit's free-list
+    /// chain grown by `extra_extents` (every freed block can add an extent).
+    pub(crate) fn ensure_meta_room(&self, op_blocks: u64, extra_extents: usize) -> Result<()> {
+        self.store.check_writable()?;
+        let alloc = &self.store.alloc;
+        let extents_max = alloc.free_after_commit_extents_max()
+            + self.data_alloc.free_after_commit_extents_max()
+            + self.freelist_chain.len()
+            + 2 * op_blocks as usize
+            + extra_extents;
+        let reserve = freelist::blocks_for(extents_max, self.store.block_bytes) as u64 + 1;
+        if alloc.free_blocks() < op_blocks + reserve {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+}
+
+/// Splits the chain's extents (metadata first, then data) into the two
+/// allocators, checking the counts against the superblock.
+fn load_free_extents(
+    store: &mut BlockStore,
+    data_alloc: &mut Allocator,
+    sb: &Superblock,
+    extents: &[Extent],
+) -> Result<()> {
+    let blkno = sb.freelist.blkno;
+    if extents.len() as u64 != sb.meta_free_extents + sb.data_free_extents {
+        return Err(Error::corrupt(
+            blkno,
+            "free-list extent count disagrees with the superblock",
+        ));
+    }
+    let (meta, data) = extents.split_at(sb.meta_free_extents as usize);
+    for extent in meta {
+        store
+            .alloc
+            .mark_free(*extent)
+            .map_err(|error| Error::corrupt(blkno, error))?;
+    }
+    for extent in data {
+        data_alloc
+            .mark_free(*extent)
+            .map_err(|error| Error::corrupt(blkno, error))?;
+    }
+    if store.alloc.free_blocks() != sb.meta_free_blocks
+        || data_alloc.free_blocks() != sb.data_free_blocks
+    {
+        return Err(Error::corrupt(
+            blkno,
+            "free block totals disagree with the superblock",
+        ));
+    }
+    Ok(())
+}

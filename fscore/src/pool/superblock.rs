@@ -1,0 +1,154 @@
+//! The superblock: two slots of SUPER_BYTES at byte offsets 0 and
+//! SUPER_BYTES of the metadata device. A commit with seq `s` writes slot
+//! `s % 2`; open takes the valid slot with the greater seq.
+
+use crate::block::header::{le_u32, le_u64};
+use crate::block::BlockRef;
+use crate::error::{Error, Result};
+
+/// Bytes of one superblock slot (the crc covers all of them).
+pub(crate) const SUPER_BYTES: usize = 4096;
+pub(crate) const SUPER_MAGIC: u32 = u32::from_le_bytes(*b"FSSB");
+/// Format version: bumped on any incompatible layout change (see the log in
+/// docs/format.md).
+pub(crate) const FORMAT_VERSION: u32 = 1;
+/// Both slots end here; metadata blocks start at the first block boundary
+/// at or after it.
+pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
+
+/// Superblock, little-endian, zero after byte 128, crc32c over bytes 4..4096:
+///
+/// ```text
+///   0 crc u32            4 magic u32 "FSSB"     8 format_version u32   12 meta_block_bytes u32
+///  16 pool_id u64       24 seq u64             32 meta_blocks u64     40 data_blocks u64
+///  48 data_block_bytes u32   52 tree_height u8  53 zero[3]
+///  56 root ref {blkno u64, seq u64}            72 freelist ref {blkno u64, seq u64}
+///  88 meta_free_extents u64   96 data_free_extents u64
+/// 104 meta_free_blocks u64   112 data_free_blocks u64   120 item_count u64
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Superblock {
+    pub(crate) meta_block_bytes: u32,
+    pub(crate) pool_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) meta_blocks: u64,
+    pub(crate) data_blocks: u64,
+    pub(crate) data_block_bytes: u32,
+    /// Levels in the tree: 1 when the root is a leaf.
+    pub(crate) tree_height: u8,
+    pub(crate) root: BlockRef,
+    /// First block of the free-extent list chain (`freelist`), or NONE.
+    pub(crate) freelist: BlockRef,
+    pub(crate) meta_free_extents: u64,
+    pub(crate) data_free_extents: u64,
+    pub(crate) meta_free_blocks: u64,
+    pub(crate) data_free_blocks: u64,
+    pub(crate) item_count: u64,
+}
+
+const ZERO_FROM: usize = 128;
+
+impl Superblock {
+    pub(crate) fn slot_offset(seq: u64) -> u64 {
+        (seq % 2) * SUPER_BYTES as u64
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = vec![0u8; SUPER_BYTES];
+        let mut put = |at: usize, bytes: &[u8]| out[at..at + bytes.len()].copy_from_slice(bytes);
+        put(4, &SUPER_MAGIC.to_le_bytes());
+        put(8, &FORMAT_VERSION.to_le_bytes());
+        put(12, &self.meta_block_bytes.to_le_bytes());
+        put(16, &self.pool_id.to_le_bytes());
+        put(24, &self.seq.to_le_bytes());
+        put(32, &self.meta_blocks.to_le_bytes());
+        put(40, &self.data_blocks.to_le_bytes());
+        put(48, &self.data_block_bytes.to_le_bytes());
+        put(52, &[self.tree_height]);
+        put(56, &self.root.encode());
+        put(72, &self.freelist.encode());
+        put(88, &self.meta_free_extents.to_le_bytes());
+        put(96, &self.data_free_extents.to_le_bytes());
+        put(104, &self.meta_free_blocks.to_le_bytes());
+        put(112, &self.data_free_blocks.to_le_bytes());
+        put(120, &self.item_count.to_le_bytes());
+        let crc = crc32c::crc32c(&out[4..]);
+        out[..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes one slot; `slot` (0 or 1) names it in errors.
+    pub(crate) fn decode(bytes: &[u8], slot: u64) -> Result<Superblock> {
+        if bytes.len() < SUPER_BYTES {
+            return Err(Error::corrupt(slot, "short superblock"));
+        }
+        let bytes = &bytes[..SUPER_BYTES];
+        if le_u32(bytes, 4) != SUPER_MAGIC {
+            return Err(Error::BadFormat(format!(
+                "superblock slot {slot}: no fscore magic"
+            )));
+        }
+        if crc32c::crc32c(&bytes[4..]) != le_u32(bytes, 0) {
+            return Err(Error::corrupt(slot, "superblock checksum mismatch"));
+        }
+        let version = le_u32(bytes, 8);
+        if version != FORMAT_VERSION {
+            return Err(Error::BadFormat(format!(
+                "format version {version}, this code reads {FORMAT_VERSION}"
+            )));
+        }
+        if bytes[53..56]
+            .iter()
+            .chain(&bytes[ZERO_FROM..])
+            .any(|byte| *byte != 0)
+        {
+            return Err(Error::corrupt(
+                slot,
+                "reserved superblock bytes are not zero",
+            ));
+        }
+        let sb = Superblock {
+            meta_block_bytes: le_u32(bytes, 12),
+            pool_id: le_u64(bytes, 16),
+            seq: le_u64(bytes, 24),
+            meta_blocks: le_u64(bytes, 32),
+            data_blocks: le_u64(bytes, 40),
+            data_block_bytes: le_u32(bytes, 48),
+            tree_height: bytes[52],
+            root: BlockRef::decode(&bytes[56..72], slot)?,
+            freelist: BlockRef::decode(&bytes[72..88], slot)?,
+            meta_free_extents: le_u64(bytes, 88),
+            data_free_extents: le_u64(bytes, 96),
+            meta_free_blocks: le_u64(bytes, 104),
+            data_free_blocks: le_u64(bytes, 112),
+            item_count: le_u64(bytes, 120),
+        };
+        sb.validate(slot)?;
+        Ok(sb)
+    }
+
+    fn validate(&self, slot: u64) -> Result<()> {
+        let block_ok = crate::pool::options::valid_meta_block_bytes(self.meta_block_bytes);
+        if !block_ok || self.data_block_bytes != crate::DATA_BLOCK_BYTES {
+            return Err(Error::corrupt(
+                slot,
+                "superblock has impossible block sizes",
+            ));
+        }
+        if self.tree_height == 0 || self.tree_height as usize > crate::tree::HEIGHT_MAX {
+            return Err(Error::corrupt(
+                slot,
+                format!("tree height {} out of range", self.tree_height),
+            ));
+        }
+        if self.meta_free_blocks > self.meta_blocks || self.data_free_blocks > self.data_blocks {
+            return Err(Error::corrupt(slot, "free block counts exceed the devices"));
+        }
+        Ok(())
+    }
+
+    /// Metadata block numbers start here (after the superblock slots).
+    pub(crate) fn first_meta_block(meta_block_bytes: u32) -> u64 {
+        SUPER_AREA_BYTES.div_ceil(meta_block_bytes as u64)
+    }
+}

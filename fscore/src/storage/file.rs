@@ -1,0 +1,236 @@
+//! Files and block devices, opened with O_DIRECT, I/O through io_uring
+//! (submit and wait). Buffers handed in need no alignment: I/O goes through
+//! an aligned bounce buffer, and contiguous writes of a batch are coalesced
+//! into one larger write.
+
+use super::Storage;
+use io_uring::{opcode, types, IoUring};
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+/// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
+/// size; 4096 covers every device we expect.
+pub(crate) const DIRECT_ALIGN_BYTES: usize = 4096;
+/// Submission queue entries: bounds the I/Os in flight per batch.
+const RING_ENTRIES: u32 = 128;
+/// Largest single (coalesced) write: bounds the bounce buffers of a batch.
+const WRITE_BYTES_MAX: usize = 1 << 20;
+
+/// A heap buffer aligned for O_DIRECT.
+struct AlignedBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: AlignedBuf owns its allocation exclusively, like a Vec<u8>.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let len = len
+            .max(DIRECT_ALIGN_BYTES)
+            .next_multiple_of(DIRECT_ALIGN_BYTES);
+        let layout = Layout::from_size_align(len, DIRECT_ALIGN_BYTES).expect("aligned layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        assert!(!ptr.is_null(), "out of memory for an I/O buffer");
+        AlignedBuf { ptr, len }
+    }
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr is valid for len bytes and uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, DIRECT_ALIGN_BYTES).expect("aligned layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, layout) }
+    }
+}
+
+pub struct FileStorage {
+    file: File,
+    ring: IoUring,
+    len_bytes: u64,
+    read_buf: AlignedBuf,
+    /// False where the file system refused O_DIRECT (tmpfs): then writes go
+    /// through the page cache and `flush` still makes them durable.
+    direct: bool,
+}
+
+impl FileStorage {
+    /// Opens an existing file or block device for reading and writing.
+    pub fn open(path: &Path, writable: bool) -> io::Result<FileStorage> {
+        let open = |flags: i32| {
+            OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .custom_flags(flags)
+                .open(path)
+        };
+        let (mut file, direct) = match open(libc::O_DIRECT) {
+            Ok(file) => (file, true),
+            Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                log::warn!("{}: O_DIRECT refused, using buffered I/O", path.display());
+                (open(0)?, false)
+            }
+            Err(error) => return Err(error),
+        };
+        let len_bytes = file.seek(SeekFrom::End(0))?;
+        let ring = IoUring::new(RING_ENTRIES)?;
+        Ok(FileStorage {
+            file,
+            ring,
+            len_bytes,
+            read_buf: AlignedBuf::new(DIRECT_ALIGN_BYTES),
+            direct,
+        })
+    }
+
+    /// Creates a sparse file of `len_bytes` if nothing exists at `path`.
+    pub fn create_sparse(path: &Path, len_bytes: u64) -> io::Result<()> {
+        match OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(file) => file.set_len(len_bytes),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The open file, e.g. for flock.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Submits the prepared entries and waits for all of them; each must
+    /// transfer exactly its expected byte count.
+    fn run(
+        &mut self,
+        entries: &[io_uring::squeue::Entry],
+        expected_bytes: &[usize],
+    ) -> io::Result<()> {
+        for entry in entries {
+            // SAFETY: every buffer an entry points to outlives this call.
+            unsafe { self.ring.submission().push(entry) }
+                .map_err(|_| io::Error::other("io_uring queue full"))?;
+        }
+        let mut done = 0;
+        let mut failure = None;
+        while done < entries.len() {
+            self.ring.submit_and_wait(entries.len() - done)?;
+            for cqe in self.ring.completion() {
+                done += 1;
+                let expected = expected_bytes[cqe.user_data() as usize];
+                if cqe.result() < 0 {
+                    failure = Some(io::Error::from_raw_os_error(-cqe.result()));
+                } else if cqe.result() as usize != expected {
+                    failure = Some(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O"));
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
+        if offset as usize % DIRECT_ALIGN_BYTES != 0 && self.direct {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "unaligned offset",
+            ));
+        }
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= self.len_bytes => Ok(()),
+            _ => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "I/O beyond the end of the device",
+            )),
+        }
+    }
+}
+
+impl Storage for FileStorage {
+    fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.check_range(offset, buf.len())?;
+        let io_len = buf.len().next_multiple_of(DIRECT_ALIGN_BYTES);
+        if self.read_buf.len < io_len {
+            self.read_buf = AlignedBuf::new(io_len);
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        let entry = opcode::Read::new(fd, self.read_buf.ptr, buf.len() as u32)
+            .offset(offset)
+            .build()
+            .user_data(0);
+        self.run(&[entry], &[buf.len()])?;
+        buf.copy_from_slice(&self.read_buf.as_mut_slice()[..buf.len()]);
+        Ok(())
+    }
+
+    fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()> {
+        for (offset, bytes) in writes {
+            self.check_range(*offset, bytes.len())?;
+        }
+        let mut order: Vec<usize> = (0..writes.len()).collect();
+        order.sort_by_key(|index| writes[*index].0);
+        // Coalesce runs of contiguous writes into bounce buffers.
+        let mut runs: Vec<(u64, Vec<usize>, usize)> = Vec::new();
+        for index in order {
+            let (offset, bytes) = writes[index];
+            match runs.last_mut() {
+                Some((start, members, len))
+                    if *start + *len as u64 == offset && *len + bytes.len() <= WRITE_BYTES_MAX =>
+                {
+                    members.push(index);
+                    *len += bytes.len();
+                }
+                _ => runs.push((offset, vec![index], bytes.len())),
+            }
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        for chunk in runs.chunks(RING_ENTRIES as usize) {
+            let mut buffers = Vec::with_capacity(chunk.len());
+            let mut entries = Vec::with_capacity(chunk.len());
+            let mut expected = Vec::with_capacity(chunk.len());
+            for (slot, (start, members, len)) in chunk.iter().enumerate() {
+                let mut buffer = AlignedBuf::new(*len);
+                let mut at = 0;
+                for index in members {
+                    let bytes = writes[*index].1;
+                    buffer.as_mut_slice()[at..at + bytes.len()].copy_from_slice(bytes);
+                    at += bytes.len();
+                }
+                entries.push(
+                    opcode::Write::new(fd, buffer.ptr, *len as u32)
+                        .offset(*start)
+                        .build()
+                        .user_data(slot as u64),
+                );
+                expected.push(*len);
+                buffers.push(buffer);
+            }
+            self.run(&entries, &expected)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let fd = types::Fd(self.file.as_raw_fd());
+        let entry = opcode::Fsync::new(fd)
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+            .user_data(0);
+        self.run(&[entry], &[0])
+    }
+}

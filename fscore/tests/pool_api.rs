@@ -1,0 +1,176 @@
+//! Proves the public Pool API end to end on real files and on SimDisk:
+//! mkfs, open, insert/get/delete/range both ways, data allocation, commit,
+//! reopen with the committed contents, exclusive open, and a clean check.
+
+use fscore::{Error, Extent, Key, MkfsOptions, OpenOptions, Pool, SimDisk};
+use std::collections::BTreeMap;
+
+const META_BYTES: u64 = 64 << 20;
+const DATA_BYTES: u64 = 256 << 20;
+
+fn value_for(index: u64) -> Vec<u8> {
+    let len = 16 + (index % 49) as usize;
+    (0..len).map(|at| (index as usize + at) as u8).collect()
+}
+
+fn fill(pool: &Pool, model: &mut BTreeMap<Key, Vec<u8>>, count: u64) {
+    for index in 0..count {
+        let key = Key::new(index % 7, index.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let value = value_for(index);
+        pool.insert(&key, &value).unwrap();
+        model.insert(key, value);
+        if index % 500 == 0 {
+            pool.commit().unwrap();
+        }
+    }
+}
+
+fn assert_matches(pool: &Pool, model: &BTreeMap<Key, Vec<u8>>) {
+    let all = pool.range(&Key::MIN, &Key::MAX, usize::MAX).unwrap();
+    let expected: Vec<(Key, Vec<u8>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
+    assert_eq!(all, expected);
+    let mut backward = pool.range_rev(&Key::MIN, &Key::MAX, usize::MAX).unwrap();
+    backward.reverse();
+    assert_eq!(backward, expected);
+    for (key, value) in model.iter().step_by(37) {
+        assert_eq!(pool.get(key).unwrap().as_ref(), Some(value));
+    }
+}
+
+#[test]
+fn files_round_trip_through_commit_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+    let info = Pool::mkfs(&meta, &data, &MkfsOptions::new(META_BYTES, DATA_BYTES)).unwrap();
+    assert_eq!(info.data_blocks, DATA_BYTES / 4096);
+    let mut model = BTreeMap::new();
+    let extent;
+    {
+        let pool = Pool::open(&meta, &data, &OpenOptions::default()).unwrap();
+        assert!(matches!(
+            Pool::open(&meta, &data, &OpenOptions::default()),
+            Err(Error::InUse)
+        ));
+        fill(&pool, &mut model, 20_000);
+        extent = pool.alloc_data(8).unwrap();
+        assert_eq!(extent.len, 8);
+        pool.verify().unwrap();
+        pool.commit().unwrap();
+        // Not committed: must vanish at reopen.
+        pool.insert(&Key::new(99, 99), b"lost").unwrap();
+    }
+    let pool = Pool::open(&meta, &data, &OpenOptions::default()).unwrap();
+    assert_eq!(pool.get(&Key::new(99, 99)).unwrap(), None);
+    assert_matches(&pool, &model);
+    let info = pool.info();
+    assert_eq!(info.items, model.len() as u64);
+    assert_eq!(info.data_free_blocks, DATA_BYTES / 4096 - 8);
+    drop(pool);
+    let report = fscore::check_with_data_refs(&meta, &data, |_, _| Vec::new()).unwrap();
+    // The allocated extent is referenced by nobody: check must call it leaked.
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.device == fscore::Device::Data && p.block == extent.start),
+        "{report:?}"
+    );
+    let report = fscore::check_with_data_refs(&meta, &data, |key, _| {
+        if *key == model.keys().next().copied().unwrap() {
+            vec![extent]
+        } else {
+            Vec::new()
+        }
+    })
+    .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert!(Pool::check(&meta, &data).unwrap().is_clean());
+}
+
+#[test]
+fn deletes_shrink_the_tree_and_ranges_respect_bounds() {
+    let meta = SimDisk::new(META_BYTES);
+    let data = SimDisk::new(1 << 20);
+    Pool::mkfs_on(
+        Box::new(meta.clone()),
+        Box::new(data.clone()),
+        &MkfsOptions::new(META_BYTES, 1 << 20),
+    )
+    .unwrap();
+    let pool = Pool::open_on(
+        Box::new(meta.clone()),
+        Box::new(data.clone()),
+        &OpenOptions::default(),
+    )
+    .unwrap();
+    let mut model = BTreeMap::new();
+    fill(&pool, &mut model, 10_000);
+    let tall = pool.info().tree_height;
+    assert!(tall >= 2);
+    let keys: Vec<Key> = model.keys().copied().collect();
+    for (index, key) in keys.iter().enumerate() {
+        if index % 10 != 0 {
+            assert!(pool.delete(key).unwrap());
+            model.remove(key);
+        }
+        if index % 1000 == 0 {
+            pool.verify().unwrap();
+        }
+    }
+    assert!(!pool.delete(&keys[1]).unwrap());
+    pool.verify().unwrap();
+    assert_matches(&pool, &model);
+    let (start, end) = (keys[100], keys[900]);
+    let got = pool.range(&start, &end, 5).unwrap();
+    let want: Vec<(Key, Vec<u8>)> = model
+        .range(start..=end)
+        .take(5)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    assert_eq!(got, want);
+    let got = pool.range_rev(&start, &end, 5).unwrap();
+    let want: Vec<(Key, Vec<u8>)> = model
+        .range(start..=end)
+        .rev()
+        .take(5)
+        .map(|(k, v)| (*k, v.clone()))
+        .collect();
+    assert_eq!(got, want);
+    for key in model.keys().copied().collect::<Vec<_>>() {
+        assert!(pool.delete(&key).unwrap());
+    }
+    assert_eq!(pool.info().tree_height, 1);
+    pool.verify().unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+    let report = Pool::check_on(Box::new(meta), Box::new(data), Some(&|_, _| Vec::new())).unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(report.items, 0);
+}
+
+#[test]
+fn busy_data_blocks_come_back_only_after_commit() {
+    let meta = SimDisk::new(8 << 20);
+    let data = SimDisk::new(64 * 4096);
+    Pool::mkfs_on(
+        Box::new(meta.clone()),
+        Box::new(data.clone()),
+        &MkfsOptions::new(8 << 20, 64 * 4096),
+    )
+    .unwrap();
+    let pool = Pool::open_on(Box::new(meta), Box::new(data), &OpenOptions::default()).unwrap();
+    let all = pool.alloc_data(64).unwrap();
+    assert_eq!(all, Extent::new(0, 64));
+    pool.commit().unwrap();
+    pool.free_data(all).unwrap();
+    assert!(
+        matches!(pool.free_data(Extent::new(3, 1)), Err(Error::Invalid(_))),
+        "double free is refused"
+    );
+    assert!(
+        matches!(pool.alloc_data(1), Err(Error::NoSpace)),
+        "only busy space is left"
+    );
+    pool.commit().unwrap();
+    assert_eq!(pool.alloc_data(100).unwrap(), Extent::new(0, 64));
+}
