@@ -45,7 +45,7 @@ run_jobs() {
 
 set -e
 new_pool
-add_dev -q 2 -d 64
+add_dev -q 1 -d 64
 run_jobs $DEV /tmp/bench-ublk
 del_dev
 

@@ -35,10 +35,21 @@ run_test() {
 }
 
 # 1. 64 MiB through O_DIRECT, read back; del; add on the same pool; the
-#    data is still there.
+#    data is still there. Also what the kernel and `list` say of the device.
 test_persist() {
     new_pool
     add_dev
+    q=/sys/block/ublkb0/queue
+    [ "$(cat $q/logical_block_size)" = 512 ]
+    [ "$(cat $q/physical_block_size)" = 4096 ]
+    [ "$(cat $q/write_cache)" = "write back" ]
+    [ "$(cat $q/fua)" = 1 ]
+    [ "$(cat $q/discard_max_bytes)" -gt 0 ]
+    [ "$(cat $q/write_zeroes_max_bytes)" -gt 0 ]
+    [ "$(cat $q/max_hw_sectors_kb)" = 1024 ]
+    scoutfs-ublk list -n 0 | grep -q '^dev id 0: nr_hw_queues 1 queue_depth 64 block size 512 dev_capacity 2097152$'
+    scoutfs-ublk list | grep -q 'daemon pid [0-9]* flags 0x[0-9a-f]* state LIVE$'
+    scoutfs-ublk list --json | grep -q '"size_bytes": 1073741824'
     dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null
     dd if=/tmp/src of=$DEV bs=1M oflag=direct
     same_bytes /tmp/src $DEV 64
@@ -160,6 +171,25 @@ test_del_busy() {
     check_pool
 }
 
+# 6b. SIGTERM to the daemon stops and deletes its device (the stop goes
+#     through a control handle made on the signal thread); the pool is
+#     committed and checks clean.
+test_sigterm() {
+    new_pool
+    add_dev -q 2
+    dd if=/dev/urandom of=/tmp/src bs=1M count=8 2>/dev/null
+    dd if=/tmp/src of=$DEV bs=1M oflag=direct
+    daemon=$(daemon_pid 0)
+    kill -TERM "$daemon"
+    wait_for ! $DEV
+    wait_gone "$daemon"
+    ! scoutfs-ublk list -n 0
+    check_pool
+    add_dev
+    same_bytes /tmp/src $DEV 8
+    del_dev
+}
+
 # 7. Crash consistency through the kernel: files written and synced, more
 #    written without sync, kill -9 with no recover, del, add again: every
 #    synced file matches its checksum and the filesystem checks clean.
@@ -201,5 +231,6 @@ run_test filesystems 90
 run_test discard 45
 run_test recover 120
 run_test del_busy 60
+run_test sigterm 45
 run_test crash 60
 say "GUEST-SUMMARY passed=$passed failed=$failed"

@@ -224,6 +224,8 @@ fn detach() -> Result<()> {
 /// The daemon: opens the pool, serves the device until it stops, then
 /// closes the pool (committing). `report` receives the device id once live.
 fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
+    // First, before the pool starts its commit thread.
+    front::block_stop_signals()?;
     front::enter_private_mount_namespace()?;
     let started = move |dev_id: u32| {
         eprintln!(
@@ -243,8 +245,13 @@ fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
 /// doing data I/O through that queue's ring.
 fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
     let (meta, data) = (&spec.pool.meta, &spec.pool.data);
-    let volume = Volume::open(meta, data, &VolumeOptions::default())
-        .with_context(|| format!("opening pool (meta {}, data {})", meta.display(), data.display()))?;
+    let volume = Volume::open(meta, data, &VolumeOptions::default()).with_context(|| {
+        format!(
+            "opening pool (meta {}, data {})",
+            meta.display(),
+            data.display()
+        )
+    })?;
     let config = ServeConfig {
         mode: spec.mode,
         queues: spec.queues,

@@ -24,6 +24,6 @@ pub use data_io::QueueDataIo;
 pub use error::{FrontEndError, FrontEndResult};
 pub use params::IO_BUF_BYTES;
 pub use server::{
-    enter_private_mount_namespace, serve, ServeConfig, ServeMode, DEPTH_MAX, QUEUES_MAX,
-    TARGET_NAME,
+    block_stop_signals, enter_private_mount_namespace, serve, ServeConfig, ServeMode, DEPTH_MAX,
+    QUEUES_MAX, TARGET_NAME,
 };

@@ -78,12 +78,8 @@ where
     S: FnOnce(u32) + Send + Sync + 'static,
 {
     check_config(&config)?;
-    // Before any thread exists, so that every thread inherits the mask and
-    // only the signal thread ever sees these signals.
-    let stop_signals = stop_signal_set();
-    stop_signals
-        .thread_block()
-        .map_err(|e| FrontEndError::sys("blocking stop signals", e))?;
+    // Before serve's own threads exist, so that they inherit the mask.
+    let stop_signals = block_stop_signals()?;
 
     let (id, dev_flags) = match config.mode {
         ServeMode::Add(id) => (id.map_or(-1, |id| id as i32), UblkFlags::UBLK_DEV_F_ADD_DEV),
@@ -171,12 +167,19 @@ fn check_config(config: &ServeConfig) -> FrontEndResult<()> {
     Ok(())
 }
 
-fn stop_signal_set() -> SigSet {
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread and returns
+/// them. Call it before the daemon starts any thread (the pool's commit
+/// thread included): threads inherit the mask, so only `serve`'s signal
+/// thread ever takes these signals, instead of one of them killing the
+/// daemon with the device left behind.
+pub fn block_stop_signals() -> FrontEndResult<SigSet> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
-    set
+    set.thread_block()
+        .map_err(|e| FrontEndError::sys("blocking stop signals", e))?;
+    Ok(set)
 }
 
 /// SIGTERM / SIGINT / SIGHUP stop the device. libublk's control ring is per
@@ -184,14 +187,17 @@ fn stop_signal_set() -> SigSet {
 fn spawn_signal_thread(dev_id: u32, signals: SigSet) {
     std::thread::spawn(move || {
         let Ok(signal) = signals.wait() else { return };
-        log::info!("ublk: device {dev_id}: {signal:?}, stopping");
+        eprintln!(
+            "scoutfs-ublk daemon {}: {signal:?}, stopping /dev/ublkb{dev_id}",
+            std::process::id()
+        );
         match UblkCtrl::new_simple(dev_id as i32) {
             Ok(ctrl) => {
                 if let Err(e) = ctrl.kill_dev() {
-                    log::error!("ublk: stopping device {dev_id}: {e:?}");
+                    eprintln!("scoutfs-ublk: stopping device {dev_id}: {e:?}");
                 }
             }
-            Err(e) => log::error!("ublk: control handle for device {dev_id}: {e:?}"),
+            Err(e) => eprintln!("scoutfs-ublk: control handle for device {dev_id}: {e:?}"),
         }
     });
 }

@@ -58,7 +58,9 @@ impl QueueSignal {
     /// no buffer, so dropping this task at shutdown is safe.
     pub(crate) async fn listen(self: Arc<Self>) {
         loop {
-            let poll = opcode::PollAdd::new(types::Fd(self.eventfd.as_raw_fd()), libc::POLLIN as u32).build();
+            let poll =
+                opcode::PollAdd::new(types::Fd(self.eventfd.as_raw_fd()), libc::POLLIN as u32)
+                    .build();
             match ublk_submit_sqe_async(poll, UblkUringData::Target as u64).await {
                 Ok(res) if res >= 0 => self.drain(),
                 Ok(res) => {
@@ -100,14 +102,20 @@ pub(crate) struct WakeAcrossThreads<F> {
 
 impl<F: Future> WakeAcrossThreads<F> {
     pub(crate) fn new(future: F, signal: Arc<QueueSignal>) -> WakeAcrossThreads<F> {
-        WakeAcrossThreads { future: Box::pin(future), signal }
+        WakeAcrossThreads {
+            future: Box::pin(future),
+            signal,
+        }
     }
 }
 
 impl<F: Future> Future for WakeAcrossThreads<F> {
     type Output = F::Output;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let waker = Waker::from(Arc::new(SignallingWaker { inner: cx.waker().clone(), signal: self.signal.clone() }));
+        let waker = Waker::from(Arc::new(SignallingWaker {
+            inner: cx.waker().clone(),
+            signal: self.signal.clone(),
+        }));
         self.future.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
@@ -158,11 +166,19 @@ mod tests {
 
         inner.wake_by_ref();
         assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-        assert_eq!(eventfd_count(&signal), 0, "a wake on the owner thread needs no signal");
+        assert_eq!(
+            eventfd_count(&signal),
+            0,
+            "a wake on the owner thread needs no signal"
+        );
 
         std::thread::spawn(move || inner.wake()).join().unwrap();
         assert_eq!(counter.0.load(Ordering::SeqCst), 2);
-        assert_eq!(eventfd_count(&signal), 1, "a foreign wake must signal the queue thread");
+        assert_eq!(
+            eventfd_count(&signal),
+            1,
+            "a foreign wake must signal the queue thread"
+        );
         assert!(Pin::new(&mut wrapped).poll(&mut cx).is_ready());
     }
 }
