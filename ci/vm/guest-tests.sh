@@ -66,10 +66,10 @@ test_fio() {
     new_pool
     add_dev -q 2 -d 32
     fio --name=randwrite-verify --filename=$DEV --ioengine=io_uring --direct=1 \
-        --rw=randwrite --bs=4k --iodepth=32 --size=48M --verify=crc32c \
+        --rw=randwrite --bs=4k --iodepth=32 --size=32M --verify=crc32c \
         --verify_fatal=1 --numjobs=1
     fio --name=mixed-fsync --filename=$DEV --ioengine=io_uring --direct=1 \
-        --rw=randrw --rwmixread=50 --bs=16k --iodepth=16 --size=32M --fsync=16 \
+        --rw=randrw --rwmixread=50 --bs=16k --iodepth=16 --size=16M --fsync=16 \
         --numjobs=2 --offset_increment=64M
     del_dev
     check_pool
@@ -130,7 +130,7 @@ test_recover() {
     new_pool
     add_dev -q 2 -d 16
     fio --name=verify-across-recovery --filename=$DEV --ioengine=io_uring --direct=1 \
-        --sync=1 --rw=randwrite --bs=64k --iodepth=16 --size=128M --verify=crc32c \
+        --sync=1 --rw=randwrite --bs=64k --iodepth=16 --size=48M --verify=crc32c \
         --verify_fatal=1 >/tmp/fio-recover.log 2>&1 &
     fio_pid=$!
     sleep 1
