@@ -172,6 +172,18 @@ impl Volume {
         self.pool.info()
     }
 
+    /// Blocks of the volume that are written (have a map item).
+    pub fn mapped_blocks(&self) -> Result<u64, VolumeError> {
+        let mut count = 0u64;
+        let start = map::map_key(self.volume_id, 0);
+        let end = map::map_key(self.volume_id, u64::MAX);
+        self.pool.range_with(&start, &end, &mut |_, _| {
+            count += 1;
+            true
+        })?;
+        Ok(count)
+    }
+
     /// Stops the commit thread after a last commit. Handles must be idle.
     pub fn close(&self) -> Result<(), VolumeError> {
         {
