@@ -50,6 +50,9 @@ test_persist() {
     scoutfs-ublk list -n 0 | grep -q '^dev id 0: nr_hw_queues 1 queue_depth 64 block size 512 dev_capacity 2097152$'
     scoutfs-ublk list | grep -q 'daemon pid [0-9]* flags 0x[0-9a-f]* state LIVE$'
     scoutfs-ublk list --json | grep -q '"size_bytes": 1073741824'
+    # The daemon runs in a mount namespace of its own.
+    daemon=$(daemon_pid 0)
+    [ "$(readlink /proc/$daemon/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ]
     dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null
     dd if=/tmp/src of=$DEV bs=1M oflag=direct
     same_bytes /tmp/src $DEV 64

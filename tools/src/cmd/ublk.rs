@@ -170,19 +170,46 @@ fn start_daemon(spec: &DaemonSpec) -> Result<u32> {
         }
         child => {
             drop(write_end);
-            let mut report = [0u8; 4];
-            let mut reader = std::fs::File::from(read_end);
-            match reader.read_exact(&mut report) {
-                Ok(()) => Ok(u32::from_le_bytes(report)),
-                Err(_) => {
-                    let mut status = 0;
-                    // SAFETY: waiting for our own child.
-                    unsafe { libc::waitpid(child, &mut status, 0) };
-                    bail!("the ublk daemon failed to start; see {DAEMON_LOG}")
+            match wait_for_report(read_end) {
+                Ok(dev_id) => Ok(dev_id),
+                Err(e) => {
+                    // SAFETY: signalling and reaping our own child.
+                    unsafe {
+                        libc::kill(child, libc::SIGKILL);
+                        libc::waitpid(child, std::ptr::null_mut(), 0);
+                    }
+                    Err(e.context(format!("the ublk daemon failed to start; see {DAEMON_LOG}")))
                 }
             }
         }
     }
+}
+
+/// How long `add` / `recover` wait for the daemon to open the pool and bring
+/// the device up: opening a large pool after a crash reads its whole tree.
+const DAEMON_START_WAIT_MS: i32 = 120_000;
+
+/// Reads the device id the daemon reports once the device is live.
+fn wait_for_report(read_end: OwnedFd) -> Result<u32> {
+    use std::os::fd::AsRawFd;
+    let mut poll_fd = libc::pollfd {
+        fd: read_end.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polling one descriptor we own.
+    let ready = unsafe { libc::poll(&mut poll_fd, 1, DAEMON_START_WAIT_MS) };
+    if ready < 0 {
+        return Err(std::io::Error::last_os_error()).context("waiting for the daemon");
+    }
+    if ready == 0 {
+        bail!("no report within {} s", DAEMON_START_WAIT_MS / 1000);
+    }
+    let mut report = [0u8; 4];
+    std::fs::File::from(read_end)
+        .read_exact(&mut report)
+        .context("the daemon exited before the device was live")?;
+    Ok(u32::from_le_bytes(report))
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
