@@ -253,6 +253,7 @@ fn detach() -> Result<()> {
 fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
     // First, before the pool starts its commit thread.
     front::block_stop_signals()?;
+    keep_freed_buffers();
     front::enter_private_mount_namespace()?;
     let started = move |dev_id: u32| {
         eprintln!(
@@ -265,6 +266,23 @@ fn run_daemon(spec: &DaemonSpec, report: Option<OwnedFd>) -> Result<()> {
         }
     };
     serve_pool(spec, started)
+}
+
+/// Bytes below which malloc serves from its heaps rather than fresh mmaps.
+/// Request-sized bounce buffers (up to `IO_BUF_BYTES`) are allocated and
+/// freed per request; from a fresh mmap each costs a page fault per 4 KiB,
+/// which under emulation dominated large requests.
+const MALLOC_MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
+/// Free heap top kept rather than returned to the kernel, for the same reason.
+const MALLOC_TRIM_THRESHOLD_BYTES: i32 = 256 << 20;
+
+/// Makes malloc reuse freed request buffers instead of unmapping them.
+fn keep_freed_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; called before threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
+    }
 }
 
 /// Opens the pool, serves its volume until the device stops, then closes
