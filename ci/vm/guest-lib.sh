@@ -6,9 +6,10 @@ POOL_SIZE=1G
 DEV=/dev/ublkb0
 
 # busybox sh prefers its own applets over $PATH; these need util-linux's
-# (losetup --direct-io, blkdiscard -o/-l as documented).
+# (losetup --direct-io, blkdiscard -z, fallocate -p on a block device).
 losetup() { /usr/sbin/losetup "$@"; }
 blkdiscard() { /usr/sbin/blkdiscard "$@"; }
+fallocate() { /usr/sbin/fallocate "$@"; }
 
 say() { echo "$*" >/dev/console 2>/dev/null || echo "$*"; }
 

@@ -109,12 +109,12 @@ test_filesystems() {
 }
 
 # 4. blkdiscard a range: it reads as zeros, and after del the pool's check
-#    shows the space free again.
+#    shows the space free again. WRITE_ZEROES with NOUNMAP (blkdiscard -z)
+#    zeroes and keeps the space; without it (fallocate -p) the space is freed.
 test_discard() {
     new_pool
     add_dev
     dd if=/dev/urandom of=$DEV bs=1M count=32 oflag=direct 2>/dev/null
-    sync
     del_dev
     before=$(used_bytes)
     add_dev
@@ -124,6 +124,17 @@ test_discard() {
     after=$(used_bytes)
     echo "used before discard: $before, after: $after"
     [ $((before - after)) -ge 16777216 ]
+    check_pool
+    add_dev
+    blkdiscard -z -o 0 -l 4194304 $DEV
+    fallocate -p -o 25165824 -l 4194304 $DEV
+    dd if=$DEV bs=1M count=4 iflag=direct 2>/dev/null | cmp -n 4194304 - /dev/zero
+    dd if=$DEV bs=1M skip=24 count=4 iflag=direct 2>/dev/null | cmp -n 4194304 - /dev/zero
+    dd if=$DEV bs=1M skip=4 count=4 iflag=direct 2>/dev/null | cmp -s -n 4194304 - /dev/zero && false
+    del_dev
+    zeroed=$(used_bytes)
+    echo "used after write-zeroes: $zeroed"
+    [ "$zeroed" = $((after - 4194304)) ]
     check_pool
 }
 
