@@ -1,20 +1,29 @@
 //! A bounded cache of clean metadata blocks (already checked), evicted with
-//! the CLOCK algorithm (second chance): cheap on hits, close to LRU.
+//! the CLOCK algorithm (second chance): cheap on hits, close to LRU. A hit
+//! is one hash probe; the entry holds the block pointer and its reference
+//! bit, and the clock's ring of block numbers is touched only on insert.
 
-use std::collections::HashMap;
+use super::hash::BlockMap;
 use std::sync::Arc;
 
-pub(crate) type BlockBuf = Arc<Vec<u8>>;
+/// A block's bytes, shared between the cache and readers.
+pub(crate) type BlockBuf = Arc<[u8]>;
 
-struct Slot {
-    blkno: u64,
+struct Entry {
     block: BlockBuf,
+    /// Header seq and kind of the block (checked when it was read), so a
+    /// hit is checked against its reference without touching the block.
+    seq: u64,
+    kind: u8,
     referenced: bool,
+    /// Position in `ring`.
+    at: usize,
 }
 
 pub(crate) struct BlockCache {
-    slots: Vec<Slot>,
-    index: HashMap<u64, usize>,
+    entries: BlockMap<Entry>,
+    /// Block numbers in clock order.
+    ring: Vec<u64>,
     capacity_blocks: usize,
     hand: usize,
 }
@@ -24,72 +33,97 @@ impl BlockCache {
     pub(crate) fn new(capacity_blocks: usize) -> BlockCache {
         let capacity_blocks = capacity_blocks.max(1);
         BlockCache {
-            slots: Vec::new(),
-            index: HashMap::new(),
+            entries: BlockMap::default(),
+            ring: Vec::new(),
             capacity_blocks,
             hand: 0,
         }
     }
 
-    pub(crate) fn get(&mut self, blkno: u64) -> Option<BlockBuf> {
-        let slot = &mut self.slots[*self.index.get(&blkno)?];
-        slot.referenced = true;
-        Some(slot.block.clone())
+    /// The block, its seq and its kind.
+    pub(crate) fn get(&mut self, blkno: u64) -> Option<(&BlockBuf, u64, u8)> {
+        let entry = self.entries.get_mut(&blkno)?;
+        entry.referenced = true;
+        Some((&entry.block, entry.seq, entry.kind))
     }
 
-    pub(crate) fn insert(&mut self, blkno: u64, block: BlockBuf) {
-        if let Some(&at) = self.index.get(&blkno) {
-            self.slots[at].block = block;
-            self.slots[at].referenced = true;
-            return;
-        }
-        if self.slots.len() < self.capacity_blocks {
-            self.index.insert(blkno, self.slots.len());
-            self.slots.push(Slot {
-                blkno,
+    pub(crate) fn contains(&self, blkno: u64) -> bool {
+        self.entries.contains_key(&blkno)
+    }
+
+    pub(crate) fn insert(&mut self, blkno: u64, block: BlockBuf, seq: u64, kind: u8) {
+        if let Some(entry) = self.entries.get_mut(&blkno) {
+            *entry = Entry {
                 block,
-                referenced: false,
-            });
+                seq,
+                kind,
+                referenced: true,
+                at: entry.at,
+            };
             return;
         }
-        // Sweep: clear reference bits until an unreferenced slot turns up;
+        if self.ring.len() < self.capacity_blocks {
+            self.entries.insert(
+                blkno,
+                Entry {
+                    block,
+                    seq,
+                    kind,
+                    referenced: false,
+                    at: self.ring.len(),
+                },
+            );
+            self.ring.push(blkno);
+            return;
+        }
+        // Sweep: clear reference bits until an unreferenced entry turns up;
         // at most two turns of the clock.
         loop {
-            let slot = &mut self.slots[self.hand];
-            if !slot.referenced {
+            let entry = self
+                .entries
+                .get_mut(&self.ring[self.hand])
+                .expect("ring and map agree");
+            if !entry.referenced {
                 break;
             }
-            slot.referenced = false;
-            self.hand = (self.hand + 1) % self.slots.len();
+            entry.referenced = false;
+            self.hand = (self.hand + 1) % self.ring.len();
         }
         let at = self.hand;
-        self.index.remove(&self.slots[at].blkno);
-        self.index.insert(blkno, at);
-        self.slots[at] = Slot {
+        self.entries.remove(&self.ring[at]);
+        self.entries.insert(
             blkno,
-            block,
-            referenced: false,
-        };
-        self.hand = (self.hand + 1) % self.slots.len();
+            Entry {
+                block,
+                seq,
+                kind,
+                referenced: false,
+                at,
+            },
+        );
+        self.ring[at] = blkno;
+        self.hand = (self.hand + 1) % self.ring.len();
     }
 
     pub(crate) fn remove(&mut self, blkno: u64) {
-        if let Some(at) = self.index.remove(&blkno) {
-            let last = self.slots.len() - 1;
-            self.slots.swap(at, last);
-            self.slots.pop();
-            if at < self.slots.len() {
-                self.index.insert(self.slots[at].blkno, at);
-            }
-            if self.hand >= self.slots.len() {
-                self.hand = 0;
-            }
+        let Some(entry) = self.entries.remove(&blkno) else {
+            return;
+        };
+        let last = self.ring.len() - 1;
+        self.ring.swap(entry.at, last);
+        self.ring.pop();
+        if entry.at < self.ring.len() {
+            let moved = self.ring[entry.at];
+            self.entries.get_mut(&moved).expect("ring and map agree").at = entry.at;
+        }
+        if self.hand >= self.ring.len() {
+            self.hand = 0;
         }
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.ring.len()
     }
 }
 
@@ -97,24 +131,33 @@ impl BlockCache {
 mod tests {
     use super::*;
 
+    fn block(byte: u8) -> BlockBuf {
+        Arc::from(vec![byte])
+    }
+
     #[test]
     fn stays_bounded_and_keeps_referenced_blocks() {
         let mut cache = BlockCache::new(4);
         for blkno in 0..4 {
-            cache.insert(blkno, Arc::new(vec![blkno as u8]));
+            cache.insert(blkno, block(blkno as u8), 1, 1);
         }
         assert!(cache.get(0).is_some());
         for blkno in 10..13 {
-            cache.insert(blkno, Arc::new(vec![blkno as u8]));
+            cache.insert(blkno, block(blkno as u8), 1, 1);
         }
         assert_eq!(cache.len(), 4);
         assert_eq!(
-            cache.get(0).unwrap()[0],
+            cache.get(0).unwrap().0[0],
             0,
             "a referenced block survives a sweep"
         );
         cache.remove(0);
         assert!(cache.get(0).is_none());
-        assert_eq!(cache.get(12).unwrap()[0], 12);
+        assert_eq!(cache.get(12).unwrap().0[0], 12);
+        cache.remove(12);
+        cache.insert(20, block(20), 1, 1);
+        cache.insert(21, block(21), 1, 1);
+        assert_eq!(cache.len(), 4);
+        assert_eq!(cache.get(21).unwrap().0[0], 21);
     }
 }

@@ -1,4 +1,5 @@
 mod cache;
+mod hash;
 pub(crate) mod header;
 pub(crate) mod store;
 

@@ -4,12 +4,12 @@
 //! overwritten while a durable superblock may reference it).
 
 use super::cache::{BlockBuf, BlockCache};
+use super::hash::BlockMap;
 use super::header::{self, BlockKind, BlockRef, HEADER_BYTES};
 use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 pub(crate) struct BlockStore {
@@ -24,10 +24,35 @@ pub(crate) struct BlockStore {
     pub(crate) first_block: u64,
     pub(crate) end_block: u64,
     cache: BlockCache,
-    dirty: HashMap<u64, BlockBuf>,
+    dirty: BlockMap<BlockBuf>,
     pub(crate) alloc: Allocator,
     /// Set by a failed write or flush; nothing is written afterwards.
     pub(crate) poisoned: bool,
+}
+
+/// A dirty block taken out of the store for editing (see `take`).
+pub(crate) struct BlockMut(BlockBuf);
+
+/// The bytes of a block for writing, copying first if a reader still
+/// shares them (readers drop their handles before edits, so this is rare).
+fn unique(block: &mut BlockBuf) -> &mut [u8] {
+    if Arc::get_mut(block).is_none() {
+        *block = Arc::from(&block[..]);
+    }
+    Arc::get_mut(block).expect("just made unique")
+}
+
+impl std::ops::Deref for BlockMut {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for BlockMut {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        unique(&mut self.0)
+    }
 }
 
 pub(crate) fn node_error(blkno: u64, error: NodeError) -> Error {
@@ -57,7 +82,7 @@ impl BlockStore {
             first_block,
             end_block,
             cache: BlockCache::new(cache_blocks),
-            dirty: HashMap::new(),
+            dirty: BlockMap::default(),
             alloc,
             poisoned: false,
         }
@@ -75,12 +100,31 @@ impl BlockStore {
     /// crc, and for nodes the node's own `verify`.
     pub(crate) fn read(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockBuf> {
         if r.seq == self.txn_seq {
-            return self
-                .dirty
-                .get(&r.blkno)
-                .cloned()
-                .ok_or_else(|| Error::corrupt(r.blkno, "reference to an unwritten block"));
+            return self.dirty_block(r).cloned();
         }
+        self.load(r, kind)?;
+        Ok(self.cached(r, kind)?.clone())
+    }
+
+    /// Like `read`, but borrows the block instead of sharing it: no
+    /// reference count traffic and no touch of the block's header line on a
+    /// cache hit (the hot path of lookups).
+    pub(crate) fn view(&mut self, r: BlockRef, kind: BlockKind) -> Result<&[u8]> {
+        if r.seq == self.txn_seq {
+            return Ok(self.dirty_block(r)?);
+        }
+        self.load(r, kind)?;
+        Ok(self.cached(r, kind)?)
+    }
+
+    fn dirty_block(&self, r: BlockRef) -> Result<&BlockBuf> {
+        self.dirty
+            .get(&r.blkno)
+            .ok_or_else(|| Error::corrupt(r.blkno, "reference to an unwritten block"))
+    }
+
+    /// Makes sure a clean block is cached (reading and checking it if not).
+    fn load(&mut self, r: BlockRef, kind: BlockKind) -> Result<()> {
         if r.blkno < self.first_block || r.blkno >= self.end_block {
             return Err(Error::corrupt(
                 r.blkno,
@@ -93,19 +137,27 @@ impl BlockStore {
                 format!("reference from the future (seq {})", r.seq),
             ));
         }
-        if let Some(block) = self.cache.get(r.blkno) {
-            if header::header_seq(&block) != r.seq || header::header_kind(&block) != kind as u8 {
-                return Err(Error::corrupt(
-                    r.blkno,
-                    "stale reference (cached block has another seq or kind)",
-                ));
-            }
-            return Ok(block);
+        if !self.cache.contains(r.blkno) {
+            let block = self.read_from_disk(r, kind)?;
+            self.cache
+                .insert(r.blkno, Arc::from(block), r.seq, kind as u8);
         }
-        let block = self.read_from_disk(r, kind)?;
-        let block = Arc::new(block);
-        self.cache.insert(r.blkno, block.clone());
-        Ok(block)
+        Ok(())
+    }
+
+    /// A cached block, checked against the reference by the seq and kind
+    /// the cache recorded when the block was read and checked.
+    fn cached(&mut self, r: BlockRef, kind: BlockKind) -> Result<&BlockBuf> {
+        match self.cache.get(r.blkno) {
+            Some((block, seq, cached_kind)) if seq == r.seq && cached_kind == kind as u8 => {
+                Ok(block)
+            }
+            Some(_) => Err(Error::corrupt(
+                r.blkno,
+                "stale reference (cached block has another seq or kind)",
+            )),
+            None => Err(Error::corrupt(r.blkno, "block vanished from the cache")),
+        }
     }
 
     fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<Vec<u8>> {
@@ -124,9 +176,9 @@ impl BlockStore {
     /// A new zeroed dirty block with its header.
     pub(crate) fn alloc_block(&mut self, kind: BlockKind) -> Result<BlockRef> {
         let blkno = self.alloc.alloc_one()?;
-        let mut block = vec![0u8; self.block_bytes as usize];
-        header::init_header(&mut block, self.pool_id, self.txn_seq, blkno, kind);
-        self.dirty.insert(blkno, Arc::new(block));
+        let mut block: BlockBuf = Arc::from(vec![0u8; self.block_bytes as usize]);
+        header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
+        self.dirty.insert(blkno, block);
         Ok(BlockRef {
             blkno,
             seq: self.txn_seq,
@@ -141,9 +193,10 @@ impl BlockStore {
         }
         let old = self.read(r, kind)?;
         let blkno = self.alloc.alloc_one()?;
-        let mut block = old.as_ref().clone();
-        header::init_header(&mut block, self.pool_id, self.txn_seq, blkno, kind);
-        self.dirty.insert(blkno, Arc::new(block));
+        let mut block: BlockBuf = Arc::from(&old[..]);
+        drop(old);
+        header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
+        self.dirty.insert(blkno, block);
         self.alloc.free(Extent::new(r.blkno, 1))?;
         self.cache.remove(r.blkno);
         Ok(BlockRef {
@@ -166,11 +219,9 @@ impl BlockStore {
 
     /// Takes a dirty block out for editing (two blocks can be out at once);
     /// `put` returns it.
-    pub(crate) fn take(&mut self, r: BlockRef) -> Result<Vec<u8>> {
+    pub(crate) fn take(&mut self, r: BlockRef) -> Result<BlockMut> {
         match self.dirty.remove(&r.blkno) {
-            Some(block) if r.seq == self.txn_seq => {
-                Ok(Arc::try_unwrap(block).unwrap_or_else(|shared| shared.as_ref().clone()))
-            }
+            Some(block) if r.seq == self.txn_seq => Ok(BlockMut(block)),
             Some(block) => {
                 self.dirty.insert(r.blkno, block);
                 Err(Error::corrupt(r.blkno, "edit of a clean block"))
@@ -179,9 +230,9 @@ impl BlockStore {
         }
     }
 
-    pub(crate) fn put(&mut self, r: BlockRef, block: Vec<u8>) {
+    pub(crate) fn put(&mut self, r: BlockRef, block: BlockMut) {
         debug_assert_eq!(r.seq, self.txn_seq);
-        self.dirty.insert(r.blkno, Arc::new(block));
+        self.dirty.insert(r.blkno, block.0);
     }
 
     /// Writes every dirty block (sealed with its crc) to its location.
@@ -190,12 +241,12 @@ impl BlockStore {
         let block_bytes = self.block_bytes as u64;
         let mut sealed: Vec<(u64, BlockBuf)> = Vec::with_capacity(self.dirty.len());
         for (blkno, block) in self.dirty.iter_mut() {
-            header::seal(Arc::make_mut(block).as_mut_slice());
+            header::seal(unique(block));
             sealed.push((*blkno * block_bytes, block.clone()));
         }
         let writes: Vec<(u64, &[u8])> = sealed
             .iter()
-            .map(|(offset, block)| (*offset, block.as_slice()))
+            .map(|(offset, block)| (*offset, &block[..]))
             .collect();
         let result = self.storage.write_batch(&writes);
         self.poison_on_error(result)
@@ -232,8 +283,10 @@ impl BlockStore {
     /// The transaction is durable: dirty blocks become clean cached blocks
     /// and the next transaction begins.
     pub(crate) fn commit_done(&mut self) {
+        let seq = self.txn_seq;
         for (blkno, block) in self.dirty.drain() {
-            self.cache.insert(blkno, block);
+            let kind = header::header_kind(&block);
+            self.cache.insert(blkno, block, seq, kind);
         }
         self.alloc.commit_done();
         self.txn_seq += 1;

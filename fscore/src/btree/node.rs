@@ -30,6 +30,7 @@ mod hash;
 mod iter;
 mod layout;
 mod mutator;
+mod rebuild;
 mod values;
 mod verify;
 
@@ -38,7 +39,5 @@ mod tests;
 
 pub(crate) use accessor::NodeAccessor;
 pub(crate) use error::NodeError;
-pub(crate) use layout::{
-    PAYLOAD_BYTES_FULL_VALUES, PAYLOAD_BYTES_MAX, PAYLOAD_BYTES_MIN, VALUE_LEN_MAX,
-};
+pub(crate) use layout::VALUE_LEN_MAX;
 pub(crate) use mutator::NodeMut;

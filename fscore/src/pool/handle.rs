@@ -157,6 +157,9 @@ impl Pool {
     /// Items with `start <= key <= end` in ascending order, at most `limit`.
     pub fn range(&self, start: &Key, end: &Key, limit: usize) -> Result<Vec<(Key, Vec<u8>)>> {
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         self.range_with(start, end, &mut |key, value| {
             out.push((*key, value.to_vec()));
             out.len() < limit

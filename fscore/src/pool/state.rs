@@ -153,6 +153,9 @@ impl PoolState {
                 }
             }
             [Ok(a), Err(_)] | [Err(_), Ok(a)] => a,
+            // Report a damaged pool (a slot with our magic) over a device
+            // that never held one.
+            [Err(Error::BadFormat(_)), Err(b)] => return Err(b),
             [Err(a), Err(_)] => return Err(a),
         };
         if meta.len_bytes() < sb.meta_blocks * sb.meta_block_bytes as u64

@@ -17,8 +17,11 @@ use std::path::Path;
 pub(crate) const DIRECT_ALIGN_BYTES: usize = 4096;
 /// Submission queue entries: bounds the I/Os in flight per batch.
 const RING_ENTRIES: u32 = 128;
-/// Largest single (coalesced) write: bounds the bounce buffers of a batch.
+/// Largest single (coalesced) write.
 const WRITE_BYTES_MAX: usize = 1 << 20;
+/// The reusable aligned buffer writes are staged in: bounds the memory of a
+/// batch (bigger batches are submitted in turns).
+const STAGING_BYTES: usize = 16 << 20;
 
 /// A heap buffer aligned for O_DIRECT.
 struct AlignedBuf {
@@ -59,6 +62,7 @@ pub struct FileStorage {
     ring: IoUring,
     len_bytes: u64,
     read_buf: AlignedBuf,
+    staging: AlignedBuf,
     /// False where the file system refused O_DIRECT (tmpfs): then writes go
     /// through the page cache and `flush` still makes them durable.
     direct: bool,
@@ -89,6 +93,7 @@ impl FileStorage {
             ring,
             len_bytes,
             read_buf: AlignedBuf::new(DIRECT_ALIGN_BYTES),
+            staging: AlignedBuf::new(DIRECT_ALIGN_BYTES),
             direct,
         })
     }
@@ -140,6 +145,43 @@ impl FileStorage {
         failure.map_or(Ok(()), Err)
     }
 
+    fn write_runs(
+        &mut self,
+        writes: &[(u64, &[u8])],
+        runs: &[(u64, Vec<usize>, usize)],
+        bytes: usize,
+    ) -> io::Result<()> {
+        if self.staging.len < bytes {
+            self.staging = AlignedBuf::new(bytes);
+        }
+        let fd = types::Fd(self.file.as_raw_fd());
+        let mut entries = Vec::with_capacity(runs.len());
+        let mut expected = Vec::with_capacity(runs.len());
+        let mut at = 0;
+        let base = self.staging.ptr;
+        let staging = self.staging.as_mut_slice();
+        for (slot, (start, members, len)) in runs.iter().enumerate() {
+            let mut fill = at;
+            for index in members {
+                let bytes = writes[*index].1;
+                staging[fill..fill + bytes.len()].copy_from_slice(bytes);
+                fill += bytes.len();
+            }
+            // SAFETY: `at` is within the staging buffer, which outlives the
+            // submission (`run` waits for every completion).
+            let ptr = unsafe { base.add(at) };
+            entries.push(
+                opcode::Write::new(fd, ptr, *len as u32)
+                    .offset(*start)
+                    .build()
+                    .user_data(slot as u64),
+            );
+            expected.push(*len);
+            at += len.next_multiple_of(DIRECT_ALIGN_BYTES);
+        }
+        self.run(&entries, &expected)
+    }
+
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
         if offset as usize % DIRECT_ALIGN_BYTES != 0 && self.direct {
             return Err(io::Error::new(
@@ -183,8 +225,8 @@ impl Storage for FileStorage {
             self.check_range(*offset, bytes.len())?;
         }
         let mut order: Vec<usize> = (0..writes.len()).collect();
-        order.sort_by_key(|index| writes[*index].0);
-        // Coalesce runs of contiguous writes into bounce buffers.
+        order.sort_unstable_by_key(|index| writes[*index].0);
+        // Coalesce runs of contiguous writes; each run becomes one I/O.
         let mut runs: Vec<(u64, Vec<usize>, usize)> = Vec::new();
         for index in order {
             let (offset, bytes) = writes[index];
@@ -198,29 +240,21 @@ impl Storage for FileStorage {
                 _ => runs.push((offset, vec![index], bytes.len())),
             }
         }
-        let fd = types::Fd(self.file.as_raw_fd());
-        for chunk in runs.chunks(RING_ENTRIES as usize) {
-            let mut buffers = Vec::with_capacity(chunk.len());
-            let mut entries = Vec::with_capacity(chunk.len());
-            let mut expected = Vec::with_capacity(chunk.len());
-            for (slot, (start, members, len)) in chunk.iter().enumerate() {
-                let mut buffer = AlignedBuf::new(*len);
-                let mut at = 0;
-                for index in members {
-                    let bytes = writes[*index].1;
-                    buffer.as_mut_slice()[at..at + bytes.len()].copy_from_slice(bytes);
-                    at += bytes.len();
-                }
-                entries.push(
-                    opcode::Write::new(fd, buffer.ptr, *len as u32)
-                        .offset(*start)
-                        .build()
-                        .user_data(slot as u64),
-                );
-                expected.push(*len);
-                buffers.push(buffer);
+        // Stage runs in the reusable aligned buffer; submit when it or the
+        // ring is full.
+        let mut batch_start = 0;
+        while batch_start < runs.len() {
+            let mut batch_end = batch_start;
+            let mut bytes = 0;
+            while batch_end < runs.len()
+                && batch_end - batch_start < RING_ENTRIES as usize
+                && (batch_end == batch_start || bytes + runs[batch_end].2 <= STAGING_BYTES)
+            {
+                bytes += runs[batch_end].2.next_multiple_of(DIRECT_ALIGN_BYTES);
+                batch_end += 1;
             }
-            self.run(&entries, &expected)?;
+            self.write_runs(writes, &runs[batch_start..batch_end], bytes)?;
+            batch_start = batch_end;
         }
         Ok(())
     }

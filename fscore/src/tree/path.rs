@@ -45,14 +45,21 @@ pub(super) fn editor(block: &mut [u8], blkno: u64) -> Result<NodeMut<'_>> {
 /// Reads a node and checks it sits at the level its parent implies.
 pub(super) fn read_node(store: &mut BlockStore, r: BlockRef, level: usize) -> Result<BlockBuf> {
     let block = store.read(r, BlockKind::Node)?;
-    let actual = accessor(&block, r.blkno)?.level() as usize;
-    if actual != level {
+    node_at(&block, r, level)?;
+    Ok(block)
+}
+
+/// The view of a node read for `r`, checked to sit at `level`.
+pub(super) fn node_at(block: &[u8], r: BlockRef, level: usize) -> Result<NodeAccessor<'_>> {
+    let node = accessor(block, r.blkno)?;
+    if node.level() as usize != level {
+        let actual = node.level();
         return Err(Error::corrupt(
             r.blkno,
             format!("node at level {actual}, parent expects {level}"),
         ));
     }
-    Ok(block)
+    Ok(node)
 }
 
 /// The child of an internal node whose key range holds `key`.
@@ -93,9 +100,9 @@ impl Tree {
         });
         for level in (1..self.height as usize).rev() {
             let parent = *path.last().expect("path starts with the root");
-            let block = read_node(store, parent.r, level)?;
+            let block = store.read(parent.r, BlockKind::Node)?;
             let (bound, child) =
-                child_for(&accessor(&block, parent.r.blkno)?, key, parent.r.blkno)?;
+                child_for(&node_at(&block, parent.r, level)?, key, parent.r.blkno)?;
             drop(block);
             let dirty_child = store.cow(child, BlockKind::Node)?;
             if dirty_child != child {

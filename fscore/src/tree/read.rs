@@ -3,8 +3,8 @@
 //! bound (or just before its lower bound when going backward), so it never
 //! needs sibling pointers, which copy-on-write could not keep up to date.
 
-use super::path::{accessor, child_for, read_node, Tree};
-use crate::block::{BlockBuf, BlockRef, BlockStore};
+use super::path::{accessor, child_for, node_at, read_node, Tree};
+use crate::block::{BlockBuf, BlockKind, BlockRef, BlockStore};
 use crate::error::{Error, Result};
 use crate::key::Key;
 
@@ -17,6 +17,31 @@ struct LeafAt {
     upper: Key,
 }
 
+/// Bytes at the end of a leaf to prefetch: the leaf's hash table lives
+/// there (docs/btree-node.md), so its cache lines load while the node
+/// header is being read instead of after it (lookups are bound by memory
+/// latency, not instructions).
+const LEAF_TAIL_PREFETCH_BYTES: usize = 512;
+const CACHE_LINE_BYTES: usize = 64;
+
+fn prefetch_leaf_tail(block: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let tail = &block[block.len().saturating_sub(LEAF_TAIL_PREFETCH_BYTES)..];
+        for line in tail.chunks(CACHE_LINE_BYTES) {
+            // SAFETY: prefetching is a hint; the address is inside `block`.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch(
+                    line.as_ptr().cast(),
+                    std::arch::x86_64::_MM_HINT_T0,
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = block;
+}
+
 impl Tree {
     /// Calls `found` with the value of `key` if present.
     pub(crate) fn with_value(
@@ -25,24 +50,41 @@ impl Tree {
         key: &Key,
         found: &mut dyn FnMut(&[u8]),
     ) -> Result<()> {
-        let leaf = self.descend(store, key)?;
-        if let Some(value) = accessor(&leaf.block, leaf.blkno)?.get(key) {
-            found(value);
+        self.check_height()?;
+        let mut r: BlockRef = self.root;
+        for level in (0..self.height as usize).rev() {
+            let block = store.view(r, BlockKind::Node)?;
+            if level == 0 {
+                prefetch_leaf_tail(block);
+            }
+            let node = node_at(block, r, level)?;
+            if level == 0 {
+                if let Some(value) = node.get(key) {
+                    found(value);
+                }
+                return Ok(());
+            }
+            r = child_for(&node, key, r.blkno)?.1;
         }
         Ok(())
     }
 
-    fn descend(&self, store: &mut BlockStore, key: &Key) -> Result<LeafAt> {
+    /// The leaf whose range holds `key`; with `want_lower` also the lower
+    /// bound of that range (an extra search per level, for backward scans).
+    fn descend(&self, store: &mut BlockStore, key: &Key, want_lower: bool) -> Result<LeafAt> {
         self.check_height()?;
         let mut r: BlockRef = self.root;
         let (mut lower, mut upper) = (None, Key::MAX);
         for level in (1..self.height as usize).rev() {
-            let block = read_node(store, r, level)?;
-            let node = accessor(&block, r.blkno)?;
+            let block = store.read(r, BlockKind::Node)?;
+            let node = node_at(&block, r, level)?;
             let (bound, child) = child_for(&node, key, r.blkno)?;
-            if let Some((previous, _)) = bound.predecessor().and_then(|below| node.seek_le(&below))
-            {
-                lower = Some(lower.map_or(previous, |lower: Key| lower.max(previous)));
+            if want_lower {
+                if let Some((previous, _)) =
+                    bound.predecessor().and_then(|below| node.seek_le(&below))
+                {
+                    lower = Some(lower.map_or(previous, |lower: Key| lower.max(previous)));
+                }
             }
             upper = upper.min(bound);
             r = child;
@@ -67,7 +109,7 @@ impl Tree {
     ) -> Result<()> {
         let mut cursor = *start;
         while cursor <= *end {
-            let leaf = self.descend(store, &cursor)?;
+            let leaf = self.descend(store, &cursor, false)?;
             for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_from(&cursor) {
                 if key > *end || !visit(&key, value) {
                     return Ok(());
@@ -93,7 +135,7 @@ impl Tree {
     ) -> Result<()> {
         let mut cursor = *end;
         while cursor >= *start {
-            let leaf = self.descend(store, &cursor)?;
+            let leaf = self.descend(store, &cursor, true)?;
             for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_rev_from(&cursor) {
                 if key < *start || !visit(&key, value) {
                     return Ok(());

@@ -6,7 +6,6 @@ use super::iter::{ItemIter, ItemIterRev};
 use super::layout::*;
 use super::NodeError;
 use crate::key::Key;
-use std::cmp::Ordering;
 
 /// Read-only view of a node.
 #[derive(Clone, Copy)]
@@ -21,12 +20,6 @@ impl<'a> NodeAccessor<'a> {
     pub(crate) fn new(buf: &'a [u8]) -> Result<Self, NodeError> {
         let geo = check_header(buf)?;
         Ok(NodeAccessor { buf, geo })
-    }
-
-    /// Wraps a payload the caller just formatted or edited (no checks).
-    pub(super) fn trusted(buf: &'a [u8]) -> Self {
-        let geo = Geometry::new(buf.len(), hdr_level(buf));
-        NodeAccessor { buf, geo }
     }
 
     /// 0 for leaves.
@@ -50,40 +43,42 @@ impl<'a> NodeAccessor<'a> {
 
     /// The first item with a key >= `key`.
     pub(crate) fn seek_ge(&self, key: &Key) -> Option<(Key, &'a [u8])> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         let mut best = 0;
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 break;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(self.entry(cur)),
-                Ordering::Less => {
-                    best = cur;
-                    cur = left(self.buf, cur);
+            let have = item_key_ord(self.buf, cur);
+            if want <= have {
+                best = cur;
+                if want == have {
+                    break;
                 }
-                Ordering::Greater => cur = right(self.buf, cur),
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
 
     /// The last item with a key <= `key`.
     pub(crate) fn seek_le(&self, key: &Key) -> Option<(Key, &'a [u8])> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         let mut best = 0;
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 break;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(self.entry(cur)),
-                Ordering::Greater => {
-                    best = cur;
-                    cur = right(self.buf, cur);
+            let have = item_key_ord(self.buf, cur);
+            if want >= have {
+                best = cur;
+                if want == have {
+                    break;
                 }
-                Ordering::Less => cur = left(self.buf, cur),
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         (best != 0).then(|| self.entry(best))
     }
@@ -106,11 +101,6 @@ impl<'a> NodeAccessor<'a> {
     /// Items with keys >= `key`, in key order (a forward range scan).
     pub(crate) fn items_from(&self, key: &Key) -> impl Iterator<Item = (Key, &'a [u8])> + 'a {
         ItemIter::new(self.buf, Some(key))
-    }
-
-    /// All items in descending key order.
-    pub(crate) fn items_rev(&self) -> impl Iterator<Item = (Key, &'a [u8])> + 'a {
-        ItemIterRev::new(self.buf, None)
     }
 
     /// Items with keys <= `key`, in descending key order (a backward scan).
@@ -149,11 +139,6 @@ impl<'a> NodeAccessor<'a> {
     /// payloads of at least 3840 bytes, less for tiny test payloads.
     pub(crate) fn value_len_max(&self) -> usize {
         self.geo.value_len_max
-    }
-
-    /// Most items this node can hold (leaves: bounded by the hash table).
-    pub(crate) fn items_max(&self) -> usize {
-        self.geo.items_max
     }
 
     /// Below a quarter full: the tree should join or refill from a neighbour.
@@ -199,16 +184,17 @@ impl<'a> NodeAccessor<'a> {
 
     /// Exact lookup through the AVL tree; the item offset.
     pub(super) fn avl_find(&self, key: &Key) -> Option<usize> {
+        let want = key_ord(key);
         let mut cur = hdr_root(self.buf);
         for _ in 0..AVL_PATH_LEN {
             if cur == 0 {
                 return None;
             }
-            match key.cmp(&item_key(self.buf, cur)) {
-                Ordering::Equal => return Some(cur),
-                Ordering::Less => cur = left(self.buf, cur),
-                Ordering::Greater => cur = right(self.buf, cur),
+            let have = item_key_ord(self.buf, cur);
+            if want == have {
+                return Some(cur);
             }
+            cur = child_toward(self.buf, cur, want > have);
         }
         None
     }

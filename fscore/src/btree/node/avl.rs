@@ -4,7 +4,6 @@
 
 use super::layout::*;
 use crate::key::Key;
-use std::cmp::Ordering;
 
 /// Ancestors from the root down, as item offsets.
 pub(super) type Path = [u16; AVL_PATH_LEN];
@@ -23,18 +22,17 @@ pub(super) fn search(buf: &[u8], key: &Key) -> Search {
         depth: 0,
         found: None,
     };
+    let want = key_ord(key);
     let mut cur = hdr_root(buf);
     while cur != 0 && s.depth < AVL_PATH_LEN {
         s.path[s.depth] = cur as u16;
         s.depth += 1;
-        match key.cmp(&item_key(buf, cur)) {
-            Ordering::Equal => {
-                s.found = Some(cur);
-                break;
-            }
-            Ordering::Less => cur = left(buf, cur),
-            Ordering::Greater => cur = right(buf, cur),
+        let have = item_key_ord(buf, cur);
+        if want == have {
+            s.found = Some(cur);
+            break;
         }
+        cur = child_toward(buf, cur, want > have);
     }
     s
 }

@@ -34,13 +34,14 @@ fn next(geo: &Geometry, slot: usize) -> usize {
 /// Finds `key`: (slot index, item offset).
 #[inline]
 pub(super) fn find(buf: &[u8], geo: &Geometry, key: &Key) -> Option<(usize, usize)> {
+    let want = key_ord(key);
     let mut i = home_slot(key, geo.hash_slots);
     for _ in 0..geo.hash_slots {
         let item = slot(buf, geo, i);
         if item == 0 {
             return None;
         }
-        if item_key(buf, item) == *key {
+        if item_key_ord(buf, item) == want {
             return Some((i, item));
         }
         i = next(geo, i);

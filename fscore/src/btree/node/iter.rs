@@ -34,7 +34,11 @@ impl<'a> ItemIter<'a> {
         let mut cur = hdr_root(buf);
         // Push every node on the search path whose key is >= the bound: they
         // are exactly the ancestors whose turn is still to come.
-        while cur != 0 && it.depth < AVL_PATH_LEN {
+        // One step per tree level: bounded even when links form a cycle.
+        for _ in 0..AVL_PATH_LEN {
+            if cur == 0 {
+                break;
+            }
             match from {
                 Some(k) if item_key(buf, cur) < *k => cur = right(buf, cur),
                 _ => {
@@ -80,7 +84,11 @@ impl<'a> ItemIterRev<'a> {
             budget: hdr_count(buf),
         };
         let mut cur = hdr_root(buf);
-        while cur != 0 && it.depth < AVL_PATH_LEN {
+        // One step per tree level: bounded even when links form a cycle.
+        for _ in 0..AVL_PATH_LEN {
+            if cur == 0 {
+                break;
+            }
             match from {
                 Some(k) if item_key(buf, cur) > *k => cur = left(buf, cur),
                 _ => {

@@ -225,6 +225,33 @@ pub(crate) fn item_key(buf: &[u8], off: usize) -> Key {
     }
 }
 
+/// A key as one u128 in key order (hi in the upper half), so comparisons
+/// compile to branch-free wide compares.
+#[inline]
+pub(crate) fn key_ord(key: &Key) -> u128 {
+    (key.hi as u128) << 64 | key.lo as u128
+}
+
+/// The key of the item at `off`, as `key_ord` would give it.
+#[inline]
+pub(crate) fn item_key_ord(buf: &[u8], off: usize) -> u128 {
+    match buf.get(off + ITEM_KEY..off + ITEM_KEY + 16) {
+        Some(b) => {
+            let hi = u64::from_le_bytes(b[..8].try_into().unwrap_or([0; 8]));
+            let lo = u64::from_le_bytes(b[8..].try_into().unwrap_or([0; 8]));
+            (hi as u128) << 64 | lo as u128
+        }
+        None => 0,
+    }
+}
+
+/// The child of the item at `off` on the side a search for a key that
+/// compares `greater` than the item's goes: one read, no branch.
+#[inline]
+pub(crate) fn child_toward(buf: &[u8], off: usize, greater: bool) -> usize {
+    (rd32(buf, off + ITEM_LEFT) >> (16 * greater as u32) & 0xffff) as usize
+}
+
 #[inline]
 pub(crate) fn left(buf: &[u8], off: usize) -> usize {
     rd16(buf, off + ITEM_LEFT) as usize

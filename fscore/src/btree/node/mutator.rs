@@ -3,6 +3,7 @@
 
 use super::accessor::NodeAccessor;
 use super::layout::*;
+use super::rebuild::{self, Order};
 use super::{avl, hash, values, NodeError};
 use crate::key::Key;
 
@@ -56,22 +57,39 @@ impl<'a> NodeMut<'a> {
         }
     }
 
+    /// Replaces the value of `item`. The region keeps its end (and owner)
+    /// when it can: a value at the bottom of the value area grows or shrinks
+    /// into the gap, any other value shrinking by at least a trailer's worth
+    /// frees its lower part. Otherwise the old region is freed and a new one
+    /// allocated, compacting if needed.
     fn replace(&mut self, item: usize, value: &[u8]) -> Result<usize, NodeError> {
         let old_len = val_len(self.buf, item);
         let old_start = val_off(self.buf, item);
-        if value.len() == old_len {
-            values::write(self.buf, old_start, item, value);
-            return Ok(old_len);
-        }
-        let free = self.accessor().free_bytes();
-        if value.len() > free + old_len {
-            return Err(NodeError::Full);
-        }
-        values::free(self.buf, old_start, old_len + OWNER_LEN);
-        let start = self.alloc_value(value.len() + OWNER_LEN, 0);
+        let old_end = old_start + old_len;
+        let new_len = value.len();
+        let items_end = item_offset(hdr_count(self.buf));
+        let bottom = old_start == hdr_value_low(self.buf);
+        let start = match old_end.checked_sub(new_len) {
+            _ if new_len == old_len => old_start,
+            Some(start) if bottom && start >= items_end => {
+                set_hdr_value_low(self.buf, start);
+                start
+            }
+            Some(start) if new_len + OWNER_LEN <= old_len => {
+                values::free(self.buf, old_start, old_len - new_len);
+                start
+            }
+            _ => {
+                if new_len > self.accessor().free_bytes() + old_len {
+                    return Err(NodeError::Full);
+                }
+                values::free(self.buf, old_start, old_len + OWNER_LEN);
+                self.alloc_value(new_len + OWNER_LEN, 0)
+            }
+        };
         values::write(self.buf, start, item, value);
         wr16(self.buf, item + ITEM_VAL_OFF, start as u16);
-        wr16(self.buf, item + ITEM_VAL_LEN, value.len() as u16);
+        wr16(self.buf, item + ITEM_VAL_LEN, new_len as u16);
         Ok(old_len)
     }
 
@@ -157,7 +175,8 @@ impl<'a> NodeMut<'a> {
     /// Moves the upper half of the items (by bytes) into `right`, which must
     /// be empty and of the same level. Afterwards every key in self is less
     /// than every key in right, each half holds at most half the bytes plus
-    /// half an item, and either half has room for a maximal item.
+    /// half an item, and either half has room for a maximal item. A node of
+    /// fewer than two items is left alone (it always has room).
     pub(crate) fn split_into(&mut self, right: &mut NodeMut<'_>) {
         assert_eq!(
             right.accessor().item_count(),
@@ -169,37 +188,53 @@ impl<'a> NodeMut<'a> {
             self.accessor().level(),
             "split across levels"
         );
-        let Some(split_key) = self.split_key() else {
+        assert_eq!(
+            right.buf.len(),
+            self.buf.len(),
+            "split across payload sizes"
+        );
+        let mut order = Order::of(self.buf);
+        let count = order.as_slice().len();
+        let split = self.split_index(order.as_slice());
+        if split == count {
             return;
-        };
-        while let Some((key, value)) = self.accessor().last() {
-            if key < split_key {
-                break;
-            }
-            let moved = right.insert(&key, value);
-            debug_assert!(moved.is_ok(), "right half overflowed in a split");
-            self.delete(&key);
         }
+        right.reset_empty();
+        rebuild::append(
+            right.buf,
+            &right.geo,
+            self.buf,
+            &order.as_slice()[split..],
+            false,
+        );
+        rebuild::keep_range(self.buf, &self.geo, &mut order, 0..split);
     }
 
-    /// The smallest key of the upper half: moving an item right is taken as
-    /// long as it makes the two halves' bytes more even (and one is left).
-    fn split_key(&self) -> Option<Key> {
-        let node = self.accessor();
-        let total = node.used_bytes();
-        let count = node.item_count();
+    /// Where the upper half starts in key order: walking down from the
+    /// largest item, an item moves right as long as that makes the two
+    /// halves' bytes more even (at least one moves, at least one stays).
+    fn split_index(&self, order: &[u16]) -> usize {
+        let total = self.accessor().used_bytes();
         let mut moved_bytes = 0;
-        let mut split = None;
-        for (moved_items, (key, value)) in node.items_rev().enumerate() {
-            let size = NodeAccessor::item_bytes(value.len());
-            let first = moved_items == 0;
-            if moved_items + 1 >= count || (!first && 2 * moved_bytes + size >= total) {
+        let mut split = order.len();
+        while split > 1 {
+            let size = ITEM_LEN + val_len(self.buf, order[split - 1] as usize) + OWNER_LEN;
+            if split < order.len() && 2 * moved_bytes + size >= total {
                 break;
             }
             moved_bytes += size;
-            split = Some(key);
+            split -= 1;
         }
         split
+    }
+
+    /// Clears the bookkeeping of an empty node so its whole capacity is one
+    /// contiguous gap.
+    fn reset_empty(&mut self) {
+        debug_assert_eq!(hdr_count(self.buf), 0);
+        set_hdr_root(self.buf, 0);
+        set_hdr_value_low(self.buf, self.geo.values_end);
+        set_hdr_value_free(self.buf, 0);
     }
 
     /// Moves items from `src` into `self` until self holds at least
@@ -213,22 +248,41 @@ impl<'a> NodeMut<'a> {
         from_front: bool,
         used_goal: usize,
     ) -> usize {
+        debug_assert_eq!(self.accessor().level(), src.accessor().level());
+        let mut order = Order::of(src.buf);
+        let count = order.as_slice().len();
+        let node = self.accessor();
+        let (mut used, mut free, mut items) =
+            (node.used_bytes(), node.free_bytes(), node.item_count());
         let mut moved = 0;
-        while self.accessor().used_bytes() < used_goal {
-            let src_node = src.accessor();
-            let Some((key, value)) = (if from_front {
-                src_node.first()
-            } else {
-                src_node.last()
-            }) else {
-                break;
-            };
-            if self.insert(&key, value).is_err() {
+        while moved < count && used < used_goal {
+            let next = if from_front { moved } else { count - 1 - moved };
+            let len = val_len(src.buf, order.as_slice()[next] as usize);
+            let size = ITEM_LEN + len + OWNER_LEN;
+            if size > free || items >= self.geo.items_max || len > self.geo.value_len_max {
                 break;
             }
-            src.delete(&key);
+            used += size;
+            free -= size;
+            items += 1;
             moved += 1;
         }
+        if moved == 0 {
+            return 0;
+        }
+        let (taken, kept) = if from_front {
+            (0..moved, moved..count)
+        } else {
+            (count - moved..count, 0..count - moved)
+        };
+        rebuild::append(
+            self.buf,
+            &self.geo,
+            src.buf,
+            &order.as_slice()[taken],
+            !from_front,
+        );
+        rebuild::keep_range(src.buf, &src.geo, &mut order, kept);
         moved
     }
 }

@@ -8,11 +8,10 @@ use super::{hash, NodeAccessor, NodeError};
 use crate::key::Key;
 
 pub(super) fn verify(buf: &[u8], geo: &Geometry) -> Result<(), NodeError> {
-    // Header sanity, as `new` checks it (the accessor may have been built
-    // by `trusted`).
+    // Header sanity, as `new` checks it (`NodeMut::accessor` skips it).
     NodeAccessor::new(buf)?;
     let count = hdr_count(buf);
-    let mut seen = vec![false; count];
+    let mut seen = Seen::new();
     check_items(buf, geo, count)?;
     let reached = check_avl(buf, count, &mut seen)?;
     if reached != count {
@@ -22,7 +21,7 @@ pub(super) fn verify(buf: &[u8], geo: &Geometry) -> Result<(), NodeError> {
     }
     check_values(buf, geo, count)?;
     if geo.hash_slots != 0 {
-        seen.fill(false);
+        seen = Seen::new();
         check_hash(buf, geo, count, &mut seen)?;
     }
     Ok(())
@@ -56,8 +55,32 @@ fn check_items(buf: &[u8], geo: &Geometry, count: usize) -> Result<(), NodeError
     Ok(())
 }
 
+/// One bit per item index: has a walk reached it yet? On the stack, so
+/// verifying a node read from disk allocates nothing.
+struct Seen([u64; ITEMS_MAX_ANY.div_ceil(64)]);
+
+impl Seen {
+    fn new() -> Seen {
+        Seen([0; ITEMS_MAX_ANY.div_ceil(64)])
+    }
+
+    /// Marks item `off`; false if it was marked already.
+    fn mark(&mut self, off: usize) -> bool {
+        let index = (off - HEADER_LEN) / ITEM_LEN;
+        let (word, bit) = (index / 64, 1u64 << (index % 64));
+        let fresh = self.0[word] & bit == 0;
+        self.0[word] |= bit;
+        fresh
+    }
+}
+
+/// Pending subtrees of the AVL walk: a depth-first walk of a tree at most
+/// `AVL_HEIGHT_MAX` deep keeps at most one pending sibling per level.
+const PENDING_MAX: usize = AVL_HEIGHT_MAX + 2;
+
 /// One pending subtree of the AVL walk: its offset, the exclusive key
 /// bounds it must respect, and its depth.
+#[derive(Clone, Copy)]
 struct Pending {
     off: usize,
     lower: Option<Key>,
@@ -69,29 +92,36 @@ struct Pending {
 /// inside the bounds their ancestors set (so in-order is strictly
 /// increasing), stored heights exact, balance within one. Returns the
 /// number of items reached.
-fn check_avl(buf: &[u8], count: usize, seen: &mut [bool]) -> Result<usize, NodeError> {
+fn check_avl(buf: &[u8], count: usize, seen: &mut Seen) -> Result<usize, NodeError> {
     let root = hdr_root(buf);
     if root == 0 {
         return Ok(0);
     }
-    let mut stack: Vec<Pending> = Vec::with_capacity(2 * AVL_PATH_LEN);
-    stack.push(Pending {
+    let empty = Pending {
+        off: 0,
+        lower: None,
+        upper: None,
+        depth: 0,
+    };
+    let mut stack = [empty; PENDING_MAX];
+    stack[0] = Pending {
         off: root,
         lower: None,
         upper: None,
         depth: 1,
-    });
+    };
+    let mut pending = 1;
     let mut reached = 0;
-    while let Some(p) = stack.pop() {
+    while pending > 0 {
+        pending -= 1;
+        let p = stack[pending];
         let off = p.off;
         if !is_item_offset(off, count) {
             return Err(corrupt(format!("AVL link to {off}, not an item")));
         }
-        let index = (off - HEADER_LEN) / ITEM_LEN;
-        if seen[index] {
+        if !seen.mark(off) {
             return Err(corrupt(format!("item {off} linked twice in the AVL tree")));
         }
-        seen[index] = true;
         reached += 1;
         if p.depth > AVL_HEIGHT_MAX {
             return Err(corrupt(format!("AVL tree deeper than {AVL_HEIGHT_MAX}")));
@@ -114,16 +144,21 @@ fn check_avl(buf: &[u8], count: usize, seen: &mut [bool]) -> Result<usize, NodeE
             )));
         }
         // Children's stored heights are checked when they are popped, so a
-        // wrong height anywhere is caught; nonzero heights need a child.
+        // wrong height anywhere is caught.
         for (child, lower, upper) in [(l, p.lower, Some(key)), (r, Some(key), p.upper)] {
-            if child != 0 {
-                stack.push(Pending {
-                    off: child,
-                    lower,
-                    upper,
-                    depth: p.depth + 1,
-                });
+            if child == 0 {
+                continue;
             }
+            if pending == PENDING_MAX {
+                return Err(corrupt(format!("AVL tree deeper than {AVL_HEIGHT_MAX}")));
+            }
+            stack[pending] = Pending {
+                off: child,
+                lower,
+                upper,
+                depth: p.depth + 1,
+            };
+            pending += 1;
         }
     }
     Ok(reached)
@@ -187,12 +222,7 @@ fn check_values(buf: &[u8], geo: &Geometry, count: usize) -> Result<(), NodeErro
 
 /// The hash table holds each item exactly once, reachable by probing from
 /// its key's home slot without crossing an empty slot.
-fn check_hash(
-    buf: &[u8],
-    geo: &Geometry,
-    count: usize,
-    seen: &mut [bool],
-) -> Result<(), NodeError> {
+fn check_hash(buf: &[u8], geo: &Geometry, count: usize, seen: &mut Seen) -> Result<(), NodeError> {
     let slots = geo.hash_slots;
     let mut filled = 0;
     for i in 0..slots {
@@ -203,11 +233,9 @@ fn check_hash(
         if !is_item_offset(item, count) {
             return Err(corrupt(format!("hash slot {i}: {item} is not an item")));
         }
-        let index = (item - HEADER_LEN) / ITEM_LEN;
-        if seen[index] {
+        if !seen.mark(item) {
             return Err(corrupt(format!("hash slot {i}: item {item} in two slots")));
         }
-        seen[index] = true;
         filled += 1;
         let home = home_slot(&item_key(buf, item), slots);
         let mut j = home;

@@ -81,14 +81,53 @@ proptest! {
         expect.extend(dst_model.clone());
         prop_assert_eq!(union, expect);
         // The moved items are src's edge: order across the pair holds.
-        if from_front {
-            prop_assert!(dc.keys().next_back() < sc.keys().next() || sc.is_empty());
-        } else {
-            prop_assert!(sc.keys().next_back() < dc.keys().next() || sc.is_empty());
+        let (lower, upper) = if from_front { (&dc, &sc) } else { (&sc, &dc) };
+        if let (Some(l), Some(u)) = (lower.keys().next_back(), upper.keys().next()) {
+            prop_assert!(l < u, "{:?} !< {:?}", l, u);
         }
         // It stopped for a reason: goal reached, src empty, or no room.
         let next = if from_front { s.first() } else { s.last() };
         let stopped_for_room = next.is_some_and(|(_, v)| !d.has_room(v.len()));
         prop_assert!(d.used_bytes() >= goal || sc.is_empty() || stopped_for_room);
+    }
+}
+
+/// Two neighbours below a quarter full join completely: `refill_from` with
+/// an unbounded goal empties the source into the destination, in order.
+#[test]
+fn join_of_two_quarter_nodes_empties_the_source() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x701a);
+    for payload in PAYLOADS {
+        for (level, from_front) in [(0, true), (0, false), (1, true), (1, false)] {
+            let mut dst_buf = vec![0u8; payload];
+            let mut src_buf = vec![0u8; payload];
+            let mut dst = NodeMut::init(&mut dst_buf, level);
+            let mut src = NodeMut::init(&mut src_buf, level);
+            let mut model = Model::new();
+            let (dst_hi, src_hi) = if from_front { (0, 1) } else { (1, 0) };
+            // Stop while an insert (at most 68 bytes) keeps both below a quarter.
+            while (src.accessor().used_bytes().max(dst.accessor().used_bytes()) + 68) * 4 < payload
+            {
+                let (dk, sk) = (Key::new(dst_hi, rng.gen()), Key::new(src_hi, rng.gen()));
+                let value = vec![rng.gen::<u8>(); rng.gen_range(0..40)];
+                dst.insert(&dk, &value).unwrap();
+                src.insert(&sk, &value).unwrap();
+                model.insert(dk, value.clone());
+                model.insert(sk, value);
+                // Churn so both value areas are fragmented.
+                if rng.gen_bool(0.3) {
+                    dst.delete(&dk);
+                    src.delete(&sk);
+                    model.remove(&dk);
+                    model.remove(&sk);
+                }
+            }
+            assert!(dst.accessor().wants_join() && src.accessor().wants_join());
+            let count = src.accessor().item_count();
+            assert_eq!(dst.refill_from(&mut src, from_front, usize::MAX), count);
+            assert_eq!(src.accessor().item_count(), 0);
+            check(&src.accessor(), &Model::new());
+            check(&dst.accessor(), &model);
+        }
     }
 }

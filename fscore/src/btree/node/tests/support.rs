@@ -24,9 +24,12 @@ pub(super) fn check(node: &NodeAccessor<'_>, model: &Model) {
     let items: Vec<(Key, Vec<u8>)> = node.items().map(|(k, v)| (k, v.to_vec())).collect();
     let expect: Vec<(Key, Vec<u8>)> = model.iter().map(|(k, v)| (*k, v.clone())).collect();
     assert_eq!(items, expect, "items() differs from the model");
-    let rev: Vec<Key> = node.items_rev().map(|(k, _)| k).collect();
+    let rev: Vec<Key> = node.items_rev_from(&Key::MAX).map(|(k, _)| k).collect();
     let expect_rev: Vec<Key> = model.keys().rev().copied().collect();
-    assert_eq!(rev, expect_rev, "items_rev() differs from the model");
+    assert_eq!(
+        rev, expect_rev,
+        "items_rev_from(MAX) differs from the model"
+    );
     let used: usize = model
         .values()
         .map(|v| NodeAccessor::item_bytes(v.len()))

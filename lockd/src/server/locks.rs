@@ -1,0 +1,497 @@
+//! The lock server: a pure state machine over lock requests, invalidation
+//! replies, recoveries and releases. It knows clients by id and nothing of
+//! connections or sessions; [`super::ServerCore`] turns its actions into frames.
+//!
+//! Per lock: holders (client, mode), waiters in arrival order, and the
+//! invalidations sent and not yet answered (at most one per holder). The front
+//! waiter is granted once no other holder's mode conflicts with it; until then
+//! every conflicting holder is sent an invalidation, and later waiters wait too.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use smallvec::SmallVec;
+
+use crate::wire::{Command, ErrorCode, LockMsg, LockRange, Mode};
+
+pub type ClientId = u64;
+
+/// Locks the server tracks at once (holders or waiters): bounds its memory.
+pub const LOCKS_MAX: usize = 1 << 22;
+
+/// What the server asks its owner to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockAction {
+    /// Answer request `request_id` (a LOCK or RECOVER) with the mode granted.
+    Grant {
+        client: ClientId,
+        request_id: u64,
+        command: Command,
+        msg: LockMsg,
+        waited_us: u64,
+    },
+    /// Answer request `request_id` with an error.
+    Refuse {
+        client: ClientId,
+        request_id: u64,
+        command: Command,
+        msg: LockMsg,
+        error: ErrorCode,
+    },
+    /// Ask `client` to drop its mode on `msg.range` to `msg.mode` or lower.
+    Invalidate { client: ClientId, msg: LockMsg },
+}
+
+#[derive(Debug)]
+struct Waiter {
+    client: ClientId,
+    request_id: u64,
+    mode: Mode,
+    arrived_us: u64,
+}
+
+#[derive(Debug)]
+struct Lock {
+    range: LockRange,
+    /// Usually one or two: inline, so a lock's life allocates nothing here.
+    holders: SmallVec<[(ClientId, Mode); 2]>,
+    waiters: VecDeque<Waiter>,
+    /// Holders sent an invalidation and not yet answered, with its target mode.
+    invalidating: Vec<(ClientId, Mode)>,
+}
+
+impl Lock {
+    fn new(range: LockRange) -> Lock {
+        Lock {
+            range,
+            holders: SmallVec::new(),
+            waiters: VecDeque::new(),
+            invalidating: Vec::new(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty() && self.invalidating.is_empty()
+    }
+
+    fn held_by(&self, client: ClientId) -> Mode {
+        self.holders
+            .iter()
+            .find(|(c, _)| *c == client)
+            .map_or(Mode::Null, |(_, m)| *m)
+    }
+
+    fn set_holder(&mut self, client: ClientId, mode: Mode) {
+        let index = self.holders.iter().position(|(c, _)| *c == client);
+        match (index, mode) {
+            (Some(i), Mode::Null) => {
+                self.holders.swap_remove(i);
+            }
+            (Some(i), mode) => self.holders[i].1 = mode,
+            (None, Mode::Null) => {}
+            (None, mode) => self.holders.push((client, mode)),
+        }
+    }
+
+    fn invalidating(&self, client: ClientId) -> bool {
+        self.invalidating.iter().any(|(c, _)| *c == client)
+    }
+}
+
+/// Locks are keyed by (zone, start); ranges of distinct locks never overlap.
+type LockKey = (u64, u64);
+
+fn key(range: &LockRange) -> LockKey {
+    (range.zone, range.start)
+}
+
+#[derive(Debug, Default)]
+pub struct LockServer {
+    locks: BTreeMap<LockKey, Lock>,
+    /// Until this time (µs) only RECOVER is granted: clients of the previous
+    /// server re-assert what they held before anything new is handed out.
+    recovering_until_us: u64,
+    waiters: u64,
+    grants_total: u64,
+    invalidations_total: u64,
+}
+
+impl LockServer {
+    /// A server that grants only re-asserted locks until `recovering_until_us`.
+    pub fn new(recovering_until_us: u64) -> LockServer {
+        LockServer {
+            recovering_until_us,
+            ..LockServer::default()
+        }
+    }
+
+    pub fn locks(&self) -> usize {
+        self.locks.len()
+    }
+
+    pub fn waiters(&self) -> u64 {
+        self.waiters
+    }
+
+    pub fn grants_total(&self) -> u64 {
+        self.grants_total
+    }
+
+    pub fn invalidations_total(&self) -> u64 {
+        self.invalidations_total
+    }
+
+    pub fn recovering(&self, now_us: u64) -> bool {
+        now_us < self.recovering_until_us
+    }
+
+    /// Every (range, client, mode) granted, for checkers.
+    pub fn holders(&self) -> Vec<(LockRange, ClientId, Mode)> {
+        let mut all = Vec::new();
+        for lock in self.locks.values() {
+            all.extend(
+                lock.holders
+                    .iter()
+                    .map(|&(client, mode)| (lock.range, client, mode)),
+            );
+        }
+        all
+    }
+
+    /// A LOCK request: a downgrade (including NULL, a release) is granted at
+    /// once; anything else waits its turn behind earlier requests.
+    pub fn request(
+        &mut self,
+        now_us: u64,
+        client: ClientId,
+        request_id: u64,
+        msg: LockMsg,
+        out: &mut Vec<LockAction>,
+    ) {
+        let lock_key = key(&msg.range);
+        if let Some(lock) = self
+            .locks
+            .get_mut(&lock_key)
+            .filter(|l| l.range == msg.range)
+        {
+            if lock.held_by(client).covers(msg.mode) {
+                // A downgrade never waits.
+                lock.set_holder(client, msg.mode);
+                let (waiting, idle) = (!lock.waiters.is_empty(), lock.is_idle());
+                self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+                if waiting {
+                    self.process(now_us, lock_key, out);
+                } else if idle {
+                    self.locks.remove(&lock_key);
+                }
+                return;
+            }
+        } else if msg.mode == Mode::Null {
+            // Releasing what it does not hold: nothing to change.
+            self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+            return;
+        }
+        let recovering = self.recovering(now_us);
+        let lock = match Self::find_or_create(&mut self.locks, msg.range) {
+            Ok(lock) => lock,
+            Err(error) => {
+                out.push(LockAction::Refuse {
+                    client,
+                    request_id,
+                    command: Command::Lock,
+                    msg,
+                    error,
+                });
+                return;
+            }
+        };
+        let conflicting = lock
+            .holders
+            .iter()
+            .any(|&(c, m)| c != client && !m.compatible(msg.mode));
+        if lock.waiters.is_empty() && !recovering && !conflicting && !lock.invalidating(client) {
+            // Nobody ahead and nothing in the way: what process() would do
+            // after queueing, without the queue.
+            lock.set_holder(client, msg.mode);
+            self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+            return;
+        }
+        if lock.waiters.iter().any(|w| w.client == client) {
+            out.push(LockAction::Refuse {
+                client,
+                request_id,
+                command: Command::Lock,
+                msg,
+                error: ErrorCode::InvalidRequest,
+            });
+            return;
+        }
+        lock.waiters.push_back(Waiter {
+            client,
+            request_id,
+            mode: msg.mode,
+            arrived_us: now_us,
+        });
+        self.waiters += 1;
+        self.process(now_us, lock_key, out);
+    }
+
+    /// A RECOVER request: a client of a previous server re-asserts a mode it
+    /// held. Granted if no other holder conflicts and nobody waits for it.
+    pub fn recover(
+        &mut self,
+        now_us: u64,
+        client: ClientId,
+        request_id: u64,
+        msg: LockMsg,
+        out: &mut Vec<LockAction>,
+    ) {
+        if msg.mode == Mode::Null {
+            self.grant_action(client, request_id, Command::Recover, msg, 0, out);
+            return;
+        }
+        let lock_key = key(&msg.range);
+        let recovering = self.recovering(now_us);
+        let lock = match Self::find_or_create(&mut self.locks, msg.range) {
+            Ok(lock) => lock,
+            Err(error) => {
+                out.push(LockAction::Refuse {
+                    client,
+                    request_id,
+                    command: Command::Recover,
+                    msg,
+                    error,
+                });
+                return;
+            }
+        };
+        let conflict = lock
+            .holders
+            .iter()
+            .any(|&(c, m)| c != client && !m.compatible(msg.mode))
+            || (!lock.waiters.is_empty() && !recovering);
+        if conflict {
+            out.push(LockAction::Refuse {
+                client,
+                request_id,
+                command: Command::Recover,
+                msg,
+                error: ErrorCode::RecoverConflict,
+            });
+            self.remove_if_idle(lock_key);
+            return;
+        }
+        let held = lock.held_by(client);
+        if !held.covers(msg.mode) {
+            lock.set_holder(client, msg.mode);
+        }
+        self.grant_action(client, request_id, Command::Recover, msg, 0, out);
+    }
+
+    /// A client's answer to an invalidation: the mode it holds now.
+    pub fn invalidated(
+        &mut self,
+        now_us: u64,
+        client: ClientId,
+        msg: LockMsg,
+        out: &mut Vec<LockAction>,
+    ) {
+        let lock_key = key(&msg.range);
+        let Some(lock) = self
+            .locks
+            .get_mut(&lock_key)
+            .filter(|l| l.range == msg.range)
+        else {
+            return;
+        };
+        let Some(index) = lock.invalidating.iter().position(|(c, _)| *c == client) else {
+            return;
+        };
+        lock.invalidating.swap_remove(index);
+        // The reply states what the client holds once it sent it; it can only
+        // have gone down since we last knew.
+        if lock.held_by(client).covers(msg.mode) {
+            lock.set_holder(client, msg.mode);
+        }
+        self.process(now_us, lock_key, out);
+    }
+
+    /// Releases everything a client holds or waits for (farewell, or its
+    /// grace period ran out). A scan of all locks: rare, and it keeps the hot
+    /// path free of a per-client index.
+    pub fn release_all(&mut self, now_us: u64, client: ClientId, out: &mut Vec<LockAction>) {
+        let keys: Vec<LockKey> = self
+            .locks
+            .iter()
+            .filter(|(_, l)| {
+                l.held_by(client) != Mode::Null
+                    || l.invalidating(client)
+                    || l.waiters.iter().any(|w| w.client == client)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for lock_key in keys {
+            let lock = self.locks.get_mut(&lock_key).expect("key collected above");
+            lock.set_holder(client, Mode::Null);
+            lock.invalidating.retain(|(c, _)| *c != client);
+            let before = lock.waiters.len();
+            lock.waiters.retain(|w| w.client != client);
+            self.waiters -= (before - lock.waiters.len()) as u64;
+            self.process(now_us, lock_key, out);
+        }
+    }
+
+    /// Ends the recovery window when its time comes and grants what waited.
+    pub fn tick(&mut self, now_us: u64, out: &mut Vec<LockAction>) {
+        if self.recovering_until_us != 0 && now_us >= self.recovering_until_us {
+            self.recovering_until_us = 0;
+            let keys: Vec<LockKey> = self
+                .locks
+                .iter()
+                .filter(|(_, l)| !l.waiters.is_empty())
+                .map(|(k, _)| *k)
+                .collect();
+            for lock_key in keys {
+                self.process(now_us, lock_key, out);
+            }
+        }
+    }
+
+    /// Checks the invariant: no two holders of overlapping ranges hold
+    /// incompatible modes. Distinct locks never overlap (checked at creation),
+    /// so holders of one lock are compared pairwise, and neighbours' ranges are
+    /// checked for overlap.
+    pub fn check_invariant(&self) -> Result<(), String> {
+        let mut previous: Option<&LockRange> = None;
+        for lock in self.locks.values() {
+            for (i, &(a, mode_a)) in lock.holders.iter().enumerate() {
+                for &(b, mode_b) in &lock.holders[i + 1..] {
+                    if a == b || !mode_a.compatible(mode_b) {
+                        return Err(format!(
+                            "{:?}: client {a} {mode_a:?} and client {b} {mode_b:?}",
+                            lock.range
+                        ));
+                    }
+                }
+            }
+            if let Some(prev) = previous {
+                if prev.overlaps(&lock.range) {
+                    return Err(format!("locks {prev:?} and {:?} overlap", lock.range));
+                }
+            }
+            previous = Some(&lock.range);
+        }
+        Ok(())
+    }
+
+    fn grant_action(
+        &mut self,
+        client: ClientId,
+        request_id: u64,
+        command: Command,
+        msg: LockMsg,
+        waited_us: u64,
+        out: &mut Vec<LockAction>,
+    ) {
+        self.grants_total += 1;
+        out.push(LockAction::Grant {
+            client,
+            request_id,
+            command,
+            msg,
+            waited_us,
+        });
+    }
+
+    /// Finds the lock named `range`, creating it if no lock overlaps it.
+    fn find_or_create(
+        locks: &mut BTreeMap<LockKey, Lock>,
+        range: LockRange,
+    ) -> Result<&mut Lock, ErrorCode> {
+        let lock_key = key(&range);
+        // One descent finds the lock itself or its predecessor.
+        let before = match locks.range(..=lock_key).next_back() {
+            Some((k, lock)) if *k == lock_key => {
+                return if lock.range == range {
+                    Ok(locks.get_mut(&lock_key).expect("just seen"))
+                } else {
+                    Err(ErrorCode::RangeOverlap)
+                };
+            }
+            other => other.map(|(_, l)| l.range),
+        };
+        let after = locks
+            .range((Bound::Excluded(lock_key), Bound::Unbounded))
+            .next()
+            .map(|(_, l)| l.range);
+        if before.is_some_and(|r| r.overlaps(&range)) || after.is_some_and(|r| r.overlaps(&range)) {
+            return Err(ErrorCode::RangeOverlap);
+        }
+        if locks.len() >= LOCKS_MAX {
+            return Err(ErrorCode::InvalidRequest);
+        }
+        Ok(locks.entry(lock_key).or_insert_with(|| Lock::new(range)))
+    }
+
+    fn remove_if_idle(&mut self, lock_key: LockKey) {
+        if self.locks.get(&lock_key).is_some_and(Lock::is_idle) {
+            self.locks.remove(&lock_key);
+        }
+    }
+
+    /// Grants waiters from the front while they fit; for the first that does
+    /// not, invalidates every conflicting holder not already asked.
+    fn process(&mut self, now_us: u64, lock_key: LockKey, out: &mut Vec<LockAction>) {
+        let recovering = now_us < self.recovering_until_us;
+        let Some(lock) = self.locks.get_mut(&lock_key) else {
+            return;
+        };
+        while let Some(front) = lock.waiters.front() {
+            if recovering {
+                break;
+            }
+            let (client, mode) = (front.client, front.mode);
+            let conflicting = lock
+                .holders
+                .iter()
+                .any(|&(c, m)| c != client && !m.compatible(mode));
+            if !conflicting && !lock.invalidating(client) {
+                let waiter = lock.waiters.pop_front().expect("front exists");
+                lock.set_holder(client, mode);
+                self.waiters -= 1;
+                self.grants_total += 1;
+                let msg = LockMsg {
+                    range: lock.range,
+                    mode,
+                };
+                let waited_us = now_us.saturating_sub(waiter.arrived_us);
+                out.push(LockAction::Grant {
+                    client,
+                    request_id: waiter.request_id,
+                    command: Command::Lock,
+                    msg,
+                    waited_us,
+                });
+                continue;
+            }
+            for index in 0..lock.holders.len() {
+                let (holder, held) = lock.holders[index];
+                if holder == client || held.compatible(mode) || lock.invalidating(holder) {
+                    continue;
+                }
+                let target = Mode::invalidation_target(held, mode);
+                lock.invalidating.push((holder, target));
+                self.invalidations_total += 1;
+                out.push(LockAction::Invalidate {
+                    client: holder,
+                    msg: LockMsg {
+                        range: lock.range,
+                        mode: target,
+                    },
+                });
+            }
+            break;
+        }
+        self.remove_if_idle(lock_key);
+    }
+}
