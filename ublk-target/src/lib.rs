@@ -9,11 +9,13 @@
 //! - `nbd`: the NBD front end (handshake, transmission, listener).
 //! - `volume`: the volume engine (map in fscore's btree, copy-on-write data,
 //!   checksums, commits) and `DataIo`, how it reaches the data device.
+//! - `ublk`: the ublk front end (/dev/ublkbN through libublk).
 
 pub mod aligned;
 pub mod nbd;
 pub mod target;
 pub mod volume;
+pub mod ublk;
 
 pub use aligned::AlignedBuf;
 pub use target::{BlockTarget, MemTarget, TargetError};
