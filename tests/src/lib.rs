@@ -202,8 +202,24 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Stop any daemon still registered here (a failed test).
-        let _ = self.cmd().args(["del", "-a"]).output();
+        // Stop any daemon still registered here (a failed test) by its pid
+        // from this pool's private registry: never `del -a`, which would
+        // also stop every ublk device of the machine.
+        let Ok(dir) = std::fs::read_dir(self.run_dir()) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = json["pid"].as_u64() {
+                // SAFETY: signalling a daemon this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+        }
     }
 }
 
