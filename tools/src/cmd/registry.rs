@@ -42,6 +42,11 @@ pub fn reserve_id(wanted: Option<u32>) -> Result<u32> {
         None => Box::new(0..NBD_DAEMONS_MAX),
     };
     for id in candidates {
+        // `del -n N` and `list -n N` pick a ublk device N first: an NBD
+        // daemon never takes the id of an existing ublk device.
+        if super::ublk::owns(id) {
+            continue;
+        }
         let path = entry_path(id);
         if let Some(stale) = read_entry(&path) {
             if !alive(stale.pid) {
