@@ -14,8 +14,8 @@
 pub mod aligned;
 pub mod nbd;
 pub mod target;
-pub mod volume;
 pub mod ublk;
+pub mod volume;
 
 pub use aligned::AlignedBuf;
 pub use target::{BlockTarget, MemTarget, TargetError};
