@@ -21,6 +21,7 @@ use super::volume::{target_error, Volume};
 use crate::aligned::{is_block_aligned, AlignedBuf};
 use crate::target::{check_range, BlockTarget, TargetError, TargetResult};
 use fscore::Extent;
+use futures::{StreamExt, TryStreamExt};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -30,6 +31,10 @@ pub const CHUNK_BLOCKS: u64 = 256;
 /// Blocks unmapped per gate pass when discarding: long discards let commits
 /// in between.
 pub const DISCARD_CHUNK_BLOCKS: u64 = 4096;
+/// Data I/Os one request keeps in flight when its chunk maps to many
+/// physical runs: enough to hide latency, and with the NBD in-flight bound
+/// it stays within what an io_uring absorbs.
+pub const RUNS_IN_FLIGHT_MAX: usize = 16;
 /// Times a read re-checks a block whose checksum did not match while a
 /// writer was changing it, before calling it corrupt.
 pub const READ_RETRIES_MAX: u32 = 16;
@@ -91,10 +96,18 @@ impl<D: DataIo> VolumeHandle<D> {
         maps: &[Option<Mapping>],
         buf: &mut [u8],
     ) -> TargetResult<Vec<usize>> {
+        // Split the buffer into one slice per run of physically contiguous
+        // mapped blocks (zeroing the unmapped gaps), then read the runs
+        // concurrently: a fragmented chunk must not cost one I/O latency
+        // per block.
+        let mut runs = Vec::new();
+        let mut rest: &mut [u8] = buf;
         let mut i = 0;
         while i < maps.len() {
             let Some(m) = maps[i] else {
-                buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize].fill(0);
+                let (gap, tail) = rest.split_at_mut(BLOCK_BYTES as usize);
+                gap.fill(0);
+                rest = tail;
                 i += 1;
                 continue;
             };
@@ -104,18 +117,26 @@ impl<D: DataIo> VolumeHandle<D> {
             {
                 run += 1;
             }
-            let span = &mut buf[i * BLOCK_BYTES as usize..(i + run) * BLOCK_BYTES as usize];
+            let (span, tail) = rest.split_at_mut(run * BLOCK_BYTES as usize);
+            runs.push((i, m.pblock, span));
+            rest = tail;
+            i += run;
+        }
+        let reads = runs.into_iter().map(|(i, pblock, span)| async move {
             self.io
-                .read_at(m.pblock * BLOCK_BYTES, span)
+                .read_at(pblock * BLOCK_BYTES, span)
                 .await
                 .map_err(|e| {
                     TargetError::Io(format!(
                         "data read at volume offset {}: {e}",
                         (first + i as u64) * BLOCK_BYTES
                     ))
-                })?;
-            i += run;
-        }
+                })
+        });
+        futures::stream::iter(reads)
+            .buffer_unordered(RUNS_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
         let bad = maps
             .iter()
             .enumerate()
@@ -316,12 +337,19 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     async fn write_runs(&self, first: u64, targets: &[u64], buf: &[u8]) -> TargetResult<()> {
+        let mut runs = Vec::new();
         let mut i = 0;
         while i < targets.len() {
             let mut run = 1;
             while i + run < targets.len() && targets[i + run] == targets[i] + run as u64 {
                 run += 1;
             }
+            runs.push((i, run));
+            i += run;
+        }
+        // Concurrently, as for reads: fresh blocks on a fragmented pool are
+        // not contiguous.
+        let writes = runs.into_iter().map(|(i, run)| async move {
             let span = &buf[i * BLOCK_BYTES as usize..(i + run) * BLOCK_BYTES as usize];
             self.io
                 .write_at(targets[i] * BLOCK_BYTES, span)
@@ -331,9 +359,12 @@ impl<D: DataIo> VolumeHandle<D> {
                         "data write at volume offset {}: {e}",
                         (first + i as u64) * BLOCK_BYTES
                     ))
-                })?;
-            i += run;
-        }
+                })
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(RUNS_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
 
