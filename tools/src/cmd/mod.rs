@@ -1,1 +1,13 @@
+//! One module per subcommand, plus what they share (`registry` of NBD
+//! daemons, `size` parsing).
+
+pub mod add;
+pub mod check;
+pub mod del;
+pub mod dump;
+pub mod list;
+pub mod mkfs;
+pub mod nbd_daemon;
+pub mod registry;
+pub mod size;
 pub mod ublk;

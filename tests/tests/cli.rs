@@ -1,0 +1,131 @@
+//! Proves the command line: `--help` for every subcommand, clear errors for
+//! a missing device, a pool in use, a wrong format and a bad size, TCP
+//! serving with the real port in the URI, `list` text and JSON, `dump`,
+//! and `del -a` stopping every daemon cleanly.
+
+use std::process::Command;
+use tests::{binary, require_tool, run, run_ok, Pool};
+
+fn fails_with(c: &mut Command, needle: &str) {
+    let out = run(c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{c:?} should fail");
+    assert!(
+        err.contains(needle),
+        "{c:?}: expected {needle:?} in:\n{err}"
+    );
+}
+
+#[test]
+fn help_for_every_subcommand() {
+    for sub in ["mkfs", "add", "del", "list", "recover", "check", "dump"] {
+        let out = run_ok(Command::new(binary()).args([sub, "--help"]));
+        assert!(out.contains("Usage:"), "{sub} --help:\n{out}");
+    }
+}
+
+#[test]
+fn clear_errors_for_bad_pools() {
+    let pool = Pool::mkfs("64M");
+    let missing = pool.dir.path().join("nope");
+    fails_with(
+        pool.cmd()
+            .args(["add", "--meta"])
+            .arg(&missing)
+            .arg("--data")
+            .arg(pool.data()),
+        "does not exist",
+    );
+    fails_with(
+        pool.cmd()
+            .args(["mkfs", "--meta"])
+            .arg(&missing)
+            .arg("--data")
+            .arg(&missing),
+        "give --size",
+    );
+    fails_with(
+        pool.cmd()
+            .args(["mkfs", "--size", "12Q", "--meta"])
+            .arg(&missing)
+            .arg("--data")
+            .arg(&missing),
+        "unknown unit",
+    );
+    // In use: a second add and a check both refuse.
+    let _d = pool.add();
+    let mut again = pool.cmd();
+    again.args(["add", "--nbd", "127.0.0.1:0"]);
+    fails_with(pool.pool_args(&mut again), "in use");
+    let mut check = pool.cmd();
+    check.arg("check");
+    fails_with(pool.pool_args(&mut check), "in use");
+    pool.del(0);
+    // Not a pool: a metadata file of garbage.
+    let junk = pool.dir.path().join("junk");
+    std::fs::write(&junk, vec![0x5au8; 1 << 20]).unwrap();
+    fails_with(
+        pool.cmd()
+            .args(["add", "--foreground", "--meta"])
+            .arg(&junk)
+            .arg("--data")
+            .arg(pool.data()),
+        "opening the pool",
+    );
+    fails_with(pool.cmd().args(["del", "-n", "7"]), "no device 7");
+}
+
+#[test]
+fn tcp_list_dump_and_del_all() {
+    require_tool("nbdinfo", "libnbd-bin");
+    let a = Pool::mkfs("64M");
+    let mut c = a.cmd();
+    c.args(["add", "--nbd", "127.0.0.1:0"]);
+    let printed = run_ok(a.pool_args(&mut c));
+    let entry = a.entry(0);
+    let uri = entry["uri"].as_str().unwrap();
+    assert!(
+        uri.starts_with("nbd://127.0.0.1:") && !uri.contains(":0/"),
+        "{uri}"
+    );
+    assert!(printed.contains(uri));
+    let info = run_ok(Command::new("nbdinfo").arg(uri));
+    assert!(info.contains("67108864"), "{info}");
+    assert_eq!(entry["state"], "LIVE");
+    // A second daemon in the same run dir gets the next id.
+    let b = Pool::mkfs("64M");
+    let mut c = a.cmd();
+    c.args(["add"])
+        .arg("--meta")
+        .arg(b.meta())
+        .arg("--data")
+        .arg(b.data());
+    run_ok(&mut c);
+    let listed = run_ok(a.cmd().arg("list"));
+    assert!(
+        listed.contains("nbd0: LIVE") && listed.contains("nbd1: LIVE"),
+        "{listed}"
+    );
+    let pid1 = a.entry(1)["pid"].as_u64().unwrap();
+    if std::path::Path::new("/dev/ublk-control").exists() {
+        // `del -a` would stop this machine's ublk devices too.
+        a.del(0);
+        a.del(1);
+    } else {
+        run_ok(a.cmd().args(["del", "-a"]));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid1}")).exists()
+            || run_ok(Command::new("cat").arg(format!("/proc/{pid1}/stat"))).contains(") Z")
+    );
+    assert_eq!(run_ok(a.cmd().args(["list", "--json"])).trim(), "[]");
+    let mut dump = a.cmd();
+    dump.arg("dump");
+    let out = run_ok(a.pool_args(&mut dump));
+    assert!(
+        out.contains("volume 0") && out.contains("btree") && out.contains("64.0 MiB"),
+        "{out}"
+    );
+    a.check_clean();
+    b.check_clean();
+}

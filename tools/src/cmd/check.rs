@@ -1,0 +1,32 @@
+//! `scoutfs-ublk check`: fsck of a pool not in use, data space included.
+
+use crate::cli::PoolArgs;
+use anyhow::{bail, Context, Result};
+use ublk_target::volume::Volume;
+
+pub fn run(args: &PoolArgs) -> Result<()> {
+    let report = Volume::check(&args.meta, &args.data).with_context(|| {
+        format!(
+            "checking pool (meta {}, data {})",
+            args.meta.display(),
+            args.data.display()
+        )
+    })?;
+    println!(
+        "seq {}: {} items, metadata blocks {} used {} free, data blocks {} used {} free",
+        report.seq,
+        report.items,
+        report.meta_blocks_referenced,
+        report.meta_blocks_free,
+        report.data_blocks_referenced,
+        report.data_blocks_free
+    );
+    for p in &report.problems {
+        println!("problem: {:?} block {}: {}", p.device, p.block, p.what);
+    }
+    if !report.is_clean() {
+        bail!("{} problems found", report.problems.len());
+    }
+    println!("clean");
+    Ok(())
+}

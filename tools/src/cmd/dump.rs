@@ -1,0 +1,62 @@
+//! `scoutfs-ublk dump`: the superblock's view of a pool, its tree's shape,
+//! and space usage of both devices.
+
+use super::size::human;
+use crate::cli::PoolArgs;
+use anyhow::{Context, Result};
+use ublk_target::volume::{Volume, VolumeOptions};
+
+pub fn run(args: &PoolArgs) -> Result<()> {
+    let opts = VolumeOptions {
+        cache_bytes: 16 << 20,
+        ..VolumeOptions::default()
+    };
+    let volume = Volume::open(&args.meta, &args.data, &opts).with_context(|| {
+        format!(
+            "opening pool (meta {}, data {})",
+            args.meta.display(),
+            args.data.display()
+        )
+    })?;
+    let info = volume.pool_info();
+    let mapped = volume.mapped_blocks().context("walking the volume map")?;
+    println!("pool id          {:#018x}", info.pool_id);
+    println!("seq              {}", info.seq);
+    println!(
+        "metadata block   {} bytes, {} blocks ({})",
+        info.meta_block_bytes,
+        info.meta_blocks,
+        human(info.meta_blocks * info.meta_block_bytes as u64)
+    );
+    println!(
+        "  used / free    {} / {} ({} busy)",
+        info.meta_blocks - info.meta_free_blocks - info.meta_busy_blocks,
+        info.meta_free_blocks,
+        info.meta_busy_blocks
+    );
+    println!(
+        "data block       {} bytes, {} blocks ({})",
+        info.data_block_bytes,
+        info.data_blocks,
+        human(info.data_blocks * info.data_block_bytes as u64)
+    );
+    println!(
+        "  used / free    {} / {} ({} busy)",
+        info.data_blocks - info.data_free_blocks - info.data_busy_blocks,
+        info.data_free_blocks,
+        info.data_busy_blocks
+    );
+    println!(
+        "btree            height {}, {} items",
+        info.tree_height, info.items
+    );
+    println!(
+        "volume 0         {} ({} bytes), {} blocks written ({})",
+        human(volume.size_bytes()),
+        volume.size_bytes(),
+        mapped,
+        human(mapped * info.data_block_bytes as u64)
+    );
+    volume.close()?;
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! Serving a volume over NBD: `add` on a machine without ublk (or with
+//! `--nbd`). Unless `--foreground`, the command forks a daemon that leaves
+//! the session, opens the pool, listens, registers itself (see `registry`)
+//! and reports back through a pipe; the command prints how to reach it and
+//! exits. SIGTERM or SIGINT stop the daemon cleanly: it stops accepting,
+//! finishes in-flight requests, commits, unregisters and exits.
+
+use super::registry::{self, Entry};
+use super::size::human;
+use crate::cli::AddArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::rc::Rc;
+use ublk_target::nbd::{serve, Address, Export, Listener};
+use ublk_target::volume::{UringDataIo, Volume, VolumeOptions, BLOCK_BYTES};
+
+/// The export name clients ask for (the default export "" works too).
+pub const EXPORT_NAME: &str = "scoutfs";
+/// Last line of the daemon's report to the starting command.
+const REPORT_END: &str = "--\n";
+
+struct Spec {
+    id: u32,
+    address: Address,
+    meta: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+pub fn add(args: &AddArgs) -> Result<()> {
+    let id = registry::reserve_id(args.dev_id)?;
+    let address = match &args.nbd {
+        Some(text) => Address::parse(text).map_err(|e| anyhow!("--nbd: {e}")),
+        None => Ok(Address::Unix(
+            registry::run_dir().join(format!("nbd-{id}.sock")),
+        )),
+    };
+    let address = match address {
+        Ok(a) => a,
+        Err(e) => {
+            registry::release_id(id);
+            return Err(e);
+        }
+    };
+    let spec = Spec {
+        id,
+        address,
+        meta: args.pool.meta.clone(),
+        data: args.pool.data.clone(),
+        log: registry::run_dir().join(format!("nbd-{id}.log")),
+    };
+    let result = if args.foreground {
+        run(&spec, None)
+    } else {
+        start(&spec)
+    };
+    if result.is_err() || args.foreground {
+        registry::release_id(id);
+    }
+    result
+}
+
+/// Forks the daemon; returns once it listens (printing how to use it) or
+/// failed (with its reason).
+fn start(spec: &Spec) -> Result<()> {
+    let (read_end, write_end) = pipe()?;
+    // SAFETY: no threads exist yet in this process; the child runs this
+    // program's own code and exits.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("fork"),
+        0 => {
+            drop(read_end);
+            let mut report = std::fs::File::from(write_end);
+            let status = match detach(spec).and_then(|()| run(spec, Some(&mut report))) {
+                Ok(()) => 0,
+                Err(e) => {
+                    let _ = write!(report, "ERR {e:#}\n{REPORT_END}");
+                    eprintln!("scoutfs-ublk nbd daemon {}: {e:#}", spec.id);
+                    registry::release_id(spec.id);
+                    1
+                }
+            };
+            std::process::exit(status);
+        }
+        child => {
+            drop(write_end);
+            // The report ends at REPORT_END (the daemon keeps the pipe open)
+            // or at EOF (the daemon exited).
+            let mut text = String::new();
+            let mut lines = std::io::BufReader::new(std::fs::File::from(read_end));
+            while !text.ends_with(REPORT_END) {
+                if lines
+                    .read_line(&mut text)
+                    .context("reading the daemon's report")?
+                    == 0
+                {
+                    break;
+                }
+            }
+            let text = text.trim_end_matches(REPORT_END).to_string();
+            if let Some(info) = text.strip_prefix("OK\n") {
+                print!("{info}");
+                return Ok(());
+            }
+            let mut status = 0;
+            // SAFETY: reaping our own child, which has exited or is exiting.
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            match text.strip_prefix("ERR ") {
+                Some(reason) => bail!("{}", reason.trim_end()),
+                None => bail!("the NBD daemon failed to start; see {}", spec.log.display()),
+            }
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe");
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// New session, stdin from /dev/null, stdout and stderr to the daemon log.
+fn detach(spec: &Spec) -> Result<()> {
+    // SAFETY: plain system calls on our own process.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(std::io::Error::last_os_error()).context("setsid");
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .with_context(|| format!("opening {}", spec.log.display()))?;
+    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
+    // SAFETY: dup2 onto this process's standard descriptors.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(log.as_raw_fd(), 1);
+        libc::dup2(log.as_raw_fd(), 2);
+    }
+    Ok(())
+}
+
+/// Opens the volume and serves it until SIGTERM/SIGINT. `report` is the
+/// pipe to the starting command (None in the foreground: print instead).
+fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
+    let volume =
+        Volume::open(&spec.meta, &spec.data, &VolumeOptions::default()).with_context(|| {
+            format!(
+                "opening the pool (meta {}, data {})",
+                spec.meta.display(),
+                spec.data.display()
+            )
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let served = local.block_on(&rt, serve_volume(spec, &volume, report));
+    let closed = volume.close().context("final commit");
+    registry::release_id(spec.id);
+    served?;
+    closed?;
+    log::info!("nbd daemon {} stopped cleanly", spec.id);
+    Ok(())
+}
+
+async fn serve_volume(
+    spec: &Spec,
+    volume: &std::sync::Arc<Volume>,
+    report: Option<&mut std::fs::File>,
+) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let io = UringDataIo::open(volume.data_path()).context("opening the data device")?;
+    let handle = Rc::new(volume.handle(io));
+    let listener = Listener::bind(&spec.address)
+        .await
+        .with_context(|| format!("listening on {:?}", spec.address))?;
+    let address = listener.address();
+    let entry = Entry {
+        id: spec.id,
+        pid: std::process::id(),
+        address: match &address {
+            Address::Unix(p) => format!("unix:{}", p.display()),
+            Address::Tcp(hp) => hp.clone(),
+        },
+        uri: address.uri(EXPORT_NAME),
+        meta: spec.meta.clone(),
+        data: spec.data.clone(),
+        size_bytes: volume.size_bytes(),
+        log: spec.log.clone(),
+    };
+    registry::publish(&entry)?;
+    let info = usage(&entry);
+    match report {
+        Some(pipe) => {
+            pipe.write_all(format!("OK\n{info}{REPORT_END}").as_bytes())?;
+        }
+        None => print!("{info}"),
+    }
+    let export = Export {
+        name: EXPORT_NAME.into(),
+        size_bytes: volume.size_bytes(),
+        block_min_bytes: 512,
+        block_preferred_bytes: BLOCK_BYTES as u32,
+    };
+    log::info!(
+        "nbd daemon {} serving {} at {}",
+        spec.id,
+        human(volume.size_bytes()),
+        entry.uri
+    );
+    serve(listener, handle, export, async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        log::info!("nbd daemon {}: stopping", spec.id);
+    })
+    .await?;
+    Ok(())
+}
+
+/// What `add` prints: where the volume is and how to use it.
+pub fn usage(e: &Entry) -> String {
+    format!(
+        "nbd{id}: {size} volume served over NBD (daemon pid {pid})\n\
+         \x20 URI:     {uri}\n\
+         \x20 info:    nbdinfo '{uri}'\n\
+         \x20 write:   qemu-io -f raw -c 'write -P 0xab 0 1M' '{uri}'\n\
+         \x20 read:    qemu-io -f raw -c 'read -P 0xab 0 1M' '{uri}'\n\
+         \x20 fio:     fio --name=randwrite --ioengine=nbd --uri='{uri}' --rw=randwrite --bs=4k --iodepth=32 --size=256M\n\
+         \x20 stop:    scoutfs-ublk del -n {id}\n",
+        id = e.id,
+        size = human(e.size_bytes),
+        pid = e.pid,
+        uri = e.uri,
+    )
+}

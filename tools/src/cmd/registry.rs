@@ -1,0 +1,125 @@
+//! The registry of running NBD daemons: one JSON file per daemon,
+//! `<run dir>/nbd-<id>.json`, written by the daemon once it listens and
+//! removed when it exits. `del` and `list` read it. The run directory is
+//! `/run/scoutfs-ublk`, or `$SCOUTFS_UBLK_RUN_DIR` (tests use their own).
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Daemons one machine may register: a bound on the id search.
+pub const NBD_DAEMONS_MAX: u32 = 1024;
+
+pub fn run_dir() -> PathBuf {
+    std::env::var_os("SCOUTFS_UBLK_RUN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/scoutfs-ublk"))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    pub id: u32,
+    pub pid: u32,
+    pub address: String,
+    pub uri: String,
+    pub meta: PathBuf,
+    pub data: PathBuf,
+    pub size_bytes: u64,
+    pub log: PathBuf,
+}
+
+fn entry_path(id: u32) -> PathBuf {
+    run_dir().join(format!("nbd-{id}.json"))
+}
+
+/// Reserves the smallest free id by creating its file exclusively.
+pub fn reserve_id(wanted: Option<u32>) -> Result<u32> {
+    let dir = run_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let candidates: Box<dyn Iterator<Item = u32>> = match wanted {
+        Some(id) => Box::new(std::iter::once(id)),
+        None => Box::new(0..NBD_DAEMONS_MAX),
+    };
+    for id in candidates {
+        // `del -n N` and `list -n N` pick a ublk device N first: an NBD
+        // daemon never takes the id of an existing ublk device.
+        if super::ublk::owns(id) {
+            continue;
+        }
+        let path = entry_path(id);
+        if let Some(stale) = read_entry(&path) {
+            if !alive(stale.pid) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(_) => return Ok(id),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    match wanted {
+        Some(id) => bail!("NBD device {id} is already in use"),
+        None => bail!("no free NBD device id below {NBD_DAEMONS_MAX}"),
+    }
+}
+
+pub fn release_id(id: u32) {
+    let _ = std::fs::remove_file(entry_path(id));
+}
+
+/// Publishes the entry (atomically: write a temporary file, rename).
+pub fn publish(entry: &Entry) -> Result<()> {
+    let path = entry_path(entry.id);
+    let tmp = path.with_extension("json.tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    file.write_all(serde_json::to_string_pretty(entry)?.as_bytes())?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
+
+fn read_entry(path: &Path) -> Option<Entry> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+pub fn get(id: u32) -> Option<Entry> {
+    read_entry(&entry_path(id))
+}
+
+/// Every published entry, by id.
+pub fn entries() -> Vec<Entry> {
+    let Ok(dir) = std::fs::read_dir(run_dir()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Entry> = dir
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("nbd-") && name.ends_with(".json")
+        })
+        .filter_map(|e| read_entry(&e.path()))
+        .collect();
+    out.sort_by_key(|e| e.id);
+    out
+}
+
+/// True while the process exists and is not a zombie (a daemon whose
+/// parent never reaps it must still count as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z') | Some('X') | None)
+        }
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,271 @@
+//! The transmission phase of one connection: a reader that frames requests
+//! and starts one task per request, and a writer that sends the replies in
+//! the order the requests complete (pipelined requests are answered out of
+//! order, each reply carrying its request's cookie).
+//!
+//! At most `IN_FLIGHT_MAX` requests run at once: the reader stops reading
+//! until one finishes, so a client cannot make the server buffer without
+//! bound. The writer batches the replies that are ready into one write.
+
+use super::proto::*;
+use crate::aligned::AlignedBuf;
+use crate::target::{BlockTarget, TargetError};
+use std::rc::Rc;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// Requests one connection may have in flight: above the kernel nbd
+/// client's and fio's usual queue depths (32-128), and with 32 MiB payloads
+/// it bounds the memory one connection can pin.
+pub const IN_FLIGHT_MAX: usize = 128;
+/// Bytes buffered from the socket per read syscall (many small requests per read).
+const READ_BUFFER_BYTES: usize = 256 << 10;
+/// Bytes of replies gathered before a write syscall.
+const WRITE_BUFFER_BYTES: usize = 256 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransmissionError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("client closed the connection in the middle of a request")]
+    Truncated,
+}
+
+/// A reply ready to send: header bytes, then an optional read payload.
+struct Reply {
+    header: Vec<u8>,
+    data: Option<AlignedBuf>,
+}
+
+/// Serves requests until the client sends DISC or closes, a framing error,
+/// or `shutdown` becomes true (then in-flight requests finish first).
+pub async fn transmission<R, W, T>(
+    reader: R,
+    writer: W,
+    target: Rc<T>,
+    structured: bool,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), TransmissionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + 'static,
+    T: BlockTarget + 'static,
+{
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
+    let in_flight = std::sync::Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let (replies, reply_queue) = mpsc::channel::<Reply>(IN_FLIGHT_MAX);
+    let writer_task = tokio::task::spawn_local(write_replies(writer, reply_queue));
+
+    let result = loop {
+        let mut header = [0u8; REQUEST_HEADER_BYTES];
+        let read = tokio::select! {
+            read = read_header(&mut reader, &mut header) => read,
+            _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => break Ok(()), // closed between requests: a normal end
+            Err(e) => break Err(e),
+        }
+        let request = match parse_request(&header) {
+            Ok(Some(request)) => request,
+            Ok(None) => unreachable!("a whole header is buffered"),
+            Err(e) => {
+                if let FrameError::PayloadTooLarge(_) = e {
+                    let cookie = be_u64(&header[8..16]);
+                    let reply =
+                        error_reply(cookie, structured, &TargetError::Invalid(e.to_string()));
+                    let _ = replies.send(reply).await;
+                }
+                break Err(e.into());
+            }
+        };
+        if request.kind == CMD_DISC {
+            break Ok(());
+        }
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
+        let payload = if request.kind == CMD_WRITE {
+            let mut buf = AlignedBuf::reuse(request.length as usize);
+            if let Err(e) = reader.read_exact(&mut buf).await {
+                break Err(truncated(e));
+            }
+            Some(buf)
+        } else {
+            None
+        };
+        let target = target.clone();
+        let replies = replies.clone();
+        tokio::task::spawn_local(async move {
+            let reply = execute(&*target, request, payload, structured).await;
+            // The writer is gone only when the client is: nothing to tell.
+            let _ = replies.send(reply).await;
+            drop(permit);
+        });
+    };
+    // Every request task holds a sender: the writer ends after the last reply.
+    drop(replies);
+    let written = writer_task.await.expect("reply writer does not panic");
+    result?;
+    written
+}
+
+/// Reads one request header. `Ok(false)`: the client closed cleanly before it.
+async fn read_header<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    header: &mut [u8; REQUEST_HEADER_BYTES],
+) -> Result<bool, TransmissionError> {
+    let mut filled = 0;
+    while filled < header.len() {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 {
+                Ok(false)
+            } else {
+                Err(TransmissionError::Truncated)
+            };
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+fn truncated(e: std::io::Error) -> TransmissionError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        TransmissionError::Truncated
+    } else {
+        TransmissionError::Io(e)
+    }
+}
+
+async fn execute<T: BlockTarget>(
+    target: &T,
+    request: Request,
+    payload: Option<AlignedBuf>,
+    structured: bool,
+) -> Reply {
+    let cookie = request.cookie;
+    let offset = request.offset;
+    let length = request.length as u64;
+    let result = match request.kind {
+        CMD_READ => return execute_read(target, request, structured).await,
+        CMD_WRITE => {
+            let data = payload.expect("a write carries its payload");
+            target
+                .write(offset, &data, request.flags & CMD_FLAG_FUA != 0)
+                .await
+        }
+        CMD_FLUSH => target.flush().await,
+        CMD_TRIM => target.discard(offset, length).await,
+        CMD_WRITE_ZEROES => {
+            let may_unmap = request.flags & CMD_FLAG_NO_HOLE == 0;
+            let zeroed = target.write_zeroes(offset, length, may_unmap).await;
+            match zeroed {
+                Ok(()) if request.flags & CMD_FLAG_FUA != 0 => target.flush().await,
+                other => other,
+            }
+        }
+        other => Err(TargetError::Invalid(format!(
+            "unknown command type {other}"
+        ))),
+    };
+    match result {
+        Ok(()) => Reply {
+            header: simple_reply(cookie, 0).to_vec(),
+            data: None,
+        },
+        Err(e) => error_reply(cookie, structured, &e),
+    }
+}
+
+async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: bool) -> Reply {
+    let cookie = request.cookie;
+    if request.length > PAYLOAD_BYTES_MAX {
+        let e = TargetError::Invalid(format!(
+            "read of {} bytes exceeds the {PAYLOAD_BYTES_MAX}-byte limit",
+            request.length
+        ));
+        return error_reply(cookie, structured, &e);
+    }
+    // The target fills all of it (BlockTarget::read).
+    let mut buf = AlignedBuf::reuse(request.length as usize);
+    if let Err(e) = target.read(request.offset, &mut buf).await {
+        return error_reply(cookie, structured, &e);
+    }
+    if !structured {
+        return Reply {
+            header: simple_reply(cookie, 0).to_vec(),
+            data: Some(buf),
+        };
+    }
+    if buf.is_empty() {
+        // An OFFSET_DATA chunk may not be empty: a lone NONE chunk ends it.
+        return Reply {
+            header: structured_header(cookie, REPLY_FLAG_DONE, 0, 0).to_vec(),
+            data: None,
+        };
+    }
+    let mut header = structured_header(
+        cookie,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_OFFSET_DATA,
+        request.length + 8,
+    )
+    .to_vec();
+    header.extend_from_slice(&request.offset.to_be_bytes());
+    Reply {
+        header,
+        data: Some(buf),
+    }
+}
+
+/// The one place a target error becomes an NBD errno.
+fn error_reply(cookie: u64, structured: bool, e: &TargetError) -> Reply {
+    log::warn!("nbd: request {cookie:#x} failed: {e}");
+    let errno = match e {
+        TargetError::Invalid(_) => NBD_EINVAL,
+        TargetError::NoSpace => NBD_ENOSPC,
+        TargetError::Io(_) => NBD_EIO,
+        TargetError::NotSupported => NBD_ENOTSUP,
+    };
+    let header = if structured {
+        structured_error(cookie, errno, &e.to_string())
+    } else {
+        simple_reply(cookie, errno).to_vec()
+    };
+    Reply { header, data: None }
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(
+    writer: W,
+    mut queue: mpsc::Receiver<Reply>,
+) -> Result<(), TransmissionError> {
+    let mut writer = BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer);
+    while let Some(mut reply) = queue.recv().await {
+        loop {
+            writer.write_all(&reply.header).await?;
+            if let Some(data) = &reply.data {
+                writer.write_all(data).await?;
+            }
+            match queue.try_recv() {
+                Ok(next) => reply = next,
+                Err(_) => break,
+            }
+        }
+        writer.flush().await?;
+    }
+    writer.shutdown().await.or_else(ignore_not_connected)?;
+    Ok(())
+}
+
+fn ignore_not_connected(e: std::io::Error) -> std::io::Result<()> {
+    match e.kind() {
+        std::io::ErrorKind::NotConnected | std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(e),
+    }
+}

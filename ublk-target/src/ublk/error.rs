@@ -1,0 +1,60 @@
+//! Errors of the ublk front end's control path (creating, recovering,
+//! listing and deleting devices). Request errors never get here: they
+//! become an errno in `request::completion_result`.
+
+use libublk::UblkError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrontEndError {
+    /// A libublk call failed; `what` says which step.
+    #[error("{what}: {detail}")]
+    Ublk { what: String, detail: String },
+    /// A system call or file operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// Bad arguments or a device in the wrong state.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type FrontEndResult<T> = Result<T, FrontEndError>;
+
+impl FrontEndError {
+    pub(crate) fn ublk(what: impl Into<String>, e: UblkError) -> FrontEndError {
+        let detail = match e {
+            UblkError::OtherError(errno) | UblkError::UringIOError(errno) => {
+                std::io::Error::from_raw_os_error(errno.abs()).to_string()
+            }
+            UblkError::IOError(io) => io.to_string(),
+            other => format!("{other} ({other:?})"),
+        };
+        FrontEndError::Ublk {
+            what: what.into(),
+            detail,
+        }
+    }
+
+    pub(crate) fn errno(what: impl Into<String>, res: i32) -> FrontEndError {
+        FrontEndError::Io {
+            what: what.into(),
+            source: std::io::Error::from_raw_os_error(res.abs()),
+        }
+    }
+
+    pub(crate) fn sys(what: impl Into<String>, e: nix::Error) -> FrontEndError {
+        FrontEndError::Io {
+            what: what.into(),
+            source: std::io::Error::from(e),
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> FrontEndError {
+        FrontEndError::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}

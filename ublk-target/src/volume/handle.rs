@@ -1,0 +1,560 @@
+//! `VolumeHandle`: the `BlockTarget` a front end serves. One per front-end
+//! thread, each with its own `DataIo`; they share the `Volume`.
+//!
+//! Write path for each chunk of at most `CHUNK_BLOCKS` blocks:
+//! 1. enter the transaction gate, lock the chunk's virtual blocks;
+//! 2. look the blocks up; a block mapped by the open transaction is
+//!    overwritten in place, any other gets a newly allocated block
+//!    (copy-on-write: the last commit's data is never touched);
+//! 3. partial blocks at the edges are read (checksum verified) and merged;
+//! 4. data is written in runs of contiguous physical blocks;
+//! 5. map items are inserted with each block's crc32c, replaced blocks freed.
+//!
+//! Reads take no lock: they look up the chunk, read mapped runs, verify each
+//! block's crc32c, and fill unmapped blocks with zeros without I/O. A
+//! mismatch is first told apart from a racing writer (the block is locked,
+//! or its mapping changed): only a mismatch on a stable mapping is EIO.
+
+use super::data_io::DataIo;
+use super::map::{self, Mapping, BLOCK_BYTES};
+use super::volume::{target_error, Volume};
+use crate::aligned::{is_block_aligned, AlignedBuf};
+use crate::target::{check_range, BlockTarget, TargetError, TargetResult};
+use fscore::Extent;
+use futures::{StreamExt, TryStreamExt};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Blocks handled as one unit (1 MiB): bounds the bounce buffer, the lock
+/// range and the allocation of one step of a large request.
+pub const CHUNK_BLOCKS: u64 = 256;
+/// Blocks unmapped per gate pass when discarding: long discards let commits
+/// in between.
+pub const DISCARD_CHUNK_BLOCKS: u64 = 4096;
+/// Data I/Os one request keeps in flight when its chunk maps to many
+/// physical runs: enough to hide latency, and with the NBD in-flight bound
+/// it stays within what an io_uring absorbs.
+pub const RUNS_IN_FLIGHT_MAX: usize = 16;
+/// Times a read re-checks a block whose checksum did not match while a
+/// writer was changing it, before calling it corrupt.
+pub const READ_RETRIES_MAX: u32 = 16;
+
+pub struct VolumeHandle<D: DataIo> {
+    volume: Arc<Volume>,
+    io: D,
+}
+
+impl<D: DataIo> VolumeHandle<D> {
+    pub(crate) fn new(volume: Arc<Volume>, io: D) -> VolumeHandle<D> {
+        VolumeHandle { volume, io }
+    }
+
+    pub fn volume(&self) -> &Arc<Volume> {
+        &self.volume
+    }
+
+    /// The data I/O this handle uses.
+    pub fn io(&self) -> &D {
+        &self.io
+    }
+
+    /// The mappings of blocks `first..first + count` (None: unwritten).
+    fn lookup(&self, first: u64, count: u64) -> TargetResult<Vec<Option<Mapping>>> {
+        let v = &self.volume;
+        let mut out = vec![None; count as usize];
+        let mut bad = None;
+        let start = map::map_key(v.volume_id, first);
+        let end = map::map_key(v.volume_id, first + count - 1);
+        v.pool
+            .range_with(&start, &end, &mut |key, value| {
+                match Mapping::decode(value) {
+                    Some(m) => out[(key.lo - first) as usize] = Some(m),
+                    None => bad = Some(key.lo),
+                }
+                bad.is_none()
+            })
+            .map_err(target_error)?;
+        if let Some(vblock) = bad {
+            return Err(TargetError::Io(format!(
+                "corrupt map item at volume offset {}",
+                vblock * BLOCK_BYTES
+            )));
+        }
+        Ok(out)
+    }
+
+    fn lookup_one(&self, vblock: u64) -> TargetResult<Option<Mapping>> {
+        Ok(self.lookup(vblock, 1)?[0])
+    }
+
+    /// Reads the mapped blocks of `first..` into `buf` (block i at i*4096),
+    /// one I/O per run of physically contiguous blocks; unmapped blocks are
+    /// zero-filled without I/O. Returns the indexes whose checksum did not match.
+    async fn read_blocks(
+        &self,
+        first: u64,
+        maps: &[Option<Mapping>],
+        buf: &mut [u8],
+    ) -> TargetResult<Vec<usize>> {
+        // Split the buffer into one slice per run of physically contiguous
+        // mapped blocks (zeroing the unmapped gaps), then read the runs
+        // concurrently: a fragmented chunk must not cost one I/O latency
+        // per block.
+        let mut runs = Vec::new();
+        let mut rest: &mut [u8] = buf;
+        let mut i = 0;
+        while i < maps.len() {
+            let Some(m) = maps[i] else {
+                let (gap, tail) = rest.split_at_mut(BLOCK_BYTES as usize);
+                gap.fill(0);
+                rest = tail;
+                i += 1;
+                continue;
+            };
+            let mut run = 1;
+            while i + run < maps.len()
+                && maps[i + run].is_some_and(|n| n.pblock == m.pblock + run as u64)
+            {
+                run += 1;
+            }
+            let (span, tail) = rest.split_at_mut(run * BLOCK_BYTES as usize);
+            runs.push((i, m.pblock, span));
+            rest = tail;
+            i += run;
+        }
+        let reads = runs.into_iter().map(|(i, pblock, span)| async move {
+            self.io
+                .read_at(pblock * BLOCK_BYTES, span)
+                .await
+                .map_err(|e| {
+                    TargetError::Io(format!(
+                        "data read at volume offset {}: {e}",
+                        (first + i as u64) * BLOCK_BYTES
+                    ))
+                })
+        });
+        futures::stream::iter(reads)
+            .buffer_unordered(RUNS_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let bad = maps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| {
+                let m = (*m)?;
+                let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
+                (crc32c::crc32c(block) != m.crc).then_some(i)
+            })
+            .collect();
+        Ok(bad)
+    }
+
+    /// A block whose checksum did not match: wait out a racing writer and
+    /// read it again, until its mapping is stable; then it is corrupt.
+    async fn reread_block(
+        &self,
+        vblock: u64,
+        mut seen: Mapping,
+        block: &mut [u8],
+    ) -> TargetResult<()> {
+        for _ in 0..READ_RETRIES_MAX {
+            self.volume.locks.wait_unlocked(vblock, vblock).await;
+            let now = self.lookup_one(vblock)?;
+            match now {
+                None => {
+                    block.fill(0);
+                    return Ok(());
+                }
+                Some(m) if m == seen && !self.volume.locks.is_locked(vblock, vblock) => break,
+                Some(m) => {
+                    seen = m;
+                    if self
+                        .read_blocks(vblock, &[Some(m)], block)
+                        .await?
+                        .is_empty()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        log::error!(
+            "volume {}: checksum mismatch at volume offset {} (data block {})",
+            self.volume.volume_id,
+            vblock * BLOCK_BYTES,
+            seen.pblock
+        );
+        Err(TargetError::Io(format!(
+            "checksum mismatch at volume offset {}",
+            vblock * BLOCK_BYTES
+        )))
+    }
+
+    /// Reads whole blocks `first..first + count` into `buf`, verified.
+    async fn read_chunk(&self, first: u64, count: u64, buf: &mut [u8]) -> TargetResult<()> {
+        let maps = self.lookup(first, count)?;
+        for i in self.read_blocks(first, &maps, buf).await? {
+            let block = &mut buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
+            self.reread_block(
+                first + i as u64,
+                maps[i].expect("only mapped blocks mismatch"),
+                block,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Writes bytes `data` at `offset`, all inside one chunk of blocks.
+    async fn write_chunk(&self, offset: u64, data: &[u8]) -> TargetResult<()> {
+        let v = &*self.volume;
+        let first = offset / BLOCK_BYTES;
+        let last = (offset + data.len() as u64 - 1) / BLOCK_BYTES;
+        let count = last - first + 1;
+        debug_assert!(count <= CHUNK_BLOCKS);
+        let _pass = v.gate.enter().await;
+        let _locked = v.locks.lock(first, last).await;
+        let open_txn = v.open_txn.load(Ordering::Acquire);
+        let old = self.lookup(first, count)?;
+
+        let mut buf = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
+        let head = (offset % BLOCK_BYTES) as usize;
+        let tail = ((offset + data.len() as u64) % BLOCK_BYTES) as usize;
+        if head != 0 {
+            self.read_edge(first, old[0], &mut buf[..BLOCK_BYTES as usize])
+                .await?;
+        }
+        if tail != 0 && (last != first || head == 0) {
+            let at = ((count - 1) * BLOCK_BYTES) as usize;
+            self.read_edge(last, old[count as usize - 1], &mut buf[at..])
+                .await?;
+        }
+        buf[head..head + data.len()].copy_from_slice(data);
+
+        // In place for blocks the open transaction allocated; new ones else.
+        let in_place: Vec<Option<u64>> = old
+            .iter()
+            .map(|m| m.filter(|m| m.txn == open_txn).map(|m| m.pblock))
+            .collect();
+        let needed = in_place.iter().filter(|p| p.is_none()).count() as u64;
+        let unwritten = old.iter().any(|m| m.is_none());
+        if unwritten && needed > 0 && v.pool.info().data_free_blocks < needed + v.reserve_blocks {
+            // The reserve is for copy-on-write of written blocks only.
+            return Err(TargetError::NoSpace);
+        }
+        let fresh = self.allocate(needed)?;
+        let mut fresh_blocks = fresh.iter().flat_map(|e| e.start..e.end());
+        let targets: Vec<u64> = in_place
+            .iter()
+            .map(|p| p.unwrap_or_else(|| fresh_blocks.next().expect("allocated enough")))
+            .collect();
+
+        if let Err(e) = self.write_runs(first, &targets, &buf).await {
+            self.free_all(&fresh);
+            return Err(e);
+        }
+        for (i, &pblock) in targets.iter().enumerate() {
+            let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
+            let txn = match old[i] {
+                Some(m) if m.pblock == pblock => m.txn,
+                _ => open_txn,
+            };
+            let mapping = Mapping {
+                pblock,
+                txn,
+                crc: crc32c::crc32c(block),
+            };
+            if let Err(e) = v.pool.insert(
+                &map::map_key(v.volume_id, first + i as u64),
+                &mapping.encode(),
+            ) {
+                // Blocks i.. were not mapped: give back the new ones among them.
+                let unused: Vec<Extent> = targets[i..]
+                    .iter()
+                    .zip(&in_place[i..])
+                    .filter(|(_, p)| p.is_none())
+                    .map(|(&b, _)| Extent::new(b, 1))
+                    .collect();
+                self.free_all(&unused);
+                return Err(target_error(e));
+            }
+            if let Some(replaced) = old[i].filter(|m| m.pblock != pblock) {
+                v.pool
+                    .free_data(Extent::new(replaced.pblock, 1))
+                    .map_err(target_error)?;
+            }
+        }
+        v.note_change();
+        Ok(())
+    }
+
+    /// Old contents of a block about to be partly overwritten (zeros if unwritten).
+    async fn read_edge(
+        &self,
+        vblock: u64,
+        old: Option<Mapping>,
+        block: &mut [u8],
+    ) -> TargetResult<()> {
+        if !self.read_blocks(vblock, &[old], block).await?.is_empty() {
+            log::error!(
+                "volume {}: checksum mismatch at volume offset {}",
+                self.volume.volume_id,
+                vblock * BLOCK_BYTES
+            );
+            return Err(TargetError::Io(format!(
+                "checksum mismatch at volume offset {} (read-modify-write)",
+                vblock * BLOCK_BYTES
+            )));
+        }
+        Ok(())
+    }
+
+    /// Allocates `blocks` data blocks in as few extents as the pool gives.
+    fn allocate(&self, blocks: u64) -> TargetResult<Vec<Extent>> {
+        let mut got = Vec::new();
+        let mut have = 0;
+        while have < blocks {
+            match self.volume.pool.alloc_data(blocks - have) {
+                Ok(extent) => {
+                    have += extent.len;
+                    got.push(extent);
+                }
+                Err(e) => {
+                    self.free_all(&got);
+                    return Err(target_error(e));
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn free_all(&self, extents: &[Extent]) {
+        for &extent in extents {
+            if let Err(e) = self.volume.pool.free_data(extent) {
+                log::error!("volume: could not give back unused data blocks {extent:?}: {e}");
+            }
+        }
+    }
+
+    async fn write_runs(&self, first: u64, targets: &[u64], buf: &[u8]) -> TargetResult<()> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < targets.len() {
+            let mut run = 1;
+            while i + run < targets.len() && targets[i + run] == targets[i] + run as u64 {
+                run += 1;
+            }
+            runs.push((i, run));
+            i += run;
+        }
+        // Concurrently, as for reads: fresh blocks on a fragmented pool are
+        // not contiguous.
+        let writes = runs.into_iter().map(|(i, run)| async move {
+            let span = &buf[i * BLOCK_BYTES as usize..(i + run) * BLOCK_BYTES as usize];
+            self.io
+                .write_at(targets[i] * BLOCK_BYTES, span)
+                .await
+                .map_err(|e| {
+                    TargetError::Io(format!(
+                        "data write at volume offset {}: {e}",
+                        (first + i as u64) * BLOCK_BYTES
+                    ))
+                })
+        });
+        futures::stream::iter(writes)
+            .buffer_unordered(RUNS_IN_FLIGHT_MAX)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Writes one chunk. On NoSpace: commit if space is busy (freed in the
+    /// open transaction, allocatable once durable) and retry; a chunk that
+    /// still does not fit goes block by block, so overwrites of written
+    /// blocks keep working on a full pool (each needs one reserved block).
+    async fn write_with_retry(&self, offset: u64, data: &[u8]) -> TargetResult<()> {
+        match self.write_chunk(offset, data).await {
+            Err(TargetError::NoSpace) => {}
+            other => return other,
+        }
+        if self.volume.pool.info().data_busy_blocks > 0 {
+            self.volume.commit_and_wait().await?;
+            match self.write_chunk(offset, data).await {
+                Err(TargetError::NoSpace) => {}
+                other => return other,
+            }
+        }
+        if (offset % BLOCK_BYTES) as usize + data.len() <= BLOCK_BYTES as usize {
+            return Err(TargetError::NoSpace);
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let at = offset + done as u64;
+            let n = ((BLOCK_BYTES - at % BLOCK_BYTES) as usize).min(data.len() - done);
+            let piece = &data[done..done + n];
+            match self.write_chunk(at, piece).await {
+                Err(TargetError::NoSpace) if self.volume.pool.info().data_busy_blocks > 0 => {
+                    self.volume.commit_and_wait().await?;
+                    self.write_chunk(at, piece).await?;
+                }
+                other => other?,
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Unmaps whole blocks `first..=last` and frees their data blocks.
+    async fn unmap_blocks(&self, first: u64, last: u64) -> TargetResult<()> {
+        let v = &*self.volume;
+        let mut at = first;
+        while at <= last {
+            let end = last.min(at + DISCARD_CHUNK_BLOCKS - 1);
+            let _pass = v.gate.enter().await;
+            let _locked = v.locks.lock(at, end).await;
+            let start = map::map_key(v.volume_id, at);
+            let stop = map::map_key(v.volume_id, end);
+            let mapped = v
+                .pool
+                .range(&start, &stop, DISCARD_CHUNK_BLOCKS as usize)
+                .map_err(target_error)?;
+            for (key, value) in mapped {
+                let m = Mapping::decode(&value).ok_or_else(|| {
+                    TargetError::Io(format!(
+                        "corrupt map item at volume offset {}",
+                        key.lo * BLOCK_BYTES
+                    ))
+                })?;
+                v.pool.delete(&key).map_err(target_error)?;
+                v.pool
+                    .free_data(Extent::new(m.pblock, 1))
+                    .map_err(target_error)?;
+            }
+            v.note_change();
+            at = end + 1;
+        }
+        Ok(())
+    }
+
+    /// Writes zeros over `offset..offset + len`, allocating (no unmap).
+    async fn write_zero_bytes(&self, offset: u64, len: u64) -> TargetResult<()> {
+        static ZEROS: [u8; (CHUNK_BLOCKS * BLOCK_BYTES) as usize] =
+            [0; (CHUNK_BLOCKS * BLOCK_BYTES) as usize];
+        for (at, n) in chunks(offset, len) {
+            self.write_with_retry(at, &ZEROS[..n as usize]).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Splits `offset..offset + len` at chunk boundaries: (offset, length) pairs.
+fn chunks(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    let chunk_bytes = CHUNK_BLOCKS * BLOCK_BYTES;
+    let end = offset + len;
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let next = ((at / chunk_bytes + 1) * chunk_bytes).min(end);
+        let piece = (at, next - at);
+        at = next;
+        Some(piece)
+    })
+}
+
+impl<D: DataIo> BlockTarget for VolumeHandle<D> {
+    fn size_bytes(&self) -> u64 {
+        self.volume.size_bytes
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
+        check_range(self.volume.size_bytes, offset, buf.len() as u64)?;
+        // Whole blocks into an aligned buffer: read straight into it.
+        let direct = offset % BLOCK_BYTES == 0 && is_block_aligned(buf);
+        let mut done = 0usize;
+        for (at, n) in chunks(offset, buf.len() as u64) {
+            let first = at / BLOCK_BYTES;
+            let last = (at + n - 1) / BLOCK_BYTES;
+            let count = last - first + 1;
+            if direct {
+                self.read_chunk(first, count, &mut buf[done..done + n as usize])
+                    .await?;
+                done += n as usize;
+                continue;
+            }
+            let mut bounce = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
+            self.read_chunk(first, count, &mut bounce).await?;
+            let skip = (at % BLOCK_BYTES) as usize;
+            buf[done..done + n as usize].copy_from_slice(&bounce[skip..skip + n as usize]);
+            done += n as usize;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> TargetResult<()> {
+        check_range(self.volume.size_bytes, offset, data.len() as u64)?;
+        let mut done = 0usize;
+        for (at, n) in chunks(offset, data.len() as u64) {
+            self.write_with_retry(at, &data[done..done + n as usize])
+                .await?;
+            done += n as usize;
+        }
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> TargetResult<()> {
+        self.volume.commit_and_wait().await
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {
+        check_range(self.volume.size_bytes, offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let first_whole = offset.div_ceil(BLOCK_BYTES);
+        let end_whole = end / BLOCK_BYTES;
+        // Partly covered blocks keep their block: zero their part, unless
+        // they are unwritten (already zeros, nothing to allocate).
+        let mut edges = vec![offset / BLOCK_BYTES, (end - 1) / BLOCK_BYTES];
+        edges.dedup();
+        for block in edges {
+            let from = offset.max(block * BLOCK_BYTES);
+            let to = end.min((block + 1) * BLOCK_BYTES);
+            if to - from < BLOCK_BYTES && self.lookup_one(block)?.is_some() {
+                self.write_zero_bytes(from, to - from).await?;
+            }
+        }
+        if first_whole >= end_whole {
+            return Ok(());
+        }
+        self.unmap_blocks(first_whole, end_whole - 1).await
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> TargetResult<()> {
+        if may_unmap {
+            return self.discard(offset, len).await;
+        }
+        check_range(self.volume.size_bytes, offset, len)?;
+        self.write_zero_bytes(offset, len).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunks;
+
+    #[test]
+    fn chunks_cover_the_range_at_chunk_boundaries() {
+        let c: Vec<_> = chunks(512, 2 << 20).collect();
+        assert_eq!(
+            c,
+            vec![(512, (1 << 20) - 512), (1 << 20, 1 << 20), (2 << 20, 512)]
+        );
+        assert_eq!(chunks(4096, 0).count(), 0);
+    }
+}

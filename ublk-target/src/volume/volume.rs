@@ -1,0 +1,302 @@
+//! `Volume`: a thin block device in a pool. It owns the pool, the commit
+//! thread, the transaction gate and the block range locks; the per-thread
+//! `VolumeHandle`s (one per front-end thread, each with its own `DataIo`)
+//! do the reads and writes.
+//!
+//! Commits run on one thread: on a flush (which waits for it), on a timer
+//! (`commit_interval_ms`), and when the open transaction's dirty metadata
+//! passes `dirty_bytes_max` (which does not wait). Flushes that arrive while
+//! a commit runs are answered together by the next one (group commit).
+
+use super::gate::Gate;
+use super::handle::VolumeHandle;
+use super::locks::RangeLocks;
+use super::map::{self, BLOCK_BYTES};
+use crate::target::TargetError;
+use fscore::{CheckReport, MkfsOptions, OpenOptions, Pool, PoolInfo};
+use futures::channel::oneshot;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// The one volume of a pool (the map key has room for more).
+pub const VOLUME_ID: u64 = 0;
+/// Commit at least this often while there are changes: bounds what a crash
+/// loses for clients that never flush (ext4's default commit interval).
+pub const COMMIT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Commit when this much metadata is dirty: bounds the memory pinned by the
+/// open transaction and the length of the commit that follows.
+pub const DIRTY_BYTES_MAX_DEFAULT: u64 = 32 << 20;
+/// Block cache of the pool: the map of a 2 GiB volume fits, and the
+/// daemon's RSS stays well under 256 MiB.
+pub const CACHE_BYTES_DEFAULT: u64 = 64 << 20;
+/// Flushes waiting for one commit: a bound on memory, far above the number
+/// of requests the front ends allow in flight.
+pub const FLUSH_WAITERS_MAX: usize = 4096;
+/// Data blocks kept back from writes to unwritten blocks, so that on a full
+/// pool an overwrite (copy-on-write needs a new block before the old one is
+/// freed) still finds space. A quarter of a small device at most.
+pub const RESERVE_BLOCKS_MAX: u64 = 256;
+
+#[derive(Debug, Clone)]
+pub struct VolumeOptions {
+    pub cache_bytes: u64,
+    pub commit_interval_ms: u64,
+    pub dirty_bytes_max: u64,
+}
+
+impl Default for VolumeOptions {
+    fn default() -> VolumeOptions {
+        VolumeOptions {
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            commit_interval_ms: COMMIT_INTERVAL_MS_DEFAULT,
+            dirty_bytes_max: DIRTY_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error(transparent)]
+    Pool(#[from] fscore::Error),
+    #[error("the pool holds no volume {0} (was it made by `scoutfs-ublk mkfs`?)")]
+    NoVolume(u64),
+    #[error("invalid volume size {0}: must be a positive multiple of 4096")]
+    BadSize(u64),
+}
+
+type CommitResult = Result<(), String>;
+
+#[derive(Default)]
+struct CommitQueue {
+    requested: bool,
+    stopping: bool,
+    waiters: Vec<oneshot::Sender<CommitResult>>,
+}
+
+pub struct Volume {
+    pub(crate) pool: Pool,
+    pub(crate) volume_id: u64,
+    pub(crate) size_bytes: u64,
+    /// Seq the open transaction will commit as: a mapping whose `txn` equals
+    /// it was allocated in the open transaction and may be overwritten in place.
+    pub(crate) open_txn: AtomicU64,
+    pub(crate) gate: Gate,
+    pub(crate) locks: RangeLocks,
+    /// Writes, discards and zeroings since the last commit began.
+    pub(crate) changes: AtomicU64,
+    /// Data blocks only copy-on-write overwrites may take (RESERVE_BLOCKS_MAX).
+    pub(crate) reserve_blocks: u64,
+    data_path: PathBuf,
+    opts: VolumeOptions,
+    queue: Mutex<CommitQueue>,
+    wake_committer: Condvar,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Volume {
+    /// Formats a pool holding one volume of `size_bytes`.
+    pub fn create(
+        meta: &Path,
+        data: &Path,
+        size_bytes: u64,
+        mkfs: &MkfsOptions,
+    ) -> Result<PoolInfo, VolumeError> {
+        if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
+            return Err(VolumeError::BadSize(size_bytes));
+        }
+        Pool::mkfs(meta, data, mkfs)?;
+        let pool = Pool::open(meta, data, &OpenOptions::default())?;
+        pool.insert(&map::volume_key(VOLUME_ID), &map::encode_volume(size_bytes))?;
+        pool.commit()?;
+        Ok(pool.info())
+    }
+
+    /// Opens the pool (locking its files) and starts the commit thread.
+    pub fn open(
+        meta: &Path,
+        data: &Path,
+        opts: &VolumeOptions,
+    ) -> Result<Arc<Volume>, VolumeError> {
+        let pool = Pool::open(
+            meta,
+            data,
+            &OpenOptions {
+                cache_bytes: opts.cache_bytes,
+            },
+        )?;
+        let size_bytes = pool
+            .get(&map::volume_key(VOLUME_ID))?
+            .and_then(|v| map::decode_volume(&v))
+            .ok_or(VolumeError::NoVolume(VOLUME_ID))?;
+        let volume = Arc::new(Volume {
+            open_txn: AtomicU64::new(pool.info().seq + 1),
+            reserve_blocks: RESERVE_BLOCKS_MAX.min(pool.info().data_blocks / 4),
+            pool,
+            volume_id: VOLUME_ID,
+            size_bytes,
+            gate: Gate::default(),
+            locks: RangeLocks::default(),
+            changes: AtomicU64::new(0),
+            data_path: data.to_path_buf(),
+            opts: opts.clone(),
+            queue: Mutex::new(CommitQueue::default()),
+            wake_committer: Condvar::new(),
+            committer: Mutex::new(None),
+        });
+        let committer = volume.clone();
+        let thread = std::thread::Builder::new()
+            .name("volume-commit".into())
+            .spawn(move || committer.commit_loop())
+            .map_err(fscore::Error::Io)?;
+        *volume.committer.lock().unwrap() = Some(thread);
+        Ok(volume)
+    }
+
+    /// A handle doing data I/O through `io`, for one front-end thread.
+    pub fn handle<D: super::DataIo>(self: &Arc<Self>, io: D) -> VolumeHandle<D> {
+        VolumeHandle::new(self.clone(), io)
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Path of the data device, for opening a `DataIo` on it.
+    pub fn data_path(&self) -> &Path {
+        &self.data_path
+    }
+
+    pub fn pool_info(&self) -> PoolInfo {
+        self.pool.info()
+    }
+
+    /// Blocks of the volume that are written (have a map item).
+    pub fn mapped_blocks(&self) -> Result<u64, VolumeError> {
+        let mut count = 0u64;
+        let start = map::map_key(self.volume_id, 0);
+        let end = map::map_key(self.volume_id, u64::MAX);
+        self.pool.range_with(&start, &end, &mut |_, _| {
+            count += 1;
+            true
+        })?;
+        Ok(count)
+    }
+
+    /// Stops the commit thread after a last commit. Handles must be idle.
+    pub fn close(&self) -> Result<(), VolumeError> {
+        {
+            let mut queue = self.queue();
+            queue.stopping = true;
+        }
+        self.wake_committer.notify_all();
+        if let Some(thread) = self.committer.lock().unwrap().take() {
+            let _ = thread.join();
+        }
+        self.commit_now()
+            .map_err(|e| VolumeError::Pool(fscore::Error::Invalid(e)))
+    }
+
+    /// Checks a pool that is not in use, including its data space: every
+    /// data block free or referenced by exactly one map item.
+    pub fn check(meta: &Path, data: &Path) -> Result<CheckReport, VolumeError> {
+        Ok(fscore::check_with_data_refs(meta, data, map::data_refs)?)
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, CommitQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for a commit and waits for one that began after this call.
+    pub(crate) async fn commit_and_wait(&self) -> Result<(), TargetError> {
+        let (done, waiting) = oneshot::channel();
+        {
+            let mut queue = self.queue();
+            if queue.stopping {
+                return Err(TargetError::Io("volume is closing".into()));
+            }
+            if queue.waiters.len() >= FLUSH_WAITERS_MAX {
+                return Err(TargetError::Io("too many flushes waiting".into()));
+            }
+            queue.waiters.push(done);
+            queue.requested = true;
+        }
+        self.wake_committer.notify_all();
+        match waiting.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(TargetError::Io(format!("commit failed: {e}"))),
+            Err(_) => Err(TargetError::Io("commit thread stopped".into())),
+        }
+    }
+
+    /// Asks for a commit without waiting (dirty limit reached).
+    pub(crate) fn commit_soon(&self) {
+        self.queue().requested = true;
+        self.wake_committer.notify_all();
+    }
+
+    /// Called after each change: commits early past the dirty limit.
+    pub(crate) fn note_change(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        if self.pool.dirty_bytes() > self.opts.dirty_bytes_max {
+            self.commit_soon();
+        }
+    }
+
+    fn commit_loop(&self) {
+        let interval = Duration::from_millis(self.opts.commit_interval_ms);
+        loop {
+            let (waiters, stopping) = {
+                let mut queue = self.queue();
+                if !queue.requested && !queue.stopping {
+                    queue = self
+                        .wake_committer
+                        .wait_timeout(queue, interval)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+                queue.requested = false;
+                (std::mem::take(&mut queue.waiters), queue.stopping)
+            };
+            let result = self.commit_now();
+            if let Err(e) = &result {
+                log::error!("volume {}: commit failed: {e}", self.volume_id);
+            }
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+            if stopping {
+                return;
+            }
+        }
+    }
+
+    /// One commit: drain the writers, commit the pool, advance the open txn.
+    fn commit_now(&self) -> CommitResult {
+        self.gate.close_and_drain();
+        let result = if self.changes.swap(0, Ordering::Relaxed) == 0 {
+            Ok(())
+        } else {
+            self.pool.commit().map_err(|e| e.to_string())
+        };
+        match &result {
+            Ok(()) => self
+                .open_txn
+                .store(self.pool.info().seq + 1, Ordering::Release),
+            // Keep the changes pending: every later flush must fail too
+            // (the pool is poisoned) rather than report success.
+            Err(_) => _ = self.changes.fetch_add(1, Ordering::Relaxed),
+        }
+        self.gate.reopen();
+        result
+    }
+}
+
+/// Turns a pool error into the error a front end reports.
+pub(crate) fn target_error(e: fscore::Error) -> TargetError {
+    match e {
+        fscore::Error::NoSpace => TargetError::NoSpace,
+        other => TargetError::Io(other.to_string()),
+    }
+}
