@@ -11,8 +11,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use ublk_target::ublk::{self as front, ServeConfig, ServeMode};
-use ublk_target::volume::{Volume, VolumeOptions};
+use ublk_target::volume::{Volume, VolumeError, VolumeOptions};
 
 /// Where daemons write their log (appending; one line per event).
 pub const DAEMON_LOG: &str = "/run/scoutfs-ublk/daemon.log";
@@ -282,6 +284,25 @@ fn keep_freed_buffers() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD_BYTES);
         libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD_BYTES);
+    }
+}
+
+/// How long a new daemon waits for the pool's lock when it is held: a
+/// daemon killed just before (kill -9, then `recover` or `add`) releases
+/// its files only when the kernel has torn down its io_urings, a moment
+/// after the process is gone.
+const POOL_BUSY_WAIT: Duration = Duration::from_secs(15);
+const POOL_BUSY_POLL: Duration = Duration::from_millis(50);
+
+fn open_volume(meta: &Path, data: &Path) -> Result<Arc<Volume>, VolumeError> {
+    let start = Instant::now();
+    loop {
+        match Volume::open(meta, data, &VolumeOptions::default()) {
+            Err(VolumeError::Pool(fscore::Error::InUse)) if start.elapsed() < POOL_BUSY_WAIT => {
+                std::thread::sleep(POOL_BUSY_POLL)
+            }
+            other => return other,
+        }
     }
 }
 
