@@ -87,7 +87,9 @@ pub struct MemTarget {
 impl MemTarget {
     pub fn new(size_bytes: u64) -> MemTarget {
         assert_eq!(size_bytes % SECTOR_BYTES, 0);
-        MemTarget { bytes: RefCell::new(vec![0; size_bytes as usize]) }
+        MemTarget {
+            bytes: RefCell::new(vec![0; size_bytes as usize]),
+        }
     }
 }
 
@@ -130,9 +132,18 @@ mod tests {
     fn mem_target_rejects_misaligned_and_out_of_range() {
         let t = MemTarget::new(8192);
         let mut buf = vec![0u8; 512];
-        assert!(matches!(block_on(t.read(1, &mut buf)), Err(TargetError::Invalid(_))));
-        assert!(matches!(block_on(t.read(8192, &mut buf)), Err(TargetError::Invalid(_))));
-        assert!(matches!(block_on(t.read(u64::MAX - 511, &mut buf)), Err(TargetError::Invalid(_))));
+        assert!(matches!(
+            block_on(t.read(1, &mut buf)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            block_on(t.read(8192, &mut buf)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            block_on(t.read(u64::MAX - 511, &mut buf)),
+            Err(TargetError::Invalid(_))
+        ));
         block_on(t.write(512, &[7u8; 512], false)).unwrap();
         block_on(t.read(512, &mut buf)).unwrap();
         assert_eq!(buf, vec![7u8; 512]);
