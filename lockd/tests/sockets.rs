@@ -141,6 +141,10 @@ async fn contending_clients_never_hold_incompatible_modes() {
     let server = start_server("127.0.0.1:0", server_config(10_000, 0)).await;
     let log: Log = Arc::default();
     let in_use: InUse = Arc::default();
+    // Every client connects before any starts, and all start together:
+    // otherwise the first can finish and say farewell before the last has
+    // connected, and nothing contends.
+    let start = Arc::new(tokio::sync::Barrier::new(4));
     let mut tasks = Vec::new();
     for id in 1..=4u64 {
         let client = LockClient::connect(client_config(
@@ -152,7 +156,9 @@ async fn contending_clients_never_hold_incompatible_modes() {
         .await
         .unwrap();
         let in_use = in_use.clone();
+        let start = start.clone();
         tasks.push(tokio::spawn(async move {
+            start.wait().await;
             let modes = [Mode::Read, Mode::WriteOnly, Mode::Write];
             for i in 0..60u64 {
                 let (lock, mode) = (range((i * 7 + id) % 3 * 10), modes[((i + id) % 3) as usize]);
