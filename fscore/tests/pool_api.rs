@@ -174,3 +174,75 @@ fn busy_data_blocks_come_back_only_after_commit() {
     pool.commit().unwrap();
     assert_eq!(pool.alloc_data(100).unwrap(), Extent::new(0, 64));
 }
+
+/// The free space after a commit is the base chain plus the free-space log:
+/// small commits append to the log (not a rewrite of every free extent),
+/// the log is compacted into a new chain once it outgrows it, and after
+/// every commit a reopen rebuilds exactly the free space the handle had.
+#[test]
+fn the_free_space_log_appends_compacts_and_replays_exactly() {
+    let meta = SimDisk::new(4 << 20);
+    let data = SimDisk::new(16 << 20);
+    let mut opts = MkfsOptions::new(4 << 20, 16 << 20);
+    opts.meta_block_bytes = 1024;
+    Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts).unwrap();
+    let open = || {
+        Pool::open_on(
+            Box::new(meta.clone()),
+            Box::new(data.clone()),
+            &OpenOptions::default(),
+        )
+        .unwrap()
+    };
+    let pool = open();
+    let mut held: Vec<Extent> = Vec::new();
+    let (mut appended, mut compacted, mut longest_log) = (0, 0, 0);
+    for round in 0..300u64 {
+        // Scatter data allocations and frees so free space fragments.
+        for i in 0..3 {
+            held.push(pool.alloc_data(1 + (round + i) % 3).unwrap());
+        }
+        if round % 2 == 1 {
+            let extent = held.remove((round as usize * 7) % held.len());
+            pool.free_data(extent).unwrap();
+        }
+        pool.insert(&Key::new(round % 5, round), &value_for(round))
+            .unwrap();
+        let before = pool.info();
+        pool.commit().unwrap();
+        let after = pool.info();
+        if after.freelog_blocks == 0 {
+            compacted += (before.freelog_blocks > 0) as u32;
+        } else {
+            appended += 1;
+            longest_log = longest_log.max(after.freelog_blocks);
+        }
+        if round % 10 == 0 {
+            let copy = Pool::open_on(
+                Box::new(SimDisk::from_image(meta.durable_image())),
+                Box::new(SimDisk::from_image(data.durable_image())),
+                &OpenOptions::default(),
+            )
+            .unwrap();
+            let (a, b) = (copy.info(), pool.info());
+            assert_eq!(
+                (a.meta_free_blocks, a.data_free_blocks, a.freelog_entries),
+                (b.meta_free_blocks, b.data_free_blocks, b.freelog_entries),
+                "round {round}"
+            );
+            copy.verify().unwrap();
+            drop(copy);
+        }
+    }
+    assert!(appended > 100, "commits appended to the log: {appended}");
+    assert!(compacted > 0, "the log was never compacted");
+    assert!(longest_log > 1, "the log never spanned blocks");
+    drop(pool);
+    let report = Pool::check_on(Box::new(meta.clone()), Box::new(data.clone()), None).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    // Every allocation still held is allocated after a reopen: none is free.
+    let pool = open();
+    let free_before = pool.info().data_free_blocks;
+    let held_blocks: u64 = held.iter().map(|e| e.len).sum();
+    assert_eq!(free_before + held_blocks, pool.info().data_blocks);
+}

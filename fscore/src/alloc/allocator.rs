@@ -13,6 +13,7 @@
 //! multi-step update.
 
 use super::extents::{Extent, ExtentSet};
+use super::runs::Runs;
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 
@@ -25,6 +26,10 @@ pub struct Allocator {
     /// Freed in the open transaction, keyed by start block, merged.
     busy: BTreeMap<u64, u64>,
     busy_blocks: u64,
+    /// Handed out in the open transaction and not given back: with `busy`,
+    /// everything the commit changes in the persisted free space (the
+    /// commit logs both instead of rewriting all free extents).
+    allocated: Runs,
 }
 
 impl Allocator {
@@ -36,6 +41,7 @@ impl Allocator {
             free: ExtentSet::default(),
             busy: BTreeMap::new(),
             busy_blocks: 0,
+            allocated: Runs::default(),
         }
     }
 
@@ -69,7 +75,9 @@ impl Allocator {
     /// insert than first fit, which refills the scattered single-block
     /// holes copy-on-write leaves behind). Never a busy block.
     pub fn alloc_one(&mut self) -> Result<u64> {
-        self.free.take_one_from_largest().ok_or(Error::NoSpace)
+        let blkno = self.free.take_one_from_largest().ok_or(Error::NoSpace)?;
+        self.allocated.insert(Extent::new(blkno, 1));
+        Ok(blkno)
     }
 
     /// Between 1 and `want` contiguous blocks (best fit). Never busy blocks.
@@ -77,7 +85,9 @@ impl Allocator {
         if want == 0 {
             return Err(Error::Invalid("allocation of zero blocks".into()));
         }
-        self.free.take_best_fit(want).ok_or(Error::NoSpace)
+        let extent = self.free.take_best_fit(want).ok_or(Error::NoSpace)?;
+        self.allocated.insert(extent);
+        Ok(extent)
     }
 
     /// Frees an extent that a durable superblock may reference: it becomes
@@ -104,8 +114,44 @@ impl Allocator {
     /// by a durable superblock: it is free again at once.
     pub fn free_unreferenced(&mut self, extent: Extent) -> Result<()> {
         self.check_allocated(extent)?;
+        if !self.allocated.contains(extent) {
+            return Err(Error::Invalid(format!(
+                "extent {}+{} was not allocated in the open transaction",
+                extent.start, extent.len
+            )));
+        }
+        self.allocated.remove(extent);
         self.free.insert(extent);
         Ok(())
+    }
+
+    /// Replays a logged allocation (when rebuilding state from disk): the
+    /// extent must lie inside one free extent.
+    pub(crate) fn mark_allocated(&mut self, extent: Extent) -> Result<()> {
+        if extent.len == 0 || !self.free.remove_within(extent) {
+            return Err(Error::Invalid(format!(
+                "logged allocation {}+{} is not free space",
+                extent.start, extent.len
+            )));
+        }
+        Ok(())
+    }
+
+    /// The extents allocated and the extents freed (busy) in the open
+    /// transaction, each in block order: what its commit changes in the
+    /// persisted free space. Disjoint: busy space is never allocated.
+    pub(crate) fn changes(&self) -> (Vec<Extent>, Vec<Extent>) {
+        let busy = self
+            .busy
+            .iter()
+            .map(|(start, len)| Extent::new(*start, *len))
+            .collect();
+        (self.allocated.iter().collect(), busy)
+    }
+
+    /// Extents `changes` would return, in O(1).
+    pub(crate) fn change_count(&self) -> usize {
+        self.allocated.len() + self.busy.len()
     }
 
     /// Adds a free extent (used when rebuilding state from disk).
@@ -156,6 +202,7 @@ impl Allocator {
         let busy = std::mem::take(&mut self.busy);
         self.free.absorb(&busy);
         self.busy_blocks = 0;
+        self.allocated.clear();
     }
 
     /// What is free once the open transaction is durable: free and busy
@@ -206,6 +253,12 @@ impl Allocator {
         }
         if blocks != self.busy_blocks {
             return Err("busy block count is wrong".into());
+        }
+        if let Some(run) = self.allocated.iter().find(|run| self.free.overlaps(*run)) {
+            return Err(format!(
+                "extent {}+{} is both allocated and free",
+                run.start, run.len
+            ));
         }
         Ok(())
     }

@@ -88,6 +88,30 @@ impl ExtentSet {
         Extent::new(start, len)
     }
 
+    /// Removes `extent`, which must lie inside one free extent (which is
+    /// split around it). False, changing nothing, if it does not.
+    pub(crate) fn remove_within(&mut self, extent: Extent) -> bool {
+        let Some((&start, &len)) = self.by_start.range(..=extent.start).next_back() else {
+            return false;
+        };
+        if extent.len == 0 || start + len < extent.end() {
+            return false;
+        }
+        self.remove_whole(start, len);
+        if extent.start > start {
+            self.by_start.insert(start, extent.start - start);
+            self.by_size.insert((extent.start - start, start));
+            self.blocks += extent.start - start;
+        }
+        if start + len > extent.end() {
+            let rest = start + len - extent.end();
+            self.by_start.insert(extent.end(), rest);
+            self.by_size.insert((rest, extent.end()));
+            self.blocks += rest;
+        }
+        true
+    }
+
     /// Up to `want` contiguous blocks: the smallest extent that holds `want`
     /// (best fit), else the whole largest extent.
     pub(crate) fn take_best_fit(&mut self, want: u64) -> Option<Extent> {

@@ -27,6 +27,8 @@ pub(crate) enum BlockKind {
     Node = 1,
     /// A block of the persisted free-extent lists (`pool::freelist`).
     FreeList = 2,
+    /// A block of the free-space log (`pool::freelog`).
+    FreeLog = 3,
 }
 
 /// What a parent (or the superblock) records about a block: where it is and

@@ -173,6 +173,12 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
             .iter()
             .map(|r| (Extent::new(r.blkno, 1), "a free-list block")),
     );
+    owned.extend(
+        state
+            .freelog_chain
+            .iter()
+            .map(|r| (Extent::new(r.blkno, 1), "a free-space log block")),
+    );
     report.meta_blocks_referenced = owned.len() as u64;
     report.referenced_meta_blocks = owned.iter().map(|(extent, _)| extent.start).collect();
     report.referenced_meta_blocks.sort_unstable();

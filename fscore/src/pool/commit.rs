@@ -1,7 +1,9 @@
 //! The commit protocol (docs/format.md, "Commit"):
 //! 1. the data device is made durable (data the new metadata points at);
-//! 2. the previous free-list chain is freed (busy) and a new one allocated
-//!    and filled with the free space as it will be after this commit;
+//! 2. the free space as it will be after this commit is persisted: either
+//!    appended to the free-space log (this transaction's allocations and
+//!    frees), or, once the log outgrows the base chain, compacted: the old
+//!    chain and log are freed (busy) and a new chain holds every free extent;
 //! 3. every dirty metadata block is written to its (new) location;
 //! 4. the metadata device is made durable;
 //! 5. the superblock with seq = txn seq goes to slot seq % 2 and is made
@@ -10,11 +12,29 @@
 //! Any failure poisons the handle: nothing more is written until reopen.
 
 use super::freelist;
+use super::freelog::{self, LogEntry};
 use super::state::PoolState;
 use super::superblock::Superblock;
 use crate::alloc::Extent;
-use crate::block::BlockKind;
+use crate::block::{BlockKind, BlockRef};
 use crate::error::Result;
+
+/// The log is compacted once it would hold more entries than the base
+/// chain, but never while it holds fewer than this many blocks' worth:
+/// replay at open stays linear in the free space, and each commit's cost
+/// linear in its own changes (amortised).
+const LOG_BLOCKS_MIN: usize = 2;
+
+/// What step 2 leaves for the superblock and for the state after success.
+struct FreeSpace {
+    freelist: BlockRef,
+    meta_free_extents: u64,
+    data_free_extents: u64,
+    freelist_chain: Vec<BlockRef>,
+    freelog_chain: Vec<BlockRef>,
+    freelog_head: Vec<LogEntry>,
+    freelog_entries: u64,
+}
 
 impl PoolState {
     pub(crate) fn commit(&mut self) -> Result<()> {
@@ -30,7 +50,21 @@ impl PoolState {
         self.store.dirty_bytes() == 0
             && self.store.alloc.busy_blocks() == 0
             && self.data_alloc.busy_blocks() == 0
+            && self.store.alloc.change_count() == 0
+            && self.data_alloc.change_count() == 0
             && self.sb.seq > 0
+    }
+
+    fn log_is_due_for_compaction(&self) -> bool {
+        let per_block = freelog::entries_per_block(self.store.block_bytes);
+        let base = (self.sb.meta_free_extents + self.sb.data_free_extents) as usize;
+        // An upper bound of the entries after this commit: the log so far,
+        // this transaction's changes, and the log blocks it allocates and frees.
+        let after = self.freelog_entries as usize
+            + self.store.alloc.change_count()
+            + self.data_alloc.change_count()
+            + 2;
+        self.sb.seq == 0 || after > base.max(LOG_BLOCKS_MIN * per_block)
     }
 
     fn commit_steps(&mut self) -> Result<()> {
@@ -38,7 +72,55 @@ impl PoolState {
         if self.nothing_to_write() {
             return Ok(());
         }
-        for r in std::mem::take(&mut self.freelist_chain) {
+        let free_space = if self.log_is_due_for_compaction() {
+            self.write_new_chain()?
+        } else {
+            self.append_to_log()?
+        };
+        let sb = Superblock {
+            seq: self.store.txn_seq,
+            tree_height: self.tree.height,
+            root: self.tree.root,
+            freelist: free_space.freelist,
+            meta_free_extents: free_space.meta_free_extents,
+            data_free_extents: free_space.data_free_extents,
+            meta_free_blocks: self.store.alloc.free_blocks() + self.store.alloc.busy_blocks(),
+            data_free_blocks: self.data_alloc.free_blocks() + self.data_alloc.busy_blocks(),
+            item_count: self.tree.items,
+            freelog: free_space
+                .freelog_chain
+                .first()
+                .copied()
+                .unwrap_or_default(),
+            freelog_blocks: free_space.freelog_chain.len() as u64,
+            freelog_entries: free_space.freelog_entries,
+            ..self.sb.clone()
+        };
+        self.store.write_dirty()?;
+        self.store.flush()?;
+        self.store
+            .write_raw(Superblock::slot_offset(sb.seq), &sb.encode())?;
+        self.store.flush()?;
+        self.store.commit_done();
+        self.data_alloc.commit_done();
+        self.sb = sb;
+        self.freelist_chain = free_space.freelist_chain;
+        self.freelog_chain = free_space.freelog_chain;
+        self.freelog_head = free_space.freelog_head;
+        self.freelog_entries = free_space.freelog_entries;
+        Ok(())
+    }
+
+    /// Compaction: frees the old chain and log (busy) and writes every
+    /// extent that will be free after this commit into a new chain.
+    ///
+    /// Recursion: the chain's own blocks come out of the free space it
+    /// records. Taking a block from a free extent never adds an extent, so
+    /// blocks are allocated until the chain holds the re-measured count.
+    fn write_new_chain(&mut self) -> Result<FreeSpace> {
+        let old = std::mem::take(&mut self.freelist_chain);
+        let old_log = std::mem::take(&mut self.freelog_chain);
+        for r in old.into_iter().chain(old_log) {
             self.store.free(r)?;
         }
         let block_bytes = self.store.block_bytes;
@@ -56,27 +138,52 @@ impl PoolState {
         };
         let extents: Vec<Extent> = meta_free.iter().chain(&data_free).copied().collect();
         freelist::write_chain(&mut self.store, &chain, &extents)?;
-        let sb = Superblock {
-            seq: self.store.txn_seq,
-            tree_height: self.tree.height,
-            root: self.tree.root,
+        Ok(FreeSpace {
             freelist: chain.first().copied().unwrap_or_default(),
             meta_free_extents: meta_free.len() as u64,
             data_free_extents: data_free.len() as u64,
-            meta_free_blocks: meta_free.iter().map(|extent| extent.len).sum(),
-            data_free_blocks: data_free.iter().map(|extent| extent.len).sum(),
-            item_count: self.tree.items,
-            ..self.sb.clone()
+            freelist_chain: chain,
+            freelog_chain: Vec::new(),
+            freelog_head: Vec::new(),
+            freelog_entries: 0,
+        })
+    }
+
+    /// Appends this transaction's allocations and frees to the log: the
+    /// head block is rewritten (copy-on-write) with its old entries plus the
+    /// new ones, spilling into more new blocks when they do not fit.
+    fn append_to_log(&mut self) -> Result<FreeSpace> {
+        let old_head = self.freelog_chain.first().copied();
+        let older = self.freelog_chain.get(1).copied().unwrap_or_default();
+        if let Some(head) = old_head {
+            self.store.free(head)?;
+        }
+        let per_block = freelog::entries_per_block(self.store.block_bytes);
+        let mut blocks = Vec::new();
+        let entries = loop {
+            let mut entries = self.freelog_head.clone();
+            entries.extend(freelog::commit_entries(&self.store.alloc, &self.data_alloc));
+            let need = entries.len().div_ceil(per_block).max(1);
+            if blocks.len() >= need {
+                break entries;
+            }
+            while blocks.len() < need {
+                blocks.push(self.store.alloc_block(BlockKind::FreeLog)?);
+            }
         };
-        self.store.write_dirty()?;
-        self.store.flush()?;
-        self.store
-            .write_raw(Superblock::slot_offset(sb.seq), &sb.encode())?;
-        self.store.flush()?;
-        self.store.commit_done();
-        self.data_alloc.commit_done();
-        self.sb = sb;
-        self.freelist_chain = chain;
-        Ok(())
+        let head_entries = freelog::write_blocks(&mut self.store, &blocks, older, &entries)?;
+        let freelog_entries =
+            self.freelog_entries - self.freelog_head.len() as u64 + entries.len() as u64;
+        let mut chain = blocks;
+        chain.extend(self.freelog_chain.iter().skip(1).copied());
+        Ok(FreeSpace {
+            freelist: self.sb.freelist,
+            meta_free_extents: self.sb.meta_free_extents,
+            data_free_extents: self.sb.data_free_extents,
+            freelist_chain: self.freelist_chain.clone(),
+            freelog_chain: chain,
+            freelog_head: head_entries,
+            freelog_entries,
+        })
     }
 }

@@ -1,6 +1,7 @@
 mod check;
 mod commit;
 mod freelist;
+mod freelog;
 mod handle;
 pub(crate) mod options;
 mod state;

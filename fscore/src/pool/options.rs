@@ -77,4 +77,9 @@ pub struct PoolInfo {
     pub data_busy_blocks: u64,
     pub items: u64,
     pub tree_height: u8,
+    /// Extents in the last full free-space chain (metadata and data).
+    pub freelist_extents: u64,
+    /// The free-space log appended since that chain: blocks and entries.
+    pub freelog_blocks: u64,
+    pub freelog_entries: u64,
 }

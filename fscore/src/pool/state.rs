@@ -2,6 +2,7 @@
 //! of an empty pool and recovery of the newest superblock at open.
 
 use super::freelist;
+use super::freelog::{self, LogEntry};
 use super::options::{
     valid_meta_block_bytes, MkfsOptions, OpenOptions, PoolInfo, DATA_BLOCK_BYTES,
 };
@@ -22,6 +23,12 @@ pub(crate) struct PoolState {
     pub(crate) sb: Superblock,
     /// The free-list chain the last durable superblock points at.
     pub(crate) freelist_chain: Vec<BlockRef>,
+    /// The free-space log the last durable superblock points at, newest
+    /// block first, and the entries of its newest block.
+    pub(crate) freelog_chain: Vec<BlockRef>,
+    pub(crate) freelog_head: Vec<LogEntry>,
+    /// Entries in the whole log.
+    pub(crate) freelog_entries: u64,
     /// Largest leaf value a node of this block size can hold and split.
     pub(crate) value_len_max: usize,
 }
@@ -105,6 +112,9 @@ impl PoolState {
             meta_free_blocks: 0,
             data_free_blocks: 0,
             item_count: 0,
+            freelog: BlockRef::NONE,
+            freelog_blocks: 0,
+            freelog_entries: 0,
         };
         let mut state = PoolState {
             store,
@@ -117,6 +127,9 @@ impl PoolState {
             },
             sb,
             freelist_chain: Vec::new(),
+            freelog_chain: Vec::new(),
+            freelog_head: Vec::new(),
+            freelog_entries: 0,
             value_len_max: value_len_max(block_bytes),
         };
         state.commit()?;
@@ -181,6 +194,25 @@ impl PoolState {
         let (chain, extents) = freelist::read_chain(&mut store, sb.freelist, sb.meta_blocks)?;
         let mut data_alloc = Allocator::new(0, sb.data_blocks);
         load_free_extents(&mut store, &mut data_alloc, &sb, &extents)?;
+        let log = freelog::read_log(&mut store, sb.freelog, sb.meta_blocks)?;
+        let log_entries: u64 = log.iter().map(|(_, entries)| entries.len() as u64).sum();
+        if log.len() as u64 != sb.freelog_blocks || log_entries != sb.freelog_entries {
+            return Err(Error::corrupt(
+                sb.freelog.blkno,
+                "free-space log size disagrees with the superblock",
+            ));
+        }
+        freelog::replay(&log, &mut store.alloc, &mut data_alloc)?;
+        if store.alloc.free_blocks() != sb.meta_free_blocks
+            || data_alloc.free_blocks() != sb.data_free_blocks
+        {
+            return Err(Error::corrupt(
+                sb.freelist.blkno,
+                "free block totals disagree with the superblock",
+            ));
+        }
+        let freelog_head = log.first().map(|(_, e)| e.clone()).unwrap_or_default();
+        let freelog_chain = log.into_iter().map(|(r, _)| r).collect();
         let tree = Tree {
             root: sb.root,
             height: sb.tree_height,
@@ -194,6 +226,9 @@ impl PoolState {
             tree,
             sb,
             freelist_chain: chain,
+            freelog_chain,
+            freelog_head,
+            freelog_entries: log_entries,
             value_len_max,
         })
     }
@@ -212,6 +247,9 @@ impl PoolState {
             data_busy_blocks: self.data_alloc.busy_blocks(),
             items: self.tree.items,
             tree_height: self.tree.height,
+            freelist_extents: self.sb.meta_free_extents + self.sb.data_free_extents,
+            freelog_blocks: self.sb.freelog_blocks,
+            freelog_entries: self.sb.freelog_entries,
         }
     }
 
@@ -224,9 +262,14 @@ impl PoolState {
         let extents_max = alloc.free_after_commit_extents_max()
             + self.data_alloc.free_after_commit_extents_max()
             + self.freelist_chain.len()
+            + self.freelog_chain.len()
+            + alloc.change_count()
+            + self.data_alloc.change_count()
             + 2 * op_blocks as usize
             + extra_extents;
-        let reserve = freelist::blocks_for(extents_max, self.store.block_bytes) as u64 + 1;
+        // Room for a compaction (a whole new chain), or else a log head
+        // holding every change (never more blocks than the chain).
+        let reserve = freelist::blocks_for(extents_max, self.store.block_bytes) as u64 + 2;
         if alloc.free_blocks() < op_blocks + reserve {
             return Err(Error::NoSpace);
         }
@@ -260,14 +303,6 @@ fn load_free_extents(
         data_alloc
             .mark_free(*extent)
             .map_err(|error| Error::corrupt(blkno, error))?;
-    }
-    if store.alloc.free_blocks() != sb.meta_free_blocks
-        || data_alloc.free_blocks() != sb.data_free_blocks
-    {
-        return Err(Error::corrupt(
-            blkno,
-            "free block totals disagree with the superblock",
-        ));
     }
     Ok(())
 }

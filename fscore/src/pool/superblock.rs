@@ -11,12 +11,12 @@ pub(crate) const SUPER_BYTES: usize = 4096;
 pub(crate) const SUPER_MAGIC: u32 = u32::from_le_bytes(*b"FSSB");
 /// Format version: bumped on any incompatible layout change (see the log in
 /// docs/format.md).
-pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 /// Both slots end here; metadata blocks start at the first block boundary
 /// at or after it.
 pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
 
-/// Superblock, little-endian, zero after byte 128, crc32c over bytes 4..4096:
+/// Superblock, little-endian, zero after byte 160, crc32c over bytes 4..4096:
 ///
 /// ```text
 ///   0 crc u32            4 magic u32 "FSSB"     8 format_version u32   12 meta_block_bytes u32
@@ -25,7 +25,10 @@ pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
 ///  56 root ref {blkno u64, seq u64}            72 freelist ref {blkno u64, seq u64}
 ///  88 meta_free_extents u64   96 data_free_extents u64
 /// 104 meta_free_blocks u64   112 data_free_blocks u64   120 item_count u64
+/// 128 freelog ref {blkno u64, seq u64}   144 freelog_blocks u64   152 freelog_entries u64
 /// ```
+/// The extent counts describe the base chain (`freelist`); the block counts
+/// are the free space after the log (`freelog`) is applied to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Superblock {
     pub(crate) meta_block_bytes: u32,
@@ -44,9 +47,13 @@ pub(crate) struct Superblock {
     pub(crate) meta_free_blocks: u64,
     pub(crate) data_free_blocks: u64,
     pub(crate) item_count: u64,
+    /// Newest block of the free-space log (`freelog`), or NONE.
+    pub(crate) freelog: BlockRef,
+    pub(crate) freelog_blocks: u64,
+    pub(crate) freelog_entries: u64,
 }
 
-const ZERO_FROM: usize = 128;
+const ZERO_FROM: usize = 160;
 
 impl Superblock {
     pub(crate) fn slot_offset(seq: u64) -> u64 {
@@ -72,6 +79,9 @@ impl Superblock {
         put(104, &self.meta_free_blocks.to_le_bytes());
         put(112, &self.data_free_blocks.to_le_bytes());
         put(120, &self.item_count.to_le_bytes());
+        put(128, &self.freelog.encode());
+        put(144, &self.freelog_blocks.to_le_bytes());
+        put(152, &self.freelog_entries.to_le_bytes());
         let crc = crc32c::crc32c(&out[4..]);
         out[..4].copy_from_slice(&crc.to_le_bytes());
         out
@@ -122,6 +132,9 @@ impl Superblock {
             meta_free_blocks: le_u64(bytes, 104),
             data_free_blocks: le_u64(bytes, 112),
             item_count: le_u64(bytes, 120),
+            freelog: BlockRef::decode(&bytes[128..144], slot)?,
+            freelog_blocks: le_u64(bytes, 144),
+            freelog_entries: le_u64(bytes, 152),
         };
         sb.validate(slot)?;
         Ok(sb)
@@ -139,6 +152,12 @@ impl Superblock {
             return Err(Error::corrupt(
                 slot,
                 format!("tree height {} out of range", self.tree_height),
+            ));
+        }
+        if self.freelog_blocks > self.meta_blocks {
+            return Err(Error::corrupt(
+                slot,
+                "free-space log longer than the device",
             ));
         }
         if self.meta_free_blocks > self.meta_blocks || self.data_free_blocks > self.data_blocks {
