@@ -28,8 +28,8 @@ pub use alloc::{Allocator, Extent};
 pub use error::{Error, Result};
 pub use key::Key;
 pub use pool::{
-    check_with_data_refs, CheckReport, Device, MkfsOptions, OpenOptions, Pool, PoolInfo, Problem,
-    CACHE_BYTES_DEFAULT, DATA_BLOCK_BYTES, FREES_AFTER_CHANGE_MIN, META_BLOCK_BYTES_DEFAULT,
-    POOL_VALUE_LEN_MAX,
+    check_with_data_refs, CheckReport, Device, MkfsOptions, OpenOptions, PendingCommit, Pool,
+    PoolInfo, Problem, CACHE_BYTES_DEFAULT, DATA_BLOCK_BYTES, FREES_AFTER_CHANGE_MIN,
+    META_BLOCK_BYTES_DEFAULT, POOL_VALUE_LEN_MAX,
 };
 pub use storage::{FileStorage, SimDisk, Storage};

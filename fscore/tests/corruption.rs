@@ -26,6 +26,8 @@ fn build(seed: u64) -> (SimDisk, SimDisk, Model) {
     workload.keys_max = 3000;
     workload.run(&pool, 4000).unwrap();
     workload.commit(&pool).unwrap();
+    // Changes made while that commit was written are in the next one.
+    pool.commit().unwrap();
     let model = workload.model.clone();
     drop(pool);
     (meta, data, model)

@@ -30,6 +30,10 @@ pub struct Allocator {
     /// everything the commit changes in the persisted free space (the
     /// commit logs both instead of rewriting all free extents).
     allocated: Runs,
+    /// Busy space of a transaction whose commit is being written (see
+    /// `begin_commit`): still not allocatable, free once that commit is durable.
+    committing: BTreeMap<u64, u64>,
+    committing_blocks: u64,
 }
 
 impl Allocator {
@@ -42,6 +46,8 @@ impl Allocator {
             busy: BTreeMap::new(),
             busy_blocks: 0,
             allocated: Runs::default(),
+            committing: BTreeMap::new(),
+            committing_blocks: 0,
         }
     }
 
@@ -59,11 +65,13 @@ impl Allocator {
     pub fn free_blocks(&self) -> u64 {
         self.free.blocks()
     }
+    /// Blocks not allocatable until a commit is durable: freed in the open
+    /// transaction, or in one whose commit is being written.
     pub fn busy_blocks(&self) -> u64 {
-        self.busy_blocks
+        self.busy_blocks + self.committing_blocks
     }
     pub fn busy_extents(&self) -> usize {
-        self.busy.len()
+        self.busy.len() + self.committing.len()
     }
     pub(crate) fn range(&self) -> (u64, u64) {
         (self.first_block, self.end_block)
@@ -183,11 +191,12 @@ impl Allocator {
                 extent.start, extent.len
             )));
         }
-        let busy = self
-            .busy
-            .range(..extent.end())
-            .next_back()
-            .is_some_and(|(start, len)| start + len > extent.start);
+        let overlaps = |map: &BTreeMap<u64, u64>| {
+            map.range(..extent.end())
+                .next_back()
+                .is_some_and(|(start, len)| start + len > extent.start)
+        };
+        let busy = overlaps(&self.busy) || overlaps(&self.committing);
         if busy || self.free.overlaps(extent) {
             return Err(Error::Invalid(format!(
                 "extent {}+{} freed twice",
@@ -199,31 +208,47 @@ impl Allocator {
 
     /// The freeing transaction is durable: busy space becomes free.
     pub fn commit_done(&mut self) {
-        let busy = std::mem::take(&mut self.busy);
-        self.free.absorb(&busy);
-        self.busy_blocks = 0;
+        self.begin_commit();
+        self.end_commit();
+    }
+
+    /// The open transaction's commit begins (its changes are persisted and
+    /// a new transaction opens while it is written): its busy space is set
+    /// aside, still not allocatable. At most one commit at a time.
+    pub(crate) fn begin_commit(&mut self) {
+        debug_assert!(self.committing.is_empty(), "two commits in flight");
+        self.committing = std::mem::take(&mut self.busy);
+        self.committing_blocks = std::mem::take(&mut self.busy_blocks);
         self.allocated.clear();
+    }
+
+    /// That commit is durable: the space it freed becomes free.
+    pub(crate) fn end_commit(&mut self) {
+        let committing = std::mem::take(&mut self.committing);
+        self.free.absorb(&committing);
+        self.committing_blocks = 0;
     }
 
     /// What is free once the open transaction is durable: free and busy
     /// extents merged, in block order. This is what a commit persists.
     pub(crate) fn free_after_commit(&self) -> Vec<Extent> {
-        let mut out: Vec<Extent> = Vec::with_capacity(self.free.extent_count() + self.busy.len());
-        let mut free = self.free.iter().peekable();
-        let mut busy = self
-            .busy
+        let mut all: Vec<Extent> = self
+            .free
             .iter()
-            .map(|(start, len)| Extent::new(*start, *len))
-            .peekable();
-        loop {
-            let next = match (free.peek(), busy.peek()) {
-                (Some(a), Some(b)) if a.start < b.start => free.next(),
-                (Some(_), Some(_)) => busy.next(),
-                (Some(_), None) => free.next(),
-                (None, Some(_)) => busy.next(),
-                (None, None) => break,
-            };
-            let next = next.expect("peeked");
+            .chain(
+                self.busy
+                    .iter()
+                    .map(|(start, len)| Extent::new(*start, *len)),
+            )
+            .chain(
+                self.committing
+                    .iter()
+                    .map(|(start, len)| Extent::new(*start, *len)),
+            )
+            .collect();
+        all.sort_unstable_by_key(|extent| extent.start);
+        let mut out: Vec<Extent> = Vec::with_capacity(all.len());
+        for next in all {
             match out.last_mut() {
                 Some(last) if last.end() == next.start => last.len += next.len,
                 _ => out.push(next),
@@ -234,7 +259,7 @@ impl Allocator {
 
     /// Upper bound of `free_after_commit().len()`, in O(1).
     pub(crate) fn free_after_commit_extents_max(&self) -> usize {
-        self.free.extent_count() + self.busy.len()
+        self.free.extent_count() + self.busy.len() + self.committing.len()
     }
 
     /// Checks both indexes of the free set and that busy extents are
@@ -253,6 +278,22 @@ impl Allocator {
         }
         if blocks != self.busy_blocks {
             return Err("busy block count is wrong".into());
+        }
+        let mut committed = 0;
+        for (start, len) in &self.committing {
+            let extent = Extent::new(*start, *len);
+            let in_busy = self
+                .busy
+                .range(..extent.end())
+                .next_back()
+                .is_some_and(|(s, l)| s + l > extent.start);
+            if in_busy || self.free.overlaps(extent) {
+                return Err(format!("committing extent {start}+{len} overlaps"));
+            }
+            committed += len;
+        }
+        if committed != self.committing_blocks {
+            return Err("committing block count is wrong".into());
         }
         if let Some(run) = self.allocated.iter().find(|run| self.free.overlaps(*run)) {
             return Err(format!(

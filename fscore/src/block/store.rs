@@ -10,10 +10,20 @@ use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A device shared between the pool's state (reads of uncached blocks)
+/// and a commit being written without the pool's lock.
+pub(crate) type SharedStorage = Arc<Mutex<Box<dyn Storage>>>;
+
+pub(crate) fn lock_storage(storage: &SharedStorage) -> MutexGuard<'_, Box<dyn Storage>> {
+    // A panic mid-I/O leaves nothing half-done in memory; the device state
+    // is unknown either way, which poisoning covers.
+    storage.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub(crate) struct BlockStore {
-    storage: Box<dyn Storage>,
+    storage: SharedStorage,
     pub(crate) block_bytes: u32,
     pub(crate) pool_id: u64,
     /// Seq of the open transaction: the last durable seq plus one. Every
@@ -25,6 +35,9 @@ pub(crate) struct BlockStore {
     pub(crate) end_block: u64,
     cache: BlockCache,
     dirty: BlockMap<BlockBuf>,
+    /// The blocks of a commit being written (`begin_commit`), by number:
+    /// clean, and read from here until they are on disk.
+    committing: BlockMap<(BlockBuf, u64)>,
     pub(crate) alloc: Allocator,
     /// Set by a failed write or flush; nothing is written afterwards.
     pub(crate) poisoned: bool,
@@ -82,7 +95,7 @@ impl BlockStore {
         alloc: Allocator,
     ) -> BlockStore {
         BlockStore {
-            storage,
+            storage: Arc::new(Mutex::new(storage)),
             block_bytes,
             pool_id,
             txn_seq,
@@ -90,6 +103,7 @@ impl BlockStore {
             end_block,
             cache: BlockCache::new(cache_blocks),
             dirty: BlockMap::default(),
+            committing: BlockMap::default(),
             alloc,
             poisoned: false,
         }
@@ -145,7 +159,10 @@ impl BlockStore {
             ));
         }
         if !self.cache.contains(r.blkno) {
-            let block = self.read_from_disk(r, kind)?;
+            let block = match self.committing.get(&r.blkno) {
+                Some((block, seq)) if *seq == r.seq => block.clone(),
+                _ => self.read_from_disk(r, kind)?,
+            };
             self.cache
                 .insert(r.blkno, Arc::from(block), r.seq, kind as u8);
         }
@@ -169,7 +186,7 @@ impl BlockStore {
 
     fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockBuf> {
         let mut block = zeroed_block(self.block_bytes);
-        self.storage
+        lock_storage(&self.storage)
             .read_at(r.blkno * self.block_bytes as u64, unique(&mut block))?;
         header::check(&block, self.pool_id, r, kind)?;
         if kind == BlockKind::Node {
@@ -242,34 +259,17 @@ impl BlockStore {
         self.dirty.insert(r.blkno, block.0);
     }
 
-    /// Writes every dirty block (sealed with its crc) to its location.
-    pub(crate) fn write_dirty(&mut self) -> Result<()> {
-        self.check_writable()?;
-        let block_bytes = self.block_bytes as u64;
-        let mut sealed: Vec<(u64, BlockBuf)> = Vec::with_capacity(self.dirty.len());
-        for (blkno, block) in self.dirty.iter_mut() {
-            header::seal(unique(block));
-            sealed.push((*blkno * block_bytes, block.clone()));
-        }
-        let writes: Vec<(u64, &[u8])> = sealed
-            .iter()
-            .map(|(offset, block)| (*offset, &block[..]))
-            .collect();
-        let result = self.storage.write_batch(&writes);
-        self.poison_on_error(result)
-    }
-
     /// Makes every written block durable.
     pub(crate) fn flush(&mut self) -> Result<()> {
         self.check_writable()?;
-        let result = self.storage.flush();
+        let result = lock_storage(&self.storage).flush();
         self.poison_on_error(result)
     }
 
     /// Writes raw bytes (the superblock) at a byte offset.
     pub(crate) fn write_raw(&mut self, offset: u64, bytes: &[u8]) -> Result<()> {
         self.check_writable()?;
-        let result = self.storage.write_batch(&[(offset, bytes)]);
+        let result = lock_storage(&self.storage).write_batch(&[(offset, bytes)]);
         self.poison_on_error(result)
     }
 
@@ -287,15 +287,37 @@ impl BlockStore {
         Ok(result?)
     }
 
-    /// The transaction is durable: dirty blocks become clean cached blocks
-    /// and the next transaction begins.
-    pub(crate) fn commit_done(&mut self) {
+    /// Ends the open transaction without writing it: its dirty blocks are
+    /// sealed and become clean cached blocks of a commit in flight (kept in
+    /// memory until `end_commit`, so a cache eviction never sends a read to
+    /// a block not yet on disk; changing one copies it, as for any clean
+    /// block), its busy space is set aside, and the next transaction opens.
+    /// Returns the writes the commit must make (byte offset, block).
+    pub(crate) fn begin_commit(&mut self) -> Vec<(u64, BlockBuf)> {
+        debug_assert!(self.committing.is_empty(), "two commits in flight");
         let seq = self.txn_seq;
-        for (blkno, block) in self.dirty.drain() {
+        let block_bytes = self.block_bytes as u64;
+        let mut writes = Vec::with_capacity(self.dirty.len());
+        for (blkno, mut block) in self.dirty.drain() {
+            header::seal(unique(&mut block));
             let kind = header::header_kind(&block);
+            writes.push((blkno * block_bytes, block.clone()));
+            self.committing.insert(blkno, (block.clone(), seq));
             self.cache.insert(blkno, block, seq, kind);
         }
-        self.alloc.commit_done();
+        self.alloc.begin_commit();
         self.txn_seq += 1;
+        writes
+    }
+
+    /// The commit begun by `begin_commit` is durable.
+    pub(crate) fn end_commit(&mut self) {
+        self.committing.clear();
+        self.alloc.end_commit();
+    }
+
+    /// The device, for writing a commit without the pool's lock.
+    pub(crate) fn shared_storage(&self) -> SharedStorage {
+        self.storage.clone()
     }
 }

@@ -8,7 +8,10 @@
 //! 4. the metadata device is made durable;
 //! 5. the superblock with seq = txn seq goes to slot seq % 2 and is made
 //!    durable. Only now does the commit count;
-//! 6. busy space becomes free, dirty blocks clean, the next txn opens.
+//! 6. busy space becomes free.
+//! Step 2 ends the open transaction and opens the next one (`begin_commit`),
+//! so a caller may go on changing the pool while steps 1 and 3-5 run without
+//! its lock (`CommitIo`); step 6 is `end_commit`.
 //! Any failure poisons the handle: nothing more is written until reopen.
 
 use super::freelist;
@@ -16,7 +19,8 @@ use super::freelog::{self, LogEntry};
 use super::state::PoolState;
 use super::superblock::Superblock;
 use crate::alloc::Extent;
-use crate::block::{BlockKind, BlockRef};
+use crate::block::store::{lock_storage, SharedStorage};
+use crate::block::{BlockBuf, BlockKind, BlockRef};
 use crate::error::Result;
 
 /// The log is compacted once it would hold more entries than the base
@@ -36,14 +40,114 @@ struct FreeSpace {
     freelog_entries: u64,
 }
 
+/// A commit begun by `PoolState::begin_commit`: what its I/O must write.
+/// `None` when nothing changed (the data device is still made durable).
+pub(crate) struct CommitJob {
+    work: Option<(Vec<(u64, BlockBuf)>, Superblock, FreeSpace)>,
+}
+
+/// The devices a commit writes, usable without the pool's lock.
+pub(crate) struct CommitIo {
+    meta: SharedStorage,
+    data: SharedStorage,
+}
+
+impl CommitIo {
+    /// Steps 1 and 3-5: data durable, dirty blocks written and durable,
+    /// then the superblock written and durable.
+    pub(crate) fn write(&self, job: &CommitJob) -> Result<()> {
+        lock_storage(&self.data).flush()?;
+        let Some((blocks, sb, _)) = &job.work else {
+            return Ok(());
+        };
+        let writes: Vec<(u64, &[u8])> = blocks
+            .iter()
+            .map(|(offset, block)| (*offset, &block[..]))
+            .collect();
+        let mut meta = lock_storage(&self.meta);
+        meta.write_batch(&writes)?;
+        meta.flush()?;
+        meta.write_batch(&[(Superblock::slot_offset(sb.seq), &sb.encode())])?;
+        meta.flush()?;
+        Ok(())
+    }
+}
+
 impl PoolState {
+    /// A whole commit, holding the state throughout.
     pub(crate) fn commit(&mut self) -> Result<()> {
-        self.store.check_writable()?;
-        let result = self.commit_steps();
-        if result.is_err() {
-            self.store.poisoned = true;
+        let job = self.begin_commit()?;
+        let result = self.commit_io().write(&job);
+        self.end_commit(job, result)
+    }
+
+    pub(crate) fn commit_io(&self) -> CommitIo {
+        CommitIo {
+            meta: self.store.shared_storage(),
+            data: self.data.clone(),
         }
-        result
+    }
+
+    /// Step 2, then the open transaction ends: its dirty blocks become the
+    /// commit's writes (readable from memory until it is durable) and the
+    /// next transaction opens, so changes can go on while `CommitIo::write`
+    /// runs. `end_commit` must follow, with the write's result.
+    pub(crate) fn begin_commit(&mut self) -> Result<CommitJob> {
+        self.store.check_writable()?;
+        if self.nothing_to_write() {
+            return Ok(CommitJob { work: None });
+        }
+        let free_space = match self.persist_free_space() {
+            Ok(free_space) => free_space,
+            Err(error) => {
+                self.store.poisoned = true;
+                return Err(error);
+            }
+        };
+        let sb = Superblock {
+            seq: self.store.txn_seq,
+            tree_height: self.tree.height,
+            root: self.tree.root,
+            freelist: free_space.freelist,
+            meta_free_extents: free_space.meta_free_extents,
+            data_free_extents: free_space.data_free_extents,
+            meta_free_blocks: self.store.alloc.free_blocks() + self.store.alloc.busy_blocks(),
+            data_free_blocks: self.data_alloc.free_blocks() + self.data_alloc.busy_blocks(),
+            item_count: self.tree.items,
+            freelog: free_space
+                .freelog_chain
+                .first()
+                .copied()
+                .unwrap_or_default(),
+            freelog_blocks: free_space.freelog_chain.len() as u64,
+            freelog_entries: free_space.freelog_entries,
+            ..self.sb.clone()
+        };
+        let blocks = self.store.begin_commit();
+        self.data_alloc.begin_commit();
+        Ok(CommitJob {
+            work: Some((blocks, sb, free_space)),
+        })
+    }
+
+    /// Step 6 once the write succeeded: the commit's busy space becomes
+    /// free and its superblock the durable one. A failed write poisons.
+    pub(crate) fn end_commit(&mut self, job: CommitJob, written: Result<()>) -> Result<()> {
+        if let Err(error) = written {
+            self.store.poisoned = true;
+            return Err(error);
+        }
+        let Some((_, sb, free_space)) = job.work else {
+            return Ok(());
+        };
+        self.store.end_commit();
+        self.data_alloc.end_commit();
+        self.sb = sb;
+        self.freelist_chain = free_space.freelist_chain;
+        self.freelog_chain = free_space.freelog_chain;
+        self.freelog_head = free_space.freelog_head;
+        self.freelog_entries = free_space.freelog_entries;
+        Ok(())
     }
 
     fn nothing_to_write(&self) -> bool {
@@ -67,48 +171,12 @@ impl PoolState {
         self.sb.seq == 0 || after > base.max(LOG_BLOCKS_MIN * per_block)
     }
 
-    fn commit_steps(&mut self) -> Result<()> {
-        self.data.flush()?;
-        if self.nothing_to_write() {
-            return Ok(());
-        }
-        let free_space = if self.log_is_due_for_compaction() {
-            self.write_new_chain()?
+    fn persist_free_space(&mut self) -> Result<FreeSpace> {
+        if self.log_is_due_for_compaction() {
+            self.write_new_chain()
         } else {
-            self.append_to_log()?
-        };
-        let sb = Superblock {
-            seq: self.store.txn_seq,
-            tree_height: self.tree.height,
-            root: self.tree.root,
-            freelist: free_space.freelist,
-            meta_free_extents: free_space.meta_free_extents,
-            data_free_extents: free_space.data_free_extents,
-            meta_free_blocks: self.store.alloc.free_blocks() + self.store.alloc.busy_blocks(),
-            data_free_blocks: self.data_alloc.free_blocks() + self.data_alloc.busy_blocks(),
-            item_count: self.tree.items,
-            freelog: free_space
-                .freelog_chain
-                .first()
-                .copied()
-                .unwrap_or_default(),
-            freelog_blocks: free_space.freelog_chain.len() as u64,
-            freelog_entries: free_space.freelog_entries,
-            ..self.sb.clone()
-        };
-        self.store.write_dirty()?;
-        self.store.flush()?;
-        self.store
-            .write_raw(Superblock::slot_offset(sb.seq), &sb.encode())?;
-        self.store.flush()?;
-        self.store.commit_done();
-        self.data_alloc.commit_done();
-        self.sb = sb;
-        self.freelist_chain = free_space.freelist_chain;
-        self.freelog_chain = free_space.freelog_chain;
-        self.freelog_head = free_space.freelog_head;
-        self.freelog_entries = free_space.freelog_entries;
-        Ok(())
+            self.append_to_log()
+        }
     }
 
     /// Compaction: frees the old chain and log (busy) and writes every

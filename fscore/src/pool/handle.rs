@@ -23,7 +23,38 @@ pub const POOL_VALUE_LEN_MAX: usize = VALUE_LEN_MAX;
 
 pub struct Pool {
     state: Mutex<PoolState>,
+    /// Held from the start to the end of a commit: one at a time.
+    committing: Mutex<()>,
     data_path: PathBuf,
+}
+
+/// A commit whose transaction has ended (changes made from now on belong to
+/// the next one) and whose writes have not been made yet: `finish` makes
+/// them without holding the pool's lock, so other threads go on using the
+/// pool meanwhile. Dropping it unfinished poisons the pool (the commit's
+/// outcome on disk would be unknown).
+pub struct PendingCommit<'a> {
+    pool: &'a Pool,
+    job: Option<super::commit::CommitJob>,
+    io: super::commit::CommitIo,
+    _one_at_a_time: MutexGuard<'a, ()>,
+}
+
+impl PendingCommit<'_> {
+    /// Writes the commit and makes it durable (see docs/format.md).
+    pub fn finish(mut self) -> Result<()> {
+        let job = self.job.take().expect("finished once");
+        let written = self.io.write(&job);
+        self.pool.lock().end_commit(job, written)
+    }
+}
+
+impl Drop for PendingCommit<'_> {
+    fn drop(&mut self) {
+        if self.job.is_some() {
+            self.pool.lock().store.poisoned = true;
+        }
+    }
 }
 
 /// Opens a device file and takes an exclusive flock on it (kept while the
@@ -89,6 +120,7 @@ impl Pool {
         let state = PoolState::open(Box::new(meta_storage), Box::new(data_storage), opts)?;
         Ok(Pool {
             state: Mutex::new(state),
+            committing: Mutex::new(()),
             data_path: data.to_path_buf(),
         })
     }
@@ -102,6 +134,7 @@ impl Pool {
         let state = PoolState::open(meta, data, opts)?;
         Ok(Pool {
             state: Mutex::new(state),
+            committing: Mutex::new(()),
             data_path: PathBuf::new(),
         })
     }
@@ -121,6 +154,12 @@ impl Pool {
 
     pub fn info(&self) -> PoolInfo {
         self.lock().info()
+    }
+
+    /// The seq the open transaction will commit as (`info().seq + 1`, or
+    /// `+ 2` while a begun commit is being written).
+    pub fn txn_seq(&self) -> u64 {
+        self.lock().store.txn_seq
     }
 
     /// Path of the data device (empty for storage given to `open_on`).
@@ -219,7 +258,26 @@ impl Pool {
 
     /// Makes everything done before the call durable (see docs/format.md).
     pub fn commit(&self) -> Result<()> {
-        self.lock().commit()
+        self.begin_commit()?.finish()
+    }
+
+    /// Ends the open transaction and returns the commit that makes it
+    /// durable when finished. Changes made after this call, from any
+    /// thread, belong to the next transaction. Waits for a commit begun
+    /// earlier to finish.
+    pub fn begin_commit(&self) -> Result<PendingCommit<'_>> {
+        let one_at_a_time = self
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = &mut *self.lock();
+        let job = state.begin_commit()?;
+        Ok(PendingCommit {
+            pool: self,
+            job: Some(job),
+            io: state.commit_io(),
+            _one_at_a_time: one_at_a_time,
+        })
     }
 
     /// Bytes of metadata the next commit will write (dirty blocks); the

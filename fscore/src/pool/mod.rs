@@ -8,7 +8,7 @@ mod state;
 mod superblock;
 
 pub use check::{check_with_data_refs, CheckReport, Device, Problem};
-pub use handle::{Pool, FREES_AFTER_CHANGE_MIN, POOL_VALUE_LEN_MAX};
+pub use handle::{PendingCommit, Pool, FREES_AFTER_CHANGE_MIN, POOL_VALUE_LEN_MAX};
 pub use options::{
     MkfsOptions, OpenOptions, PoolInfo, CACHE_BYTES_DEFAULT, DATA_BLOCK_BYTES,
     META_BLOCK_BYTES_DEFAULT,

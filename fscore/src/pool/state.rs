@@ -8,6 +8,7 @@ use super::options::{
 };
 use super::superblock::{Superblock, SUPER_AREA_BYTES, SUPER_BYTES};
 use crate::alloc::{Allocator, Extent};
+use crate::block::store::SharedStorage;
 use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
 use crate::btree::node::NodeMut;
 use crate::error::{Error, Result};
@@ -16,7 +17,7 @@ use crate::tree::Tree;
 
 pub(crate) struct PoolState {
     pub(crate) store: BlockStore,
-    pub(crate) data: Box<dyn Storage>,
+    pub(crate) data: SharedStorage,
     pub(crate) data_alloc: Allocator,
     pub(crate) tree: Tree,
     /// The last durable superblock.
@@ -118,7 +119,7 @@ impl PoolState {
         };
         let mut state = PoolState {
             store,
-            data,
+            data: std::sync::Arc::new(std::sync::Mutex::new(data)),
             data_alloc: Allocator::all_free(0, data_blocks),
             tree: Tree {
                 root,
@@ -221,7 +222,7 @@ impl PoolState {
         let value_len_max = value_len_max(sb.meta_block_bytes);
         Ok(PoolState {
             store,
-            data,
+            data: std::sync::Arc::new(std::sync::Mutex::new(data)),
             data_alloc,
             tree,
             sb,

@@ -74,6 +74,8 @@ pub struct Workload {
     pub by_seq: BTreeMap<u64, Model>,
     pub keys_max: u64,
     pub commit_every_max: u32,
+    /// Changes made while a commit is being written (see `commit`).
+    pub overlap_ops_max: u32,
 }
 
 impl Workload {
@@ -86,25 +88,14 @@ impl Workload {
             by_seq,
             keys_max: 400,
             commit_every_max: 40,
+            overlap_ops_max: 3,
         }
     }
 
     /// Runs `ops` operations; stops at the first I/O failure (a crash).
     pub fn run(&mut self, pool: &Pool, ops: usize) -> Result<(), Error> {
-        let value_len_max = pool.value_len_max();
         for _ in 0..ops {
-            let choice = self.rng.gen_range(0..100);
-            let result = match choice {
-                0..=49 => self.insert(pool, value_len_max),
-                50..=74 => self.delete(pool),
-                75..=84 => self.alloc_data(pool),
-                85..=92 => self.free_data(pool),
-                _ => Ok(()),
-            };
-            match result {
-                Ok(()) | Err(Error::NoSpace) => {}
-                Err(error) => return Err(error),
-            }
+            self.step(pool)?;
             if self.rng.gen_ratio(1, self.commit_every_max) {
                 self.commit(pool)?;
             }
@@ -112,9 +103,32 @@ impl Workload {
         Ok(())
     }
 
+    /// One random change (NoSpace is an accepted outcome).
+    fn step(&mut self, pool: &Pool) -> Result<(), Error> {
+        let value_len_max = pool.value_len_max();
+        let result = match self.rng.gen_range(0..100) {
+            0..=49 => self.insert(pool, value_len_max),
+            50..=74 => self.delete(pool),
+            75..=84 => self.alloc_data(pool),
+            85..=92 => self.free_data(pool),
+            _ => Ok(()),
+        };
+        match result {
+            Err(Error::NoSpace) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Commits in two phases, as the volume does: changes made between
+    /// `begin_commit` and `finish` (up to `overlap_ops_max`) belong to the
+    /// next transaction and must not show up in this commit after a crash.
     pub fn commit(&mut self, pool: &Pool) -> Result<(), Error> {
         self.by_seq.insert(pool.info().seq + 1, self.model.clone());
-        pool.commit()
+        let pending = pool.begin_commit()?;
+        for _ in 0..self.rng.gen_range(0..=self.overlap_ops_max) {
+            self.step(pool)?;
+        }
+        pending.finish()
     }
 
     fn insert(&mut self, pool: &Pool, value_len_max: usize) -> Result<(), Error> {

@@ -272,23 +272,27 @@ impl Volume {
         }
     }
 
-    /// One commit: drain the writers, commit the pool, advance the open txn.
+    /// One commit: drain the writers, end the pool's transaction and
+    /// advance the open txn with the gate closed, then write the commit
+    /// with the gate open again: writers and readers go on with the next
+    /// transaction while it is written (fscore's `begin_commit`).
     fn commit_now(&self) -> CommitResult {
         self.gate.close_and_drain();
-        let result = if self.changes.swap(0, Ordering::Relaxed) == 0 {
-            Ok(())
-        } else {
-            self.pool.commit().map_err(|e| e.to_string())
-        };
-        match &result {
-            Ok(()) => self
-                .open_txn
-                .store(self.pool.info().seq + 1, Ordering::Release),
+        if self.changes.swap(0, Ordering::Relaxed) == 0 {
+            self.gate.reopen();
+            return Ok(());
+        }
+        let pending = self.pool.begin_commit();
+        self.open_txn.store(self.pool.txn_seq(), Ordering::Release);
+        self.gate.reopen();
+        let result = pending
+            .and_then(|pending| pending.finish())
+            .map_err(|e| e.to_string());
+        if result.is_err() {
             // Keep the changes pending: every later flush must fail too
             // (the pool is poisoned) rather than report success.
-            Err(_) => _ = self.changes.fetch_add(1, Ordering::Relaxed),
+            self.changes.fetch_add(1, Ordering::Relaxed);
         }
-        self.gate.reopen();
         result
     }
 }
