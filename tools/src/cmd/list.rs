@@ -6,13 +6,25 @@ use super::size::human;
 use crate::cli::ListArgs;
 use anyhow::{bail, Result};
 
+/// With `--json`, one JSON array holds every device, ublk and NBD alike,
+/// each object with a `kind`.
 pub fn run(args: &ListArgs) -> Result<()> {
-    if let Some(id) = args.dev_id {
-        if super::ublk::owns(id) {
-            return super::ublk::list(Some(id), args.json);
+    let ublk_id = match args.dev_id {
+        Some(id) if super::ublk::owns(id) => Some(Some(id)),
+        Some(_) => None,
+        None if super::ublk::available() => Some(None),
+        None => None,
+    };
+    let mut list = Vec::new();
+    if let Some(dev_id) = ublk_id {
+        if args.json {
+            list = super::ublk::list_json(dev_id)?;
+        } else {
+            super::ublk::list_text(dev_id)?;
         }
-    } else if super::ublk::available() {
-        super::ublk::list(None, args.json)?;
+        if dev_id.is_some() {
+            return print_json(args.json, &list);
+        }
     }
     let entries: Vec<_> = registry::entries()
         .into_iter()
@@ -22,17 +34,13 @@ pub fn run(args: &ListArgs) -> Result<()> {
         bail!("no device {id}");
     }
     if args.json {
-        let list: Vec<_> = entries
-            .iter()
-            .map(|e| {
-                let mut v = serde_json::to_value(e).expect("entry serializes");
-                v["kind"] = "nbd".into();
-                v["state"] = state(e.pid).into();
-                v
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(());
+        list.extend(entries.iter().map(|e| {
+            let mut v = serde_json::to_value(e).expect("entry serializes");
+            v["kind"] = "nbd".into();
+            v["state"] = state(e.pid).into();
+            v
+        }));
+        return print_json(true, &list);
     }
     for e in entries {
         println!(
@@ -55,4 +63,11 @@ fn state(pid: u32) -> &'static str {
     } else {
         "DEAD"
     }
+}
+
+fn print_json(json: bool, list: &[serde_json::Value]) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(list)?);
+    }
+    Ok(())
 }

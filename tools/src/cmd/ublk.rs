@@ -131,24 +131,35 @@ pub fn del(dev_id: Option<u32>, all: bool) -> Result<()> {
 }
 
 /// `scoutfs-ublk list [-n N] [--json]`.
-pub fn list(dev_id: Option<u32>, json: bool) -> Result<()> {
+fn device_infos(dev_id: Option<u32>) -> Result<Vec<front::DeviceInfo>> {
     let ids = match dev_id {
         Some(id) => vec![id],
         None => front::device_ids(),
     };
-    let infos = ids
+    Ok(ids
         .into_iter()
         .map(front::device_info)
-        .collect::<Result<Vec<_>, _>>()?;
-    if json {
-        let list: Vec<_> = infos.iter().map(|i| i.to_json()).collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-    } else {
-        for info in infos {
-            print!("{}", info.ublksrv_text());
-        }
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Prints ublk devices as ublksrv's `ublk list` does.
+pub fn list_text(dev_id: Option<u32>) -> Result<()> {
+    for info in device_infos(dev_id)? {
+        print!("{}", info.ublksrv_text());
     }
     Ok(())
+}
+
+/// The ublk devices as JSON objects (`"kind": "ublk"`).
+pub fn list_json(dev_id: Option<u32>) -> Result<Vec<serde_json::Value>> {
+    Ok(device_infos(dev_id)?
+        .iter()
+        .map(|info| {
+            let mut value = info.to_json();
+            value["kind"] = "ublk".into();
+            value
+        })
+        .collect())
 }
 
 /// Forks the daemon and waits until it reports the live device's id (or
@@ -311,7 +322,7 @@ fn open_volume(meta: &Path, data: &Path) -> Result<Arc<Volume>, VolumeError> {
 /// doing data I/O through that queue's ring.
 fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
     let (meta, data) = (&spec.pool.meta, &spec.pool.data);
-    let volume = Volume::open(meta, data, &VolumeOptions::default()).with_context(|| {
+    let volume = open_volume(meta, data).with_context(|| {
         format!(
             "opening pool (meta {}, data {})",
             meta.display(),
