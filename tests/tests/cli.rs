@@ -18,7 +18,9 @@ fn fails_with(c: &mut Command, needle: &str) {
 
 #[test]
 fn help_for_every_subcommand() {
-    for sub in ["mkfs", "add", "del", "list", "recover", "check", "dump"] {
+    for sub in [
+        "mkfs", "add", "del", "list", "recover", "check", "dump", "bench",
+    ] {
         let out = run_ok(Command::new(binary()).args([sub, "--help"]));
         assert!(out.contains("Usage:"), "{sub} --help:\n{out}");
     }
@@ -128,4 +130,64 @@ fn tcp_list_dump_and_del_all() {
     );
     a.check_clean();
     b.check_clean();
+}
+
+/// `bench` runs every job on a scratch pool and on a raw file, reports
+/// requests that really completed, removes its scratch files, and refuses
+/// bad arguments.
+#[test]
+fn bench_measures_both_systems_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_ok(
+        Command::new(binary())
+            .args([
+                "bench",
+                "--size",
+                "64M",
+                "--seconds",
+                "0.2",
+                "--depth",
+                "4",
+                "--json",
+                "--dir",
+            ])
+            .arg(dir.path()),
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).expect("bench --json is JSON");
+    let jobs = report["jobs"].as_array().expect("jobs");
+    let names: Vec<&str> = jobs.iter().map(|j| j["job"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "seqwrite-1m",
+            "seqread-1m",
+            "randwrite-4k",
+            "randwrite-4k-flush32",
+            "randread-4k"
+        ]
+    );
+    for job in jobs {
+        for system in ["scoutfs", "raw"] {
+            let iops = job[system]["iops"].as_f64().unwrap();
+            assert!(iops > 0.0, "{} on {system}: {job}", job["job"]);
+        }
+        assert!(job["ratio"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "scratch files left behind"
+    );
+    fails_with(
+        Command::new(binary())
+            .args(["bench", "--jobs", "nope", "--dir"])
+            .arg(dir.path()),
+        "unknown job",
+    );
+    fails_with(
+        Command::new(binary())
+            .args(["bench", "--size", "1000", "--dir"])
+            .arg(dir.path()),
+        "multiple of 1 MiB",
+    );
 }

@@ -31,6 +31,35 @@ pub enum Command {
     Check(PoolArgs),
     /// Print the superblock, tree shapes and space usage of a pool.
     Dump(PoolArgs),
+    /// Measure the volume engine in process against its raw backing file (a scratch pool).
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Directory for the scratch pool and raw file (removed afterwards).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Volume size (e.g. 1G); also the raw file's size.
+    #[arg(long, default_value = "1G")]
+    pub size: String,
+    /// Seconds per job and system (sequential jobs end early at the end of the volume).
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    pub depth: usize,
+    /// Run only these jobs (comma-separated: seqwrite-1m, seqread-1m,
+    /// randwrite-4k, randwrite-4k-flush32, randread-4k; a read job runs on
+    /// whatever the jobs before it wrote).
+    #[arg(long, value_delimiter = ',')]
+    pub jobs: Vec<String>,
+    /// Leave out the raw file (profiling the volume alone).
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]

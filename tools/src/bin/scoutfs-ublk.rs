@@ -17,6 +17,7 @@ fn main() {
         Command::Recover(args) => cmd::ublk::recover(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Dump(args) => cmd::dump::run(args),
+        Command::Bench(args) => cmd::bench::run(args),
     };
     if let Err(e) = result {
         eprintln!("scoutfs-ublk: {e:#}");

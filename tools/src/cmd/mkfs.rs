@@ -26,7 +26,7 @@ pub const META_BYTES_MIN: u64 = 64 << 20;
 pub const DATA_SLACK_FRACTION: u64 = 64;
 pub const DATA_SLACK_BYTES_MIN: u64 = (ublk_target::volume::RESERVE_BLOCKS_MAX + 256) * BLOCK_BYTES;
 
-fn slack(volume_bytes: u64) -> u64 {
+pub fn slack(volume_bytes: u64) -> u64 {
     (volume_bytes / DATA_SLACK_FRACTION / BLOCK_BYTES * BLOCK_BYTES).max(DATA_SLACK_BYTES_MIN)
 }
 

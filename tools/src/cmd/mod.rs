@@ -2,6 +2,7 @@
 //! daemons, `size` parsing).
 
 pub mod add;
+pub mod bench;
 pub mod check;
 pub mod del;
 pub mod dump;

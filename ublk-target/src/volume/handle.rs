@@ -59,10 +59,29 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// The mappings of blocks `first..first + count` (None: unwritten).
-    fn lookup(&self, first: u64, count: u64) -> TargetResult<Vec<Option<Mapping>>> {
+    fn lookup(&self, first: u64, count: u64) -> TargetResult<Mappings> {
         let v = &self.volume;
-        let mut out = vec![None; count as usize];
+        let mut out: Mappings = smallvec::smallvec![None; count as usize];
         let mut bad = None;
+        if count == 1 {
+            // One block: an exact-key lookup (the leaf's hash table), no scan.
+            v.pool
+                .get_with(
+                    &map::map_key(v.volume_id, first),
+                    &mut |value| match Mapping::decode(value) {
+                        Some(m) => out[0] = Some(m),
+                        None => bad = Some(first),
+                    },
+                )
+                .map_err(target_error)?;
+            return match bad {
+                None => Ok(out),
+                Some(vblock) => Err(TargetError::Io(format!(
+                    "corrupt map item at volume offset {}",
+                    vblock * BLOCK_BYTES
+                ))),
+            };
+        }
         let start = map::map_key(v.volume_id, first);
         let end = map::map_key(v.volume_id, first + count - 1);
         v.pool
@@ -96,6 +115,26 @@ impl<D: DataIo> VolumeHandle<D> {
         maps: &[Option<Mapping>],
         buf: &mut [u8],
     ) -> TargetResult<Vec<usize>> {
+        // One run of contiguous mapped blocks (every small read, and large
+        // reads of sequentially written data): one I/O, no bookkeeping.
+        if let Some(Some(m)) = maps.first() {
+            let contiguous = maps
+                .iter()
+                .enumerate()
+                .all(|(i, n)| n.is_some_and(|n| n.pblock == m.pblock + i as u64));
+            if contiguous {
+                self.io
+                    .read_at(m.pblock * BLOCK_BYTES, buf)
+                    .await
+                    .map_err(|e| {
+                        TargetError::Io(format!(
+                            "data read at volume offset {}: {e}",
+                            first * BLOCK_BYTES
+                        ))
+                    })?;
+                return Ok(mismatches(maps, buf));
+            }
+        }
         // Split the buffer into one slice per run of physically contiguous
         // mapped blocks (zeroing the unmapped gaps), then read the runs
         // concurrently: a fragmented chunk must not cost one I/O latency
@@ -137,16 +176,7 @@ impl<D: DataIo> VolumeHandle<D> {
             .buffer_unordered(RUNS_IN_FLIGHT_MAX)
             .try_collect::<Vec<()>>()
             .await?;
-        let bad = maps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, m)| {
-                let m = (*m)?;
-                let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
-                (crc32c::crc32c(block) != m.crc).then_some(i)
-            })
-            .collect();
-        Ok(bad)
+        Ok(mismatches(maps, buf))
     }
 
     /// A block whose checksum did not match: wait out a racing writer and
@@ -217,19 +247,27 @@ impl<D: DataIo> VolumeHandle<D> {
         let open_txn = v.open_txn.load(Ordering::Acquire);
         let old = self.lookup(first, count)?;
 
-        let mut buf = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
         let head = (offset % BLOCK_BYTES) as usize;
         let tail = ((offset + data.len() as u64) % BLOCK_BYTES) as usize;
-        if head != 0 {
-            self.read_edge(first, old[0], &mut buf[..BLOCK_BYTES as usize])
-                .await?;
-        }
-        if tail != 0 && (last != first || head == 0) {
-            let at = ((count - 1) * BLOCK_BYTES) as usize;
-            self.read_edge(last, old[count as usize - 1], &mut buf[at..])
-                .await?;
-        }
-        buf[head..head + data.len()].copy_from_slice(data);
+        // Whole blocks in an aligned buffer are written as they are; others
+        // are merged with the old contents of their edge blocks first.
+        let merged = if head == 0 && tail == 0 && is_block_aligned(data) {
+            None
+        } else {
+            let mut buf = AlignedBuf::reuse((count * BLOCK_BYTES) as usize);
+            if head != 0 {
+                self.read_edge(first, old[0], &mut buf[..BLOCK_BYTES as usize])
+                    .await?;
+            }
+            if tail != 0 && (last != first || head == 0) {
+                let at = ((count - 1) * BLOCK_BYTES) as usize;
+                self.read_edge(last, old[count as usize - 1], &mut buf[at..])
+                    .await?;
+            }
+            buf[head..head + data.len()].copy_from_slice(data);
+            Some(buf)
+        };
+        let buf: &[u8] = merged.as_deref().unwrap_or(data);
 
         // In place for blocks the open transaction allocated; new ones else.
         let in_place: Vec<Option<u64>> = old
@@ -249,7 +287,7 @@ impl<D: DataIo> VolumeHandle<D> {
             .map(|p| p.unwrap_or_else(|| fresh_blocks.next().expect("allocated enough")))
             .collect();
 
-        if let Err(e) = self.write_runs(first, &targets, &buf).await {
+        if let Err(e) = self.write_runs(first, &targets, buf).await {
             self.free_all(&fresh);
             return Err(e);
         }
@@ -346,6 +384,19 @@ impl<D: DataIo> VolumeHandle<D> {
             }
             runs.push((i, run));
             i += run;
+        }
+        if let [(0, run)] = runs[..] {
+            debug_assert_eq!(run, targets.len());
+            return self
+                .io
+                .write_at(targets[0] * BLOCK_BYTES, buf)
+                .await
+                .map_err(|e| {
+                    TargetError::Io(format!(
+                        "data write at volume offset {}: {e}",
+                        first * BLOCK_BYTES
+                    ))
+                });
         }
         // Concurrently, as for reads: fresh blocks on a fragmented pool are
         // not contiguous.
@@ -445,6 +496,21 @@ impl<D: DataIo> VolumeHandle<D> {
         }
         Ok(())
     }
+}
+
+/// Mappings of a chunk's blocks; a small request's fit inline.
+type Mappings = smallvec::SmallVec<[Option<Mapping>; 4]>;
+
+/// Indexes of the mapped blocks in `buf` whose crc32c is not the mapping's.
+fn mismatches(maps: &[Option<Mapping>], buf: &[u8]) -> Vec<usize> {
+    maps.iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            let m = (*m)?;
+            let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
+            (crc32c::crc32c(block) != m.crc).then_some(i)
+        })
+        .collect()
 }
 
 /// Splits `offset..offset + len` at chunk boundaries: (offset, length) pairs.

@@ -236,10 +236,17 @@ impl Volume {
         self.wake_committer.notify_all();
     }
 
-    /// Called after each change: commits early past the dirty limit.
+    /// Called after each change: commits early past the dirty limit, and
+    /// when more data space waits for a commit (freed by copy-on-write,
+    /// busy until durable) than is free: on a nearly full pool that commit
+    /// turns the busy space free before writers run out and have to wait
+    /// for one.
     pub(crate) fn note_change(&self) {
         self.changes.fetch_add(1, Ordering::Relaxed);
-        if self.pool.dirty_bytes() > self.opts.dirty_bytes_max {
+        let info = self.pool.info();
+        if self.pool.dirty_bytes() > self.opts.dirty_bytes_max
+            || info.data_busy_blocks > info.data_free_blocks
+        {
             self.commit_soon();
         }
     }
