@@ -15,6 +15,7 @@
 //! mismatch is first told apart from a racing writer (the block is locked,
 //! or its mapping changed): only a mismatch on a stable mapping is EIO.
 
+use super::coalesce::CoalescingWrites;
 use super::data_io::DataIo;
 use super::map::{self, Mapping, BLOCK_BYTES};
 use super::volume::{target_error, Volume};
@@ -41,12 +42,16 @@ pub const READ_RETRIES_MAX: u32 = 16;
 
 pub struct VolumeHandle<D: DataIo> {
     volume: Arc<Volume>,
-    io: D,
+    /// Adjacent data writes of concurrent requests go out as one I/O.
+    io: CoalescingWrites<D>,
 }
 
 impl<D: DataIo> VolumeHandle<D> {
     pub(crate) fn new(volume: Arc<Volume>, io: D) -> VolumeHandle<D> {
-        VolumeHandle { volume, io }
+        VolumeHandle {
+            volume,
+            io: CoalescingWrites::new(io),
+        }
     }
 
     pub fn volume(&self) -> &Arc<Volume> {
@@ -55,7 +60,7 @@ impl<D: DataIo> VolumeHandle<D> {
 
     /// The data I/O this handle uses.
     pub fn io(&self) -> &D {
-        &self.io
+        self.io.inner()
     }
 
     /// The mappings of blocks `first..first + count` (None: unwritten).

@@ -1,6 +1,7 @@
 //! The volume engine: a thin, copy-on-write, checksummed block device whose
 //! map lives in fscore's btree (see `docs/volume.md`).
 
+mod coalesce;
 mod data_io;
 mod gate;
 mod handle;
@@ -9,6 +10,7 @@ mod map;
 #[allow(clippy::module_inception)]
 mod volume;
 
+pub use coalesce::{CoalescingWrites, MERGED_BYTES_MAX};
 pub use data_io::{open_data_device, DataIo, FileDataIo, UringDataIo, URING_ENTRIES};
 pub use handle::{VolumeHandle, CHUNK_BLOCKS, DISCARD_CHUNK_BLOCKS, READ_RETRIES_MAX};
 pub use map::{Mapping, BLOCK_BYTES};
