@@ -15,7 +15,6 @@
 use super::extents::{Extent, ExtentSet};
 use super::runs::Runs;
 use crate::error::{Error, Result};
-use std::collections::BTreeMap;
 
 #[derive(Clone, Debug)]
 pub struct Allocator {
@@ -24,16 +23,14 @@ pub struct Allocator {
     end_block: u64,
     free: ExtentSet,
     /// Freed in the open transaction, keyed by start block, merged.
-    busy: BTreeMap<u64, u64>,
-    busy_blocks: u64,
+    busy: Runs,
     /// Handed out in the open transaction and not given back: with `busy`,
     /// everything the commit changes in the persisted free space (the
     /// commit logs both instead of rewriting all free extents).
     allocated: Runs,
     /// Busy space of a transaction whose commit is being written (see
     /// `begin_commit`): still not allocatable, free once that commit is durable.
-    committing: BTreeMap<u64, u64>,
-    committing_blocks: u64,
+    committing: Runs,
 }
 
 impl Allocator {
@@ -43,11 +40,9 @@ impl Allocator {
             first_block,
             end_block,
             free: ExtentSet::default(),
-            busy: BTreeMap::new(),
-            busy_blocks: 0,
+            busy: Runs::default(),
             allocated: Runs::default(),
-            committing: BTreeMap::new(),
-            committing_blocks: 0,
+            committing: Runs::default(),
         }
     }
 
@@ -68,7 +63,7 @@ impl Allocator {
     /// Blocks not allocatable until a commit is durable: freed in the open
     /// transaction, or in one whose commit is being written.
     pub fn busy_blocks(&self) -> u64 {
-        self.busy_blocks + self.committing_blocks
+        self.busy.blocks() + self.committing.blocks()
     }
     pub fn busy_extents(&self) -> usize {
         self.busy.len() + self.committing.len()
@@ -103,18 +98,7 @@ impl Allocator {
     /// busy, or out of range) is an error and changes nothing.
     pub fn free(&mut self, extent: Extent) -> Result<()> {
         self.check_allocated(extent)?;
-        let mut merged = extent;
-        if let Some((&start, &len)) = self.busy.range(..extent.start).next_back() {
-            if start + len == extent.start {
-                self.busy.remove(&start);
-                merged = Extent::new(start, len + merged.len);
-            }
-        }
-        if let Some(len) = self.busy.remove(&extent.end()) {
-            merged.len += len;
-        }
-        self.busy.insert(merged.start, merged.len);
-        self.busy_blocks += extent.len;
+        self.busy.insert(extent);
         Ok(())
     }
 
@@ -149,12 +133,7 @@ impl Allocator {
     /// transaction, each in block order: what its commit changes in the
     /// persisted free space. Disjoint: busy space is never allocated.
     pub(crate) fn changes(&self) -> (Vec<Extent>, Vec<Extent>) {
-        let busy = self
-            .busy
-            .iter()
-            .map(|(start, len)| Extent::new(*start, *len))
-            .collect();
-        (self.allocated.iter().collect(), busy)
+        (self.allocated.iter().collect(), self.busy.iter().collect())
     }
 
     /// Extents `changes` would return, in O(1).
@@ -191,12 +170,7 @@ impl Allocator {
                 extent.start, extent.len
             )));
         }
-        let overlaps = |map: &BTreeMap<u64, u64>| {
-            map.range(..extent.end())
-                .next_back()
-                .is_some_and(|(start, len)| start + len > extent.start)
-        };
-        let busy = overlaps(&self.busy) || overlaps(&self.committing);
+        let busy = self.busy.overlaps(extent) || self.committing.overlaps(extent);
         if busy || self.free.overlaps(extent) {
             return Err(Error::Invalid(format!(
                 "extent {}+{} freed twice",
@@ -218,15 +192,13 @@ impl Allocator {
     pub(crate) fn begin_commit(&mut self) {
         debug_assert!(self.committing.is_empty(), "two commits in flight");
         self.committing = std::mem::take(&mut self.busy);
-        self.committing_blocks = std::mem::take(&mut self.busy_blocks);
         self.allocated.clear();
     }
 
     /// That commit is durable: the space it freed becomes free.
     pub(crate) fn end_commit(&mut self) {
         let committing = std::mem::take(&mut self.committing);
-        self.free.absorb(&committing);
-        self.committing_blocks = 0;
+        self.free.absorb(committing.as_map());
     }
 
     /// What is free once the open transaction is durable: free and busy
@@ -235,16 +207,8 @@ impl Allocator {
         let mut all: Vec<Extent> = self
             .free
             .iter()
-            .chain(
-                self.busy
-                    .iter()
-                    .map(|(start, len)| Extent::new(*start, *len)),
-            )
-            .chain(
-                self.committing
-                    .iter()
-                    .map(|(start, len)| Extent::new(*start, *len)),
-            )
+            .chain(self.busy.iter())
+            .chain(self.committing.iter())
             .collect();
         all.sort_unstable_by_key(|extent| extent.start);
         let mut out: Vec<Extent> = Vec::with_capacity(all.len());
@@ -266,34 +230,20 @@ impl Allocator {
     /// merged and disjoint from free ones.
     pub fn verify(&self) -> std::result::Result<(), String> {
         self.free.verify()?;
-        let mut end = None;
-        let mut blocks = 0;
-        for (start, len) in &self.busy {
-            if end.is_some_and(|end| *start <= end) || self.free.overlaps(Extent::new(*start, *len))
-            {
-                return Err(format!("busy extent {start}+{len} overlaps or is unmerged"));
+        // Runs are disjoint and merged by construction; what remains to
+        // prove is that busy, committing and free space never overlap.
+        for run in self.busy.iter() {
+            if self.free.overlaps(run) || self.committing.overlaps(run) {
+                return Err(format!("busy extent {}+{} overlaps", run.start, run.len));
             }
-            end = Some(start + len);
-            blocks += len;
         }
-        if blocks != self.busy_blocks {
-            return Err("busy block count is wrong".into());
-        }
-        let mut committed = 0;
-        for (start, len) in &self.committing {
-            let extent = Extent::new(*start, *len);
-            let in_busy = self
-                .busy
-                .range(..extent.end())
-                .next_back()
-                .is_some_and(|(s, l)| s + l > extent.start);
-            if in_busy || self.free.overlaps(extent) {
-                return Err(format!("committing extent {start}+{len} overlaps"));
+        for run in self.committing.iter() {
+            if self.free.overlaps(run) {
+                return Err(format!(
+                    "committing extent {}+{} overlaps",
+                    run.start, run.len
+                ));
             }
-            committed += len;
-        }
-        if committed != self.committing_blocks {
-            return Err("committing block count is wrong".into());
         }
         if let Some(run) = self.allocated.iter().find(|run| self.free.overlaps(*run)) {
             return Err(format!(

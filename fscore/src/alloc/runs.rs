@@ -17,6 +17,19 @@ impl Runs {
         self.by_start.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.by_start.is_empty()
+    }
+
+    pub(crate) fn blocks(&self) -> u64 {
+        self.blocks
+    }
+
+    /// The runs as a map from start block to length.
+    pub(crate) fn as_map(&self) -> &BTreeMap<u64, u64> {
+        &self.by_start
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
         self.by_start
             .iter()
@@ -99,10 +112,10 @@ mod tests {
             runs.iter().collect::<Vec<_>>(),
             vec![Extent::new(10, 2), Extent::new(15, 10)]
         );
-        assert_eq!(runs.blocks, 12);
+        assert_eq!(runs.blocks(), 12);
         runs.remove(Extent::new(10, 2));
         runs.remove(Extent::new(15, 10));
-        assert_eq!(runs.len(), 0);
-        assert_eq!(runs.blocks, 0);
+        assert!(runs.is_empty());
+        assert_eq!(runs.blocks(), 0);
     }
 }

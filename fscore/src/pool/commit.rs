@@ -9,9 +9,11 @@
 //! 5. the superblock with seq = txn seq goes to slot seq % 2 and is made
 //!    durable. Only now does the commit count;
 //! 6. busy space becomes free.
+//!
 //! Step 2 ends the open transaction and opens the next one (`begin_commit`),
 //! so a caller may go on changing the pool while steps 1 and 3-5 run without
 //! its lock (`CommitIo`); step 6 is `end_commit`.
+//!
 //! Any failure poisons the handle: nothing more is written until reopen.
 
 use super::freelist;
@@ -43,7 +45,14 @@ struct FreeSpace {
 /// A commit begun by `PoolState::begin_commit`: what its I/O must write.
 /// `None` when nothing changed (the data device is still made durable).
 pub(crate) struct CommitJob {
-    work: Option<(Vec<(u64, BlockBuf)>, Superblock, FreeSpace)>,
+    work: Option<CommitWork>,
+}
+
+struct CommitWork {
+    /// Sealed dirty blocks: (byte offset, block).
+    blocks: Vec<(u64, BlockBuf)>,
+    sb: Superblock,
+    free_space: FreeSpace,
 }
 
 /// The devices a commit writes, usable without the pool's lock.
@@ -57,7 +66,7 @@ impl CommitIo {
     /// then the superblock written and durable.
     pub(crate) fn write(&self, job: &CommitJob) -> Result<()> {
         lock_storage(&self.data).flush()?;
-        let Some((blocks, sb, _)) = &job.work else {
+        let Some(CommitWork { blocks, sb, .. }) = &job.work else {
             return Ok(());
         };
         let writes: Vec<(u64, &[u8])> = blocks
@@ -126,7 +135,11 @@ impl PoolState {
         let blocks = self.store.begin_commit();
         self.data_alloc.begin_commit();
         Ok(CommitJob {
-            work: Some((blocks, sb, free_space)),
+            work: Some(CommitWork {
+                blocks,
+                sb,
+                free_space,
+            }),
         })
     }
 
@@ -137,7 +150,7 @@ impl PoolState {
             self.store.poisoned = true;
             return Err(error);
         }
-        let Some((_, sb, free_space)) = job.work else {
+        let Some(CommitWork { sb, free_space, .. }) = job.work else {
             return Ok(());
         };
         self.store.end_commit();

@@ -71,32 +71,57 @@ pub(crate) fn read_chain(
     first: BlockRef,
     blocks_max: u64,
 ) -> Result<(Vec<BlockRef>, Vec<Extent>)> {
-    let per_block = entries_per_block(store.block_bytes);
     let mut chain = Vec::new();
     let mut extents = Vec::new();
+    walk_chain(
+        store,
+        first,
+        BlockKind::FreeList,
+        blocks_max,
+        |r, entries| {
+            chain.push(r);
+            extents.extend(entries.map(|entry| Extent::new(le_u64(entry, 0), le_u64(entry, 8))));
+            Ok(())
+        },
+    )?;
+    Ok((chain, extents))
+}
+
+/// Walks a chain of blocks of `kind` laid out as FreeList blocks are (next
+/// ref, count, zero, `ENTRY_BYTES`-byte entries; FreeLog blocks share it),
+/// calling `visit` with each block's reference and its entries. At most
+/// `blocks_max` blocks (a loop in a corrupt chain ends there).
+pub(crate) fn walk_chain(
+    store: &mut BlockStore,
+    first: BlockRef,
+    kind: BlockKind,
+    blocks_max: u64,
+    mut visit: impl FnMut(BlockRef, &mut dyn Iterator<Item = &[u8]>) -> Result<()>,
+) -> Result<()> {
+    let per_block = entries_per_block(store.block_bytes);
     let mut next = first;
+    let mut blocks = 0u64;
     while next != BlockRef::NONE {
-        if chain.len() as u64 >= blocks_max {
+        if blocks >= blocks_max {
             return Err(Error::corrupt(
                 next.blkno,
-                "free-list chain longer than the device",
+                format!("{kind:?} chain longer than the device"),
             ));
         }
-        let block = store.read(next, BlockKind::FreeList)?;
+        blocks += 1;
+        let block = store.read(next, kind)?;
         let payload = &block[HEADER_BYTES..];
         let count = le_u32(payload, 16) as usize;
         if count > per_block || le_u32(payload, 20) != 0 {
             return Err(Error::corrupt(
                 next.blkno,
-                format!("free-list block claims {count} entries"),
+                format!("{kind:?} block claims {count} entries"),
             ));
         }
-        for slot in 0..count {
-            let at = LIST_HEADER_BYTES + slot * ENTRY_BYTES;
-            extents.push(Extent::new(le_u64(payload, at), le_u64(payload, at + 8)));
-        }
-        chain.push(next);
+        let mut entries = payload[LIST_HEADER_BYTES..LIST_HEADER_BYTES + count * ENTRY_BYTES]
+            .chunks_exact(ENTRY_BYTES);
+        visit(next, &mut entries)?;
         next = BlockRef::decode(&payload[..16], next.blkno)?;
     }
-    Ok((chain, extents))
+    Ok(())
 }

@@ -12,6 +12,7 @@
 //!
 //! Blocks are linked newest first; entries inside a block are oldest first.
 
+use super::freelist;
 use crate::alloc::{Allocator, Extent};
 use crate::block::header::{le_u32, le_u64};
 use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
@@ -126,46 +127,27 @@ pub(crate) fn read_log(
     head: BlockRef,
     blocks_max: u64,
 ) -> Result<Vec<(BlockRef, Vec<LogEntry>)>> {
-    let per_block = entries_per_block(store.block_bytes);
     let mut out = Vec::new();
-    let mut next = head;
-    while next != BlockRef::NONE {
-        if out.len() as u64 >= blocks_max {
-            return Err(Error::corrupt(
-                next.blkno,
-                "free-space log longer than the device",
-            ));
-        }
-        let block = store.read(next, BlockKind::FreeLog)?;
-        let payload = &block[HEADER_BYTES..];
-        let count = le_u32(payload, 16) as usize;
-        if count > per_block || le_u32(payload, 20) != 0 {
-            return Err(Error::corrupt(
-                next.blkno,
-                format!("free-space log block claims {count} entries"),
-            ));
-        }
-        let mut entries = Vec::with_capacity(count);
-        for slot in 0..count {
-            let at = LOG_HEADER_BYTES + slot * ENTRY_BYTES;
-            let len = le_u32(payload, at + 8) as u64;
-            let flags = le_u32(payload, at + 12);
+    freelist::walk_chain(store, head, BlockKind::FreeLog, blocks_max, |r, entries| {
+        let mut decoded = Vec::new();
+        for (slot, entry) in entries.enumerate() {
+            let len = le_u32(entry, 8) as u64;
+            let flags = le_u32(entry, 12);
             if len == 0 || flags & !(FLAG_DATA | FLAG_FREED) != 0 {
                 return Err(Error::corrupt(
-                    next.blkno,
+                    r.blkno,
                     format!("free-space log entry {slot} is malformed"),
                 ));
             }
-            entries.push(LogEntry {
+            decoded.push(LogEntry {
                 data: flags & FLAG_DATA != 0,
                 freed: flags & FLAG_FREED != 0,
-                extent: Extent::new(le_u64(payload, at), len),
+                extent: Extent::new(le_u64(entry, 0), len),
             });
         }
-        let holder = next.blkno;
-        out.push((next, entries));
-        next = BlockRef::decode(&payload[..16], holder)?;
-    }
+        out.push((r, decoded));
+        Ok(())
+    })?;
     Ok(out)
 }
 
