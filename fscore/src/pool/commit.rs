@@ -1,5 +1,6 @@
 //! The commit protocol (docs/format.md, "Commit"):
-//! 1. the data device is made durable (data the new metadata points at);
+//! 1. the data device is made durable (data the new metadata points at;
+//!    started first, waited for before step 5);
 //! 2. the free space as it will be after this commit is persisted: either
 //!    appended to the free-space log (this transaction's allocations and
 //!    frees), or, once the log outgrows the base chain, compacted: the old
@@ -64,18 +65,27 @@ pub(crate) struct CommitIo {
 impl CommitIo {
     /// Steps 1 and 3-5: data durable, dirty blocks written and durable,
     /// then the superblock written and durable.
+    ///
+    /// The data device's flush is started first and waited for only before
+    /// the superblock: it runs while the metadata is written and flushed, so
+    /// a commit costs two flush latencies in a row, not three.
     pub(crate) fn write(&self, job: &CommitJob) -> Result<()> {
-        lock_storage(&self.data).flush()?;
         let Some(CommitWork { blocks, sb, .. }) = &job.work else {
+            lock_storage(&self.data).flush()?;
             return Ok(());
         };
+        lock_storage(&self.data).flush_begin()?;
         let writes: Vec<(u64, &[u8])> = blocks
             .iter()
             .map(|(offset, block)| (*offset, &block[..]))
             .collect();
         let mut meta = lock_storage(&self.meta);
-        meta.write_batch(&writes)?;
-        meta.flush()?;
+        let meta_written = meta.write_batch(&writes).and_then(|()| meta.flush());
+        // Always collect the data flush, even after a metadata failure: the
+        // device must not be left with a flush in flight.
+        let data_flushed = lock_storage(&self.data).flush_end();
+        meta_written?;
+        data_flushed?;
         meta.write_batch(&[(Superblock::slot_offset(sb.seq), &sb.encode())])?;
         meta.flush()?;
         Ok(())

@@ -16,4 +16,16 @@ pub trait Storage: Send {
     fn write_batch(&mut self, writes: &[(u64, &[u8])]) -> io::Result<()>;
     /// Makes every write that completed before this call durable.
     fn flush(&mut self) -> io::Result<()>;
+    /// Starts a flush of the writes completed so far and returns without
+    /// waiting; `flush_end` waits for it. Lets a caller overlap the flush
+    /// with other work (the commit flushes the data device while it writes
+    /// metadata). Nothing else may be issued on this device in between.
+    /// By default the flush happens in `flush_end`.
+    fn flush_begin(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Waits for the flush `flush_begin` started (by default, flushes).
+    fn flush_end(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
