@@ -49,14 +49,24 @@ struct Waiter {
     arrived_us: u64,
 }
 
-#[derive(Debug)]
-struct Lock {
-    range: LockRange,
-    /// Usually one or two: inline, so a lock's life allocates nothing here.
-    holders: SmallVec<[(ClientId, Mode); 2]>,
+/// What only a contended lock has: requests waiting for it and holders asked
+/// to give it up.
+#[derive(Debug, Default)]
+struct Queue {
     waiters: VecDeque<Waiter>,
     /// Holders sent an invalidation and not yet answered, with its target mode.
     invalidating: Vec<(ClientId, Mode)>,
+}
+
+/// One lock: 64 bytes. Tens of thousands live in the ordered map at once, so
+/// the rare parts (more than one holder, a queue) live out of line: a lock's
+/// uncontended life allocates nothing and a map node holds more of them.
+#[derive(Debug)]
+struct Lock {
+    range: LockRange,
+    holders: SmallVec<[(ClientId, Mode); 1]>,
+    /// None while nobody waits and no invalidation is outstanding.
+    queue: Option<Box<Queue>>,
 }
 
 impl Lock {
@@ -64,13 +74,37 @@ impl Lock {
         Lock {
             range,
             holders: SmallVec::new(),
-            waiters: VecDeque::new(),
-            invalidating: Vec::new(),
+            queue: None,
         }
     }
 
     fn is_idle(&self) -> bool {
-        self.holders.is_empty() && self.waiters.is_empty() && self.invalidating.is_empty()
+        self.holders.is_empty() && self.queue.is_none()
+    }
+
+    fn has_waiters(&self) -> bool {
+        self.queue.as_ref().is_some_and(|q| !q.waiters.is_empty())
+    }
+
+    fn waits(&self, client: ClientId) -> bool {
+        self.queue
+            .as_ref()
+            .is_some_and(|q| q.waiters.iter().any(|w| w.client == client))
+    }
+
+    fn queue_mut(&mut self) -> &mut Queue {
+        self.queue.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the queue once it is empty, so `is_idle` needs no look inside.
+    fn tidy(&mut self) {
+        if self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.waiters.is_empty() && q.invalidating.is_empty())
+        {
+            self.queue = None;
+        }
     }
 
     fn held_by(&self, client: ClientId) -> Mode {
@@ -93,7 +127,16 @@ impl Lock {
     }
 
     fn invalidating(&self, client: ClientId) -> bool {
-        self.invalidating.iter().any(|(c, _)| *c == client)
+        self.queue
+            .as_ref()
+            .is_some_and(|q| q.invalidating.iter().any(|(c, _)| *c == client))
+    }
+
+    /// Whether another holder's mode conflicts with `mode`.
+    fn conflicts(&self, client: ClientId, mode: Mode) -> bool {
+        self.holders
+            .iter()
+            .any(|&(c, m)| c != client && !m.compatible(mode))
     }
 }
 
@@ -169,64 +212,80 @@ impl LockServer {
         out: &mut Vec<LockAction>,
     ) {
         let lock_key = key(&msg.range);
-        if let Some(lock) = self
+        let recovering = self.recovering(now_us);
+        let refuse = |error| LockAction::Refuse {
+            client,
+            request_id,
+            command: Command::Lock,
+            msg,
+            error,
+        };
+        // Locks are disjoint and keyed by their end, so the first lock ending
+        // at or after our start is ours, overlaps ours, or tells that the range
+        // is free: one descent.
+        let lock = match self
             .locks
-            .get_mut(&lock_key)
-            .filter(|l| l.range == msg.range)
+            .range_mut((msg.range.zone, msg.range.start)..)
+            .next()
         {
-            if lock.held_by(client).covers(msg.mode) {
-                // A downgrade never waits.
-                lock.set_holder(client, msg.mode);
-                let (waiting, idle) = (!lock.waiters.is_empty(), lock.is_idle());
-                self.grant_action(client, request_id, Command::Lock, msg, 0, out);
-                if waiting {
-                    self.process(now_us, lock_key, out);
-                } else if idle {
-                    self.locks.remove(&lock_key);
+            Some((_, lock)) if lock.range == msg.range => lock,
+            found => {
+                let overlapped = found.is_some_and(|(_, l)| l.range.overlaps(&msg.range));
+                if msg.mode == Mode::Null {
+                    // Releasing what it does not hold: nothing to change.
+                    grant(&mut self.grants_total, client, request_id, msg, out);
+                } else if overlapped {
+                    out.push(refuse(ErrorCode::RangeOverlap));
+                } else if self.locks.len() >= LOCKS_MAX {
+                    out.push(refuse(ErrorCode::InvalidRequest));
+                } else if recovering {
+                    let mut lock = Lock::new(msg.range);
+                    lock.queue_mut().waiters.push_back(Waiter {
+                        client,
+                        request_id,
+                        mode: msg.mode,
+                        arrived_us: now_us,
+                    });
+                    self.locks.insert(lock_key, lock);
+                    self.waiters += 1;
+                } else {
+                    // A free range: granted at once.
+                    let mut lock = Lock::new(msg.range);
+                    lock.set_holder(client, msg.mode);
+                    self.locks.insert(lock_key, lock);
+                    grant(&mut self.grants_total, client, request_id, msg, out);
                 }
                 return;
             }
-        } else if msg.mode == Mode::Null {
-            // Releasing what it does not hold: nothing to change.
-            self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+        };
+        if lock.held_by(client).covers(msg.mode) {
+            // A downgrade never waits.
+            lock.set_holder(client, msg.mode);
+            let (waiting, idle) = (lock.has_waiters(), lock.is_idle());
+            grant(&mut self.grants_total, client, request_id, msg, out);
+            if waiting {
+                self.process(now_us, lock_key, out);
+            } else if idle {
+                self.locks.remove(&lock_key);
+            }
             return;
         }
-        let recovering = self.recovering(now_us);
-        let lock = match Self::find_or_create(&mut self.locks, msg.range) {
-            Ok(lock) => lock,
-            Err(error) => {
-                out.push(LockAction::Refuse {
-                    client,
-                    request_id,
-                    command: Command::Lock,
-                    msg,
-                    error,
-                });
-                return;
-            }
-        };
-        let conflicting = lock
-            .holders
-            .iter()
-            .any(|&(c, m)| c != client && !m.compatible(msg.mode));
-        if lock.waiters.is_empty() && !recovering && !conflicting && !lock.invalidating(client) {
+        if !lock.has_waiters()
+            && !recovering
+            && !lock.conflicts(client, msg.mode)
+            && !lock.invalidating(client)
+        {
             // Nobody ahead and nothing in the way: what process() would do
             // after queueing, without the queue.
             lock.set_holder(client, msg.mode);
-            self.grant_action(client, request_id, Command::Lock, msg, 0, out);
+            grant(&mut self.grants_total, client, request_id, msg, out);
             return;
         }
-        if lock.waiters.iter().any(|w| w.client == client) {
-            out.push(LockAction::Refuse {
-                client,
-                request_id,
-                command: Command::Lock,
-                msg,
-                error: ErrorCode::InvalidRequest,
-            });
+        if lock.waits(client) {
+            out.push(refuse(ErrorCode::InvalidRequest));
             return;
         }
-        lock.waiters.push_back(Waiter {
+        lock.queue_mut().waiters.push_back(Waiter {
             client,
             request_id,
             mode: msg.mode,
@@ -265,11 +324,7 @@ impl LockServer {
                 return;
             }
         };
-        let conflict = lock
-            .holders
-            .iter()
-            .any(|&(c, m)| c != client && !m.compatible(msg.mode))
-            || (!lock.waiters.is_empty() && !recovering);
+        let conflict = lock.conflicts(client, msg.mode) || (lock.has_waiters() && !recovering);
         if conflict {
             out.push(LockAction::Refuse {
                 client,
@@ -304,10 +359,13 @@ impl LockServer {
         else {
             return;
         };
-        let Some(index) = lock.invalidating.iter().position(|(c, _)| *c == client) else {
+        let Some(queue) = lock.queue.as_mut() else {
             return;
         };
-        lock.invalidating.swap_remove(index);
+        let Some(index) = queue.invalidating.iter().position(|(c, _)| *c == client) else {
+            return;
+        };
+        queue.invalidating.swap_remove(index);
         // The reply states what the client holds once it sent it; it can only
         // have gone down since we last knew.
         if lock.held_by(client).covers(msg.mode) {
@@ -324,19 +382,19 @@ impl LockServer {
             .locks
             .iter()
             .filter(|(_, l)| {
-                l.held_by(client) != Mode::Null
-                    || l.invalidating(client)
-                    || l.waiters.iter().any(|w| w.client == client)
+                l.held_by(client) != Mode::Null || l.invalidating(client) || l.waits(client)
             })
             .map(|(k, _)| *k)
             .collect();
         for lock_key in keys {
             let lock = self.locks.get_mut(&lock_key).expect("key collected above");
             lock.set_holder(client, Mode::Null);
-            lock.invalidating.retain(|(c, _)| *c != client);
-            let before = lock.waiters.len();
-            lock.waiters.retain(|w| w.client != client);
-            self.waiters -= (before - lock.waiters.len()) as u64;
+            if let Some(queue) = lock.queue.as_mut() {
+                queue.invalidating.retain(|(c, _)| *c != client);
+                let before = queue.waiters.len();
+                queue.waiters.retain(|w| w.client != client);
+                self.waiters -= (before - queue.waiters.len()) as u64;
+            }
             self.process(now_us, lock_key, out);
         }
     }
@@ -348,7 +406,7 @@ impl LockServer {
             let keys: Vec<LockKey> = self
                 .locks
                 .iter()
-                .filter(|(_, l)| !l.waiters.is_empty())
+                .filter(|(_, l)| l.has_waiters())
                 .map(|(k, _)| *k)
                 .collect();
             for lock_key in keys {
@@ -442,17 +500,13 @@ impl LockServer {
         let Some(lock) = self.locks.get_mut(&lock_key) else {
             return;
         };
-        while let Some(front) = lock.waiters.front() {
+        while let Some(front) = lock.queue.as_ref().and_then(|q| q.waiters.front()) {
             if recovering {
                 break;
             }
             let (client, mode) = (front.client, front.mode);
-            let conflicting = lock
-                .holders
-                .iter()
-                .any(|&(c, m)| c != client && !m.compatible(mode));
-            if !conflicting && !lock.invalidating(client) {
-                let waiter = lock.waiters.pop_front().expect("front exists");
+            if !lock.conflicts(client, mode) && !lock.invalidating(client) {
+                let waiter = lock.queue_mut().waiters.pop_front().expect("front exists");
                 lock.set_holder(client, mode);
                 self.waiters -= 1;
                 self.grants_total += 1;
@@ -476,7 +530,7 @@ impl LockServer {
                     continue;
                 }
                 let target = Mode::invalidation_target(held, mode);
-                lock.invalidating.push((holder, target));
+                lock.queue_mut().invalidating.push((holder, target));
                 self.invalidations_total += 1;
                 out.push(LockAction::Invalidate {
                     client: holder,
@@ -488,8 +542,29 @@ impl LockServer {
             }
             break;
         }
-        self.remove_if_idle(lock_key);
+        lock.tidy();
+        if lock.is_idle() {
+            self.locks.remove(&lock_key);
+        }
     }
+}
+
+/// Counts a grant and asks for it to be sent (a LOCK answered without waiting).
+fn grant(
+    grants_total: &mut u64,
+    client: ClientId,
+    request_id: u64,
+    msg: LockMsg,
+    out: &mut Vec<LockAction>,
+) {
+    *grants_total += 1;
+    out.push(LockAction::Grant {
+        client,
+        request_id,
+        command: Command::Lock,
+        msg,
+        waited_us: 0,
+    });
 }
 
 #[cfg(test)]
@@ -518,6 +593,16 @@ mod tests {
             LockAction::Refuse { error, .. } => Some(error),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_lock_stays_small() {
+        // Tens of thousands sit in the map: keep the uncommon parts boxed.
+        assert!(
+            std::mem::size_of::<Lock>() <= 64,
+            "{}",
+            std::mem::size_of::<Lock>()
+        );
     }
 
     #[test]
