@@ -2,13 +2,13 @@
 //! response (by request id) and responses awaiting an ack (by send seq).
 //!
 //! Seed 000: with tens of thousands of messages in flight both lookups must be
-//! O(log n), so both live in ordered maps; an ack frees every response at or
-//! below it with one `split_off`. A session outlives connections: after a
+//! O(log n), so both live in ordered maps ([`SeqMap`]: the keys are ours and
+//! increase, so a sorted ring buffer); an ack frees every response at or below
+//! it from the front. A session outlives connections: after a
 //! reconnect [`Session::resend`] yields what the peer has not yet received, and
 //! [`Session::receive`] drops what we already had by seq.
 
-use std::collections::BTreeMap;
-
+use super::seqmap::SeqMap;
 use crate::wire::{Body, Command, ErrorCode, Frame};
 
 /// Requests one side may have unanswered: bounds the request map (the client
@@ -67,9 +67,9 @@ pub struct Session {
     /// Keyed by request id. With each request, a tag of its owner's (e.g.
     /// "this was a downgrade"), handed back with the response: no second map
     /// keyed by request id.
-    requests: BTreeMap<u64, SentRequest>,
+    requests: SeqMap<SentRequest>,
     /// Keyed by send seq.
-    responses: BTreeMap<u64, SentResponse>,
+    responses: SeqMap<SentResponse>,
 }
 
 /// What the request map keeps of a request: enough to rebuild the frame for a
@@ -193,7 +193,7 @@ impl Session {
             body,
         };
         self.next_request_id += 1;
-        self.requests.insert(
+        self.requests.push(
             frame.request_id,
             SentRequest {
                 seq: frame.seq,
@@ -225,7 +225,7 @@ impl Session {
             error,
             body,
         };
-        self.responses.insert(
+        self.responses.push(
             frame.seq,
             SentResponse {
                 request_id,
@@ -252,12 +252,8 @@ impl Session {
         }
         if ack > self.peer_acked {
             self.peer_acked = ack;
-            if self
-                .responses
-                .first_key_value()
-                .is_some_and(|(&seq, _)| seq <= ack)
-            {
-                self.responses = self.responses.split_off(&(ack + 1));
+            if !self.responses.is_empty() {
+                self.responses.remove_through(ack);
             }
         }
         Ok(())
@@ -290,7 +286,7 @@ impl Session {
         if !frame.response {
             return Ok(Received::Request(frame));
         }
-        match self.requests.remove(&frame.request_id) {
+        match self.requests.remove(frame.request_id) {
             Some(sent) => Ok(Received::Response {
                 request: sent.frame(frame.request_id),
                 tag: sent.tag,
@@ -310,8 +306,8 @@ impl Session {
             .requests
             .iter()
             .filter(|(_, sent)| sent.seq > peer_recv_seq)
-            .map(|(&request_id, sent)| sent.frame(request_id))
-            .chain(self.responses.iter().map(|(&seq, sent)| sent.frame(seq)))
+            .map(|(request_id, sent)| sent.frame(request_id))
+            .chain(self.responses.iter().map(|(seq, sent)| sent.frame(seq)))
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         debug_assert!(frames
@@ -327,7 +323,7 @@ impl Session {
         let mut frames: Vec<Frame> = self
             .requests
             .iter()
-            .map(|(&request_id, sent)| sent.frame(request_id))
+            .map(|(request_id, sent)| sent.frame(request_id))
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         frames
