@@ -148,9 +148,78 @@ fn key(range: &LockRange) -> LockKey {
     (range.zone, range.end)
 }
 
+/// The locks: an ordered index by (zone, end) for the overlap check and the
+/// ordered walks, over a slab that holds the locks themselves. The index
+/// entries are 24 bytes, so a descent reads small nodes and a node merge
+/// moves little; a freed slab slot is the next one taken, so the locks being
+/// created reuse memory that is still in cache.
+#[derive(Debug, Default)]
+struct Locks {
+    index: BTreeMap<LockKey, u32>,
+    slab: Vec<Lock>,
+    free: Vec<u32>,
+}
+
+impl Locks {
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    fn get(&self, key: &LockKey) -> Option<&Lock> {
+        self.index.get(key).map(|&slot| &self.slab[slot as usize])
+    }
+
+    fn get_mut(&mut self, key: &LockKey) -> Option<&mut Lock> {
+        self.index
+            .get(key)
+            .map(|&slot| &mut self.slab[slot as usize])
+    }
+
+    /// The first lock ending at or after `from`.
+    fn first_from(&mut self, from: LockKey) -> Option<&mut Lock> {
+        let (_, &slot) = self.index.range(from..).next()?;
+        Some(&mut self.slab[slot as usize])
+    }
+
+    /// Adds a lock under a key not present.
+    fn insert(&mut self, key: LockKey, lock: Lock) -> &mut Lock {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slab[slot as usize] = lock;
+                slot
+            }
+            None => {
+                self.slab.push(lock);
+                u32::try_from(self.slab.len() - 1).expect("LOCKS_MAX fits in u32")
+            }
+        };
+        let previous = self.index.insert(key, slot);
+        debug_assert!(previous.is_none());
+        &mut self.slab[slot as usize]
+    }
+
+    fn remove(&mut self, key: &LockKey) {
+        if let Some(slot) = self.index.remove(key) {
+            self.slab[slot as usize] = Lock::new(self.slab[slot as usize].range);
+            self.free.push(slot);
+        }
+    }
+
+    /// The locks in key order.
+    fn iter(&self) -> impl Iterator<Item = (&LockKey, &Lock)> {
+        self.index
+            .iter()
+            .map(|(key, &slot)| (key, &self.slab[slot as usize]))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Lock> {
+        self.iter().map(|(_, lock)| lock)
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct LockServer {
-    locks: BTreeMap<LockKey, Lock>,
+    locks: Locks,
     /// Until this time (µs) only RECOVER is granted: clients of the previous
     /// server re-assert what they held before anything new is handed out.
     recovering_until_us: u64,
@@ -223,14 +292,10 @@ impl LockServer {
         // Locks are disjoint and keyed by their end, so the first lock ending
         // at or after our start is ours, overlaps ours, or tells that the range
         // is free: one descent.
-        let lock = match self
-            .locks
-            .range_mut((msg.range.zone, msg.range.start)..)
-            .next()
-        {
-            Some((_, lock)) if lock.range == msg.range => lock,
+        let lock = match self.locks.first_from((msg.range.zone, msg.range.start)) {
+            Some(lock) if lock.range == msg.range => lock,
             found => {
-                let overlapped = found.is_some_and(|(_, l)| l.range.overlaps(&msg.range));
+                let overlapped = found.is_some_and(|l| l.range.overlaps(&msg.range));
                 if msg.mode == Mode::Null {
                     // Releasing what it does not hold: nothing to change.
                     grant(&mut self.grants_total, client, request_id, msg, out);
@@ -462,21 +527,14 @@ impl LockServer {
     }
 
     /// Finds the lock named `range`, creating it if no lock overlaps it.
-    fn find_or_create(
-        locks: &mut BTreeMap<LockKey, Lock>,
-        range: LockRange,
-    ) -> Result<&mut Lock, ErrorCode> {
-        let lock_key = key(&range);
+    fn find_or_create(locks: &mut Locks, range: LockRange) -> Result<&mut Lock, ErrorCode> {
         // Locks are disjoint and keyed by their end, so the first lock ending
         // at or after our start is the only one that can overlap us: one
         // descent tells "this lock", "overlaps another" or "free".
-        let first = locks
-            .range((range.zone, range.start)..)
-            .next()
-            .map(|(_, l)| l.range);
+        let first = locks.first_from((range.zone, range.start)).map(|l| l.range);
         match first {
             Some(found) if found == range => {
-                return Ok(locks.get_mut(&lock_key).expect("just seen"))
+                return Ok(locks.get_mut(&key(&range)).expect("just seen"))
             }
             Some(found) if found.overlaps(&range) => return Err(ErrorCode::RangeOverlap),
             _ => {}
@@ -484,7 +542,7 @@ impl LockServer {
         if locks.len() >= LOCKS_MAX {
             return Err(ErrorCode::InvalidRequest);
         }
-        Ok(locks.entry(lock_key).or_insert_with(|| Lock::new(range)))
+        Ok(locks.insert(key(&range), Lock::new(range)))
     }
 
     fn remove_if_idle(&mut self, lock_key: LockKey) {
