@@ -213,6 +213,10 @@ where
         if let Some(reason) = invalid {
             return Err(reason);
         }
+        // Let the owner take this batch while it is still in cache, before
+        // reading more: a reader that drained its socket first queued
+        // megabytes of decoded frames that were cold again when processed.
+        tokio::task::yield_now().await;
     }
 }
 
