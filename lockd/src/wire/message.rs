@@ -95,11 +95,12 @@ impl LockMsg {
     pub const BYTES: u32 = 32;
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.range.zone.to_le_bytes());
-        out.extend_from_slice(&self.range.start.to_le_bytes());
-        out.extend_from_slice(&self.range.end.to_le_bytes());
-        out.push(self.mode as u8);
-        out.extend_from_slice(&[0u8; 7]);
+        let mut bytes = [0u8; Self::BYTES as usize];
+        bytes[0..8].copy_from_slice(&self.range.zone.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.range.start.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.range.end.to_le_bytes());
+        bytes[24] = self.mode as u8;
+        out.extend_from_slice(&bytes);
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LockMsg, DecodeError> {
