@@ -148,25 +148,41 @@ fn key(range: &LockRange) -> LockKey {
     (range.zone, range.end)
 }
 
+/// Idle locks kept for reuse; past this many, a sweep drops every one of
+/// them (an O(n) walk, so O(1) per lock retired, amortized). ~6 MB.
+const RETIRED_MAX: usize = 1 << 16;
+
 /// The locks: an ordered index by (zone, end) for the overlap check and the
 /// ordered walks, over a slab that holds the locks themselves. The index
 /// entries are 24 bytes, so a descent reads small nodes and a node merge
 /// moves little; a freed slab slot is the next one taken, so the locks being
 /// created reuse memory that is still in cache.
+///
+/// A lock that falls idle (no holder, waiter or pending invalidation) is not
+/// removed at once but *retired*: it stays in the index for the next request
+/// on the same range, which then costs one descent instead of a descent and
+/// an insertion, and its release no removal (the lock-shrink flood takes
+/// and releases the same ranges over and over). Retired locks are not locks
+/// in the protocol's sense: they are not counted, and one that partially
+/// overlaps a new range is dropped rather than refusing it.
 #[derive(Debug, Default)]
 struct Locks {
     index: BTreeMap<LockKey, u32>,
     slab: Vec<Lock>,
+    /// Per slab slot: the lock there is retired (and so idle).
+    retired: Vec<bool>,
+    retired_count: usize,
     free: Vec<u32>,
 }
 
 impl Locks {
-    fn len(&self) -> usize {
-        self.index.len()
+    /// Locks held, waited for or owed an invalidation reply.
+    fn live(&self) -> usize {
+        self.index.len() - self.retired_count
     }
 
-    fn get(&self, key: &LockKey) -> Option<&Lock> {
-        self.index.get(key).map(|&slot| &self.slab[slot as usize])
+    fn slot(&self, key: &LockKey) -> Option<u32> {
+        self.index.get(key).copied()
     }
 
     fn get_mut(&mut self, key: &LockKey) -> Option<&mut Lock> {
@@ -175,14 +191,32 @@ impl Locks {
             .map(|&slot| &mut self.slab[slot as usize])
     }
 
-    /// The first lock ending at or after `from`.
-    fn first_from(&mut self, from: LockKey) -> Option<&mut Lock> {
-        let (_, &slot) = self.index.range(from..).next()?;
-        Some(&mut self.slab[slot as usize])
+    /// The lock named `range`, revived if it was retired; or else the first
+    /// live lock ending at or after its start (the only one that can overlap
+    /// it, as locks are disjoint and keyed by their end); retired locks
+    /// overlapping `range` are dropped on the way. Usually one descent.
+    fn find(&mut self, range: LockRange) -> Option<(u32, &mut Lock)> {
+        loop {
+            let (&key, &slot) = self.index.range((range.zone, range.start)..).next()?;
+            let lock = &self.slab[slot as usize];
+            if lock.range == range {
+                if self.retired[slot as usize] {
+                    self.retired[slot as usize] = false;
+                    self.retired_count -= 1;
+                }
+            } else if self.retired[slot as usize] && lock.range.overlaps(&range) {
+                self.remove(&key);
+                continue;
+            }
+            return Some((slot, &mut self.slab[slot as usize]));
+        }
     }
 
     /// Adds a lock under a key not present.
     fn insert(&mut self, key: LockKey, lock: Lock) -> &mut Lock {
+        if self.index.len() >= LOCKS_MAX {
+            self.sweep();
+        }
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.slab[slot as usize] = lock;
@@ -190,6 +224,7 @@ impl Locks {
             }
             None => {
                 self.slab.push(lock);
+                self.retired.push(false);
                 u32::try_from(self.slab.len() - 1).expect("LOCKS_MAX fits in u32")
             }
         };
@@ -198,22 +233,83 @@ impl Locks {
         &mut self.slab[slot as usize]
     }
 
+    /// Retires the lock in `slot` if it is idle.
+    fn retire_if_idle(&mut self, slot: u32) {
+        let index = slot as usize;
+        if self.retired[index] || !self.slab[index].is_idle() {
+            return;
+        }
+        self.retired[index] = true;
+        self.retired_count += 1;
+        if self.retired_count > RETIRED_MAX {
+            self.sweep();
+        }
+    }
+
     fn remove(&mut self, key: &LockKey) {
         if let Some(slot) = self.index.remove(key) {
-            self.slab[slot as usize] = Lock::new(self.slab[slot as usize].range);
+            let index = slot as usize;
+            if std::mem::take(&mut self.retired[index]) {
+                self.retired_count -= 1;
+            }
+            self.slab[index] = Lock::new(self.slab[index].range);
             self.free.push(slot);
         }
     }
 
-    /// The locks in key order.
+    /// Drops every retired lock.
+    fn sweep(&mut self) {
+        let keys: Vec<LockKey> = self
+            .index
+            .iter()
+            .filter(|(_, &slot)| self.retired[slot as usize])
+            .map(|(key, _)| *key)
+            .collect();
+        for key in keys {
+            self.remove(&key);
+        }
+    }
+
+    /// The live locks in key order.
     fn iter(&self) -> impl Iterator<Item = (&LockKey, &Lock)> {
         self.index
             .iter()
+            .filter(|(_, &slot)| !self.retired[slot as usize])
             .map(|(key, &slot)| (key, &self.slab[slot as usize]))
     }
 
     fn values(&self) -> impl Iterator<Item = &Lock> {
         self.iter().map(|(_, lock)| lock)
+    }
+
+    /// Retired locks are idle and counted right, and no two locks, live or
+    /// retired, overlap.
+    fn check(&self) -> Result<(), String> {
+        let mut retired = 0;
+        let mut previous: Option<&LockRange> = None;
+        for (key, &slot) in &self.index {
+            let lock = &self.slab[slot as usize];
+            if previous.is_some_and(|p| p.overlaps(&lock.range)) {
+                return Err(format!("locks {previous:?} and {:?} overlap", lock.range));
+            }
+            previous = Some(&lock.range);
+            if key != &self::key(&lock.range) {
+                return Err(format!("{:?} indexed under {key:?}", lock.range));
+            }
+            if self.retired[slot as usize] {
+                retired += 1;
+                if !lock.is_idle() {
+                    return Err(format!("retired lock {:?} is in use", lock.range));
+                }
+            }
+        }
+        if retired != self.retired_count {
+            return Err(format!(
+                "{retired} retired locks, {} counted",
+                self.retired_count
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -238,7 +334,7 @@ impl LockServer {
     }
 
     pub fn locks(&self) -> usize {
-        self.locks.len()
+        self.locks.live()
     }
 
     pub fn waiters(&self) -> u64 {
@@ -292,16 +388,16 @@ impl LockServer {
         // Locks are disjoint and keyed by their end, so the first lock ending
         // at or after our start is ours, overlaps ours, or tells that the range
         // is free: one descent.
-        let lock = match self.locks.first_from((msg.range.zone, msg.range.start)) {
-            Some(lock) if lock.range == msg.range => lock,
+        let (slot, lock) = match self.locks.find(msg.range) {
+            Some((slot, lock)) if lock.range == msg.range => (slot, lock),
             found => {
-                let overlapped = found.is_some_and(|l| l.range.overlaps(&msg.range));
+                let overlapped = found.is_some_and(|(_, l)| l.range.overlaps(&msg.range));
                 if msg.mode == Mode::Null {
                     // Releasing what it does not hold: nothing to change.
                     grant(&mut self.grants_total, client, request_id, msg, out);
                 } else if overlapped {
                     out.push(refuse(ErrorCode::RangeOverlap));
-                } else if self.locks.len() >= LOCKS_MAX {
+                } else if self.locks.live() >= LOCKS_MAX {
                     out.push(refuse(ErrorCode::InvalidRequest));
                 } else if recovering {
                     let mut lock = Lock::new(msg.range);
@@ -331,7 +427,7 @@ impl LockServer {
             if waiting {
                 self.process(now_us, lock_key, out);
             } else if idle {
-                self.locks.remove(&lock_key);
+                self.locks.retire_if_idle(slot);
             }
             return;
         }
@@ -398,7 +494,7 @@ impl LockServer {
                 msg,
                 error: ErrorCode::RecoverConflict,
             });
-            self.remove_if_idle(lock_key);
+            self.retire_if_idle(lock_key);
             return;
         }
         let held = lock.held_by(client);
@@ -485,6 +581,7 @@ impl LockServer {
     /// so holders of one lock are compared pairwise, and neighbours' ranges are
     /// checked for overlap.
     pub fn check_invariant(&self) -> Result<(), String> {
+        self.locks.check()?;
         let mut previous: Option<&LockRange> = None;
         for lock in self.locks.values() {
             for (i, &(a, mode_a)) in lock.holders.iter().enumerate() {
@@ -528,26 +625,21 @@ impl LockServer {
 
     /// Finds the lock named `range`, creating it if no lock overlaps it.
     fn find_or_create(locks: &mut Locks, range: LockRange) -> Result<&mut Lock, ErrorCode> {
-        // Locks are disjoint and keyed by their end, so the first lock ending
-        // at or after our start is the only one that can overlap us: one
-        // descent tells "this lock", "overlaps another" or "free".
-        let first = locks.first_from((range.zone, range.start)).map(|l| l.range);
+        let first = locks.find(range).map(|(slot, l)| (slot, l.range));
         match first {
-            Some(found) if found == range => {
-                return Ok(locks.get_mut(&key(&range)).expect("just seen"))
-            }
-            Some(found) if found.overlaps(&range) => return Err(ErrorCode::RangeOverlap),
+            Some((slot, found)) if found == range => return Ok(&mut locks.slab[slot as usize]),
+            Some((_, found)) if found.overlaps(&range) => return Err(ErrorCode::RangeOverlap),
             _ => {}
         }
-        if locks.len() >= LOCKS_MAX {
+        if locks.live() >= LOCKS_MAX {
             return Err(ErrorCode::InvalidRequest);
         }
         Ok(locks.insert(key(&range), Lock::new(range)))
     }
 
-    fn remove_if_idle(&mut self, lock_key: LockKey) {
-        if self.locks.get(&lock_key).is_some_and(Lock::is_idle) {
-            self.locks.remove(&lock_key);
+    fn retire_if_idle(&mut self, lock_key: LockKey) {
+        if let Some(slot) = self.locks.slot(&lock_key) {
+            self.locks.retire_if_idle(slot);
         }
     }
 
@@ -555,9 +647,10 @@ impl LockServer {
     /// not, invalidates every conflicting holder not already asked.
     fn process(&mut self, now_us: u64, lock_key: LockKey, out: &mut Vec<LockAction>) {
         let recovering = now_us < self.recovering_until_us;
-        let Some(lock) = self.locks.get_mut(&lock_key) else {
+        let Some(slot) = self.locks.slot(&lock_key) else {
             return;
         };
+        let lock = &mut self.locks.slab[slot as usize];
         while let Some(front) = lock.queue.as_ref().and_then(|q| q.waiters.front()) {
             if recovering {
                 break;
@@ -601,9 +694,7 @@ impl LockServer {
             break;
         }
         lock.tidy();
-        if lock.is_idle() {
-            self.locks.remove(&lock_key);
-        }
+        self.locks.retire_if_idle(slot);
     }
 }
 
@@ -696,6 +787,73 @@ mod tests {
         }
         assert_eq!(server.locks(), 4);
         server.check_invariant().unwrap();
+    }
+
+    fn lock(server: &mut LockServer, client: ClientId, range: LockRange, mode: Mode) -> LockAction {
+        let mut out = Vec::new();
+        server.request(0, client, 1, LockMsg { range, mode }, &mut out);
+        server.check_invariant().unwrap();
+        out.pop().expect("answered at once")
+    }
+
+    #[test]
+    fn a_released_lock_is_retired_reused_and_not_counted() {
+        let mut server = LockServer::new(0);
+        let range = LockRange::new(1, 10, 19);
+        assert_eq!(refused(lock(&mut server, 1, range, Mode::Write)), None);
+        assert_eq!(server.locks(), 1);
+        assert_eq!(refused(lock(&mut server, 1, range, Mode::Null)), None);
+        assert_eq!(server.locks(), 0);
+        assert_eq!(server.locks.retired_count, 1);
+        // Taken again, by another client: the retired lock comes back.
+        assert_eq!(refused(lock(&mut server, 2, range, Mode::Write)), None);
+        assert_eq!((server.locks(), server.locks.retired_count), (1, 0));
+        assert_eq!(server.holders(), vec![(range, 2, Mode::Write)]);
+        assert_eq!(refused(lock(&mut server, 2, range, Mode::Null)), None);
+        // A retired lock does not stand in the way of an overlapping range.
+        let overlapping = LockRange::new(1, 15, 25);
+        assert_eq!(refused(lock(&mut server, 3, overlapping, Mode::Read)), None);
+        assert_eq!((server.locks(), server.locks.retired_count), (1, 0));
+        // A live one still does.
+        assert_eq!(
+            refused(lock(&mut server, 1, range, Mode::Read)),
+            Some(ErrorCode::RangeOverlap)
+        );
+    }
+
+    #[test]
+    fn retired_locks_are_swept_past_their_bound() {
+        let mut server = LockServer::new(0);
+        let held = LockRange::new(2, 0, 0);
+        lock(&mut server, 9, held, Mode::Read);
+        for start in 0..(RETIRED_MAX as u64 + 10) {
+            let range = LockRange::new(1, start, start);
+            let mut out = Vec::new();
+            server.request(
+                0,
+                1,
+                1,
+                LockMsg {
+                    range,
+                    mode: Mode::Write,
+                },
+                &mut out,
+            );
+            server.request(
+                0,
+                1,
+                2,
+                LockMsg {
+                    range,
+                    mode: Mode::Null,
+                },
+                &mut out,
+            );
+            assert!(server.locks.index.len() <= RETIRED_MAX + 2);
+        }
+        server.check_invariant().unwrap();
+        assert_eq!(server.locks(), 1);
+        assert_eq!(server.holders(), vec![(held, 9, Mode::Read)]);
     }
 
     #[test]
