@@ -116,8 +116,10 @@ impl LockMsg {
                 end: range.end,
             });
         }
-        let mode = Mode::from_u8(bytes[24])?;
-        if bytes[25..32].iter().any(|&b| b != 0) {
+        // The mode byte and the seven padding bytes as one word.
+        let tail = le_u64(bytes, 24);
+        let mode = Mode::from_u8(tail as u8)?;
+        if tail >> 8 != 0 {
             return Err(DecodeError::NonZeroPadding);
         }
         Ok(LockMsg { range, mode })
