@@ -148,8 +148,10 @@ fn key(range: &LockRange) -> LockKey {
     (range.zone, range.end)
 }
 
-/// Idle locks kept for reuse; past this many, a sweep drops every one of
-/// them (an O(n) walk, so O(1) per lock retired, amortized). ~6 MB.
+/// Idle locks kept for reuse: past this many, or a quarter of the live ones
+/// if that is more, a sweep drops every one of them. A sweep walks at most
+/// five times as many entries as it drops, so it costs O(1) per lock retired,
+/// amortized; the memory kept is ~6 MB or a quarter more than the live locks.
 const RETIRED_MAX: usize = 1 << 16;
 
 /// The locks: an ordered index by (zone, end) for the overlap check and the
@@ -241,7 +243,7 @@ impl Locks {
         }
         self.retired[index] = true;
         self.retired_count += 1;
-        if self.retired_count > RETIRED_MAX {
+        if self.retired_count > RETIRED_MAX.max(self.live() / 4) {
             self.sweep();
         }
     }
