@@ -194,9 +194,10 @@ impl Locks {
     }
 
     /// The lock named `range`, revived if it was retired; or else the first
-    /// live lock ending at or after its start (the only one that can overlap
-    /// it, as locks are disjoint and keyed by their end); retired locks
-    /// overlapping `range` are dropped on the way. Usually one descent.
+    /// lock ending at or after its start (the only one that can overlap it,
+    /// as locks are disjoint and keyed by their end), which if it overlaps is
+    /// live: retired locks overlapping `range` are dropped on the way.
+    /// Usually one descent.
     fn find(&mut self, range: LockRange) -> Option<(u32, &mut Lock)> {
         loop {
             let (&key, &slot) = self.index.range((range.zone, range.start)..).next()?;
