@@ -44,21 +44,25 @@ impl<V> Default for SeqMap<V> {
 }
 
 impl<V> SeqMap<V> {
+    #[inline]
     pub fn len(&self) -> usize {
         self.live
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.live == 0
     }
 
     /// The smallest key present.
+    #[inline]
     pub fn first_key(&self) -> Option<u64> {
         self.slots.front().map(|(key, _)| *key)
     }
 
     /// Inserts `key`, which must be larger than every key present (the
     /// session's counters only grow).
+    #[inline]
     pub fn push(&mut self, key: u64, value: V) {
         assert!(
             self.slots.back().map_or(true, |(last, _)| *last < key),
@@ -68,6 +72,7 @@ impl<V> SeqMap<V> {
         self.live += 1;
     }
 
+    #[inline]
     fn index_of(&self, key: u64) -> Option<usize> {
         let first = self.first_key()?;
         let guess = usize::try_from(key.checked_sub(first)?).ok()?;
@@ -82,6 +87,7 @@ impl<V> SeqMap<V> {
         self.slots[self.index_of(key)?].1.as_ref()
     }
 
+    #[inline]
     pub fn remove(&mut self, key: u64) -> Option<V> {
         let index = self.index_of(key)?;
         let value = self.slots[index].1.take()?;
@@ -99,6 +105,7 @@ impl<V> SeqMap<V> {
     }
 
     /// Removes every entry with a key at or below `key`; returns how many.
+    #[inline]
     pub fn remove_through(&mut self, key: u64) -> usize {
         let mut removed = 0;
         while let Some((first, _)) = self.slots.front() {

@@ -85,6 +85,7 @@ struct SentRequest {
 }
 
 impl SentRequest {
+    #[inline]
     fn frame(&self, request_id: u64) -> Frame {
         Frame {
             seq: self.seq,
@@ -108,6 +109,7 @@ struct SentResponse {
 }
 
 impl SentResponse {
+    #[inline]
     fn frame(&self, seq: u64) -> Frame {
         Frame {
             seq,
@@ -149,6 +151,7 @@ impl Session {
     }
 
     /// Stamps the current cumulative ack on a frame about to be sent.
+    #[inline]
     pub fn stamp(&mut self, mut frame: Frame) -> Frame {
         frame.ack = self.recv_seq;
         self.ack_sent = self.recv_seq;

@@ -33,6 +33,7 @@ impl Mode {
     }
 
     /// Whether two holders (on overlapping ranges) may hold these modes at once.
+    #[inline]
     pub fn compatible(self, other: Mode) -> bool {
         matches!(
             (self, other),
@@ -44,6 +45,7 @@ impl Mode {
     }
 
     /// Whether holding `self` already gives everything `wanted` gives.
+    #[inline]
     pub fn covers(self, wanted: Mode) -> bool {
         self == wanted
             || wanted == Mode::Null
@@ -94,6 +96,7 @@ pub struct LockMsg {
 impl LockMsg {
     pub const BYTES: u32 = 32;
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut bytes = [0u8; Self::BYTES as usize];
         bytes[0..8].copy_from_slice(&self.range.zone.to_le_bytes());
@@ -103,6 +106,7 @@ impl LockMsg {
         out.extend_from_slice(&bytes);
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<LockMsg, DecodeError> {
         debug_assert_eq!(bytes.len(), Self::BYTES as usize);
         let range = LockRange {
@@ -150,6 +154,7 @@ pub struct Greeting {
 impl Greeting {
     pub const BYTES: u32 = 48;
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.magic.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -160,6 +165,7 @@ impl Greeting {
         out.extend_from_slice(&self.recv_seq.to_le_bytes());
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<Greeting, DecodeError> {
         let greeting = Greeting {
             magic: le_u64(bytes, 0),
@@ -218,12 +224,14 @@ impl Stats {
         ]
     }
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         for field in self.fields() {
             out.extend_from_slice(&field.to_le_bytes());
         }
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Stats {
         let f = |i: usize| le_u64(bytes, i * 8);
         Stats {
