@@ -79,7 +79,8 @@ mod tests {
     fn ranges_spread_over_the_table() {
         use std::hash::BuildHasher;
         let build = BuildHasherDefault::<FxHasher>::default();
-        let shapes: [(&str, fn(u64) -> LockRange); 3] = [
+        type Shape = (&'static str, fn(u64) -> LockRange);
+        let shapes: [Shape; 3] = [
             ("one key each", |i| LockRange::new(1, i, i)),
             ("aligned to 1024", |i| {
                 LockRange::new(1, i * 1024, i * 1024 + 1023)

@@ -65,7 +65,7 @@ impl<V> SeqMap<V> {
     #[inline]
     pub fn push(&mut self, key: u64, value: V) {
         assert!(
-            self.slots.back().map_or(true, |(last, _)| *last < key),
+            !matches!(self.slots.back(), Some((last, _)) if *last >= key),
             "SeqMap keys must increase"
         );
         self.slots.push_back((key, Some(value)));
