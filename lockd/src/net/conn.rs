@@ -22,11 +22,11 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// Frames handed over in one batch (a full read buffer of the smallest frame).
 pub const FRAMES_PER_BATCH_MAX: usize = READ_BUFFER_BYTES / crate::wire::HEADER_BYTES;
 /// Emptied batch vectors kept for the reader to reuse: no allocation, and no
-/// fresh pages to fault in, per read. A reader drains its socket before the
-/// owner runs again, so it can be dozens of batches ahead under load: with
-/// fewer spares than that, every read grew a new vector (reallocs and page
-/// faults were ~10% of the bench client at 40,000 in flight).
-const SPARE_BATCHES_MAX: usize = 32;
+/// fresh pages to fault in, per read. The reader yields after each batch, so
+/// it is rarely more than a batch or two ahead of its owner and a few spares
+/// suffice (no page faults at 40,000 in flight); the bound keeps an owner
+/// that falls behind from leaving each connection with megabytes of them.
+const SPARE_BATCHES_MAX: usize = 8;
 
 /// What a connection's reader reports to the state machine.
 #[derive(Debug)]
