@@ -260,7 +260,9 @@ impl Locks {
         }
     }
 
-    /// Drops every retired lock.
+    /// Drops every retired lock; then, if most of the slab is free (after a
+    /// burst of locks was released), moves the locks left to a slab of their
+    /// size, so a burst does not pin its peak memory for good.
     fn sweep(&mut self) {
         let keys: Vec<LockKey> = self
             .index
@@ -270,6 +272,20 @@ impl Locks {
             .collect();
         for key in keys {
             self.remove(&key);
+        }
+        if self.slab.len() > 2 * self.index.len() + RETIRED_MAX {
+            let mut slab = Vec::with_capacity(self.index.len());
+            for slot in self.index.values_mut() {
+                let lock = std::mem::replace(
+                    &mut self.slab[*slot as usize],
+                    Lock::new(LockRange::new(0, 0, 0)),
+                );
+                *slot = u32::try_from(slab.len()).expect("LOCKS_MAX fits in u32");
+                slab.push(lock);
+            }
+            self.retired = vec![false; slab.len()];
+            self.slab = slab;
+            self.free = Vec::new();
         }
     }
 
@@ -857,6 +873,38 @@ mod tests {
         server.check_invariant().unwrap();
         assert_eq!(server.locks(), 1);
         assert_eq!(server.holders(), vec![(held, 9, Mode::Read)]);
+    }
+
+    #[test]
+    fn a_released_burst_gives_its_memory_back() {
+        let mut server = LockServer::new(0);
+        let burst = 4 * RETIRED_MAX as u64;
+        let range = |start| LockRange::new(1, start, start);
+        let mut out = Vec::new();
+        for start in 0..burst {
+            let msg = LockMsg {
+                range: range(start),
+                mode: Mode::Write,
+            };
+            server.request(0, 1, 1, msg, &mut out);
+        }
+        assert_eq!(server.locks(), burst as usize);
+        for start in 0..burst - 1 {
+            let msg = LockMsg {
+                range: range(start),
+                mode: Mode::Null,
+            };
+            server.request(0, 1, 2, msg, &mut out);
+        }
+        server.check_invariant().unwrap();
+        assert_eq!(server.locks(), 1);
+        assert!(
+            server.locks.slab.len() <= 2 * RETIRED_MAX,
+            "{} slab slots kept for {} locks",
+            server.locks.slab.len(),
+            server.locks.index.len()
+        );
+        assert_eq!(server.holders(), vec![(range(burst - 1), 1, Mode::Write)]);
     }
 
     #[test]
