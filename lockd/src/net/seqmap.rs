@@ -101,7 +101,17 @@ impl<V> SeqMap<V> {
         if self.slots.len() > 2 * self.live + HOLES_SLACK {
             self.slots.retain(|(_, v)| v.is_some());
         }
+        self.trim();
         Some(value)
+    }
+
+    /// Gives memory back once the map is a quarter of its capacity (after a
+    /// burst): halving at most once per halving of the length, O(1) amortized.
+    #[inline]
+    fn trim(&mut self) {
+        if self.slots.capacity() > 4 * self.slots.len() + 1024 {
+            self.slots.shrink_to(2 * self.slots.len() + 1024);
+        }
     }
 
     /// Removes every entry with a key at or below `key`; returns how many.
@@ -117,6 +127,7 @@ impl<V> SeqMap<V> {
             }
         }
         self.live -= removed;
+        self.trim();
         removed
     }
 
@@ -190,6 +201,20 @@ mod tests {
                 assert_eq!(map.first_key().is_some(), !model.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn a_burst_gives_its_memory_back() {
+        let mut map = SeqMap::default();
+        for key in 1..=100_000u64 {
+            map.push(key, key);
+        }
+        map.remove_through(99_990);
+        for key in 99_991..=99_999u64 {
+            map.remove(key);
+        }
+        assert_eq!(map.len(), 1);
+        assert!(map.slots.capacity() <= 4 * 1024, "{}", map.slots.capacity());
     }
 
     #[test]
