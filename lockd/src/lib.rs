@@ -11,6 +11,7 @@
 //!   client library with guards, an LRU cache and an invalidation callback.
 
 pub mod client;
+mod hash;
 pub mod net;
 pub mod server;
 pub mod wire;

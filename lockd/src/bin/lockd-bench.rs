@@ -305,6 +305,7 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
     let start = Instant::now();
     let now_us = |start: Instant| start.elapsed().as_micros() as u64 + 1;
     let mut out = Vec::new();
+    let mut scratch = Vec::new();
     let mut staging = Vec::new();
     core.connected(now_us(start), &mut out);
     let range = |slot: u64| {
@@ -337,6 +338,7 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                                 range: range(slot),
                                 mode: Mode::Write,
                             },
+                            &mut scratch,
                             &mut staging,
                         )?;
                     }
@@ -364,15 +366,15 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                                 range: msg.range,
                                 mode,
                             },
+                            &mut scratch,
                             &mut staging,
                         )?;
                     }
                 }
                 ClientOutput::Invalidate(token, msg) => {
                     // Ping-pong: give the lock up at once, then ask again.
-                    let mut more = Vec::new();
-                    core.invalidate_done(now, token, msg, &mut more);
-                    encode_sends(more, &mut staging);
+                    core.invalidate_done(now, token, msg, &mut scratch);
+                    encode_sends(scratch.drain(..), &mut staging);
                     sent_at_us[0] = now;
                     issue(
                         &mut core,
@@ -381,6 +383,7 @@ async fn child(kind: &str, args: &Args) -> Result<ChildReport> {
                             range: msg.range,
                             mode: Mode::Write,
                         },
+                        &mut scratch,
                         &mut staging,
                     )?;
                 }
@@ -448,13 +451,17 @@ fn process_cpu_us(pid: u32) -> Result<u64> {
 }
 
 /// Sends one lock request: its frame goes straight to the staging buffer.
-fn issue(core: &mut ClientCore, now_us: u64, msg: LockMsg, staging: &mut Vec<u8>) -> Result<()> {
-    thread_local!(static SCRATCH: std::cell::RefCell<Vec<ClientOutput>> = const { std::cell::RefCell::new(Vec::new()) });
-    SCRATCH.with_borrow_mut(|out| {
-        core.request(now_us, msg, out)?;
-        encode_sends(out.drain(..), staging);
-        Ok(())
-    })
+/// `scratch` is the caller's (empty) output vector, reused for every call.
+fn issue(
+    core: &mut ClientCore,
+    now_us: u64,
+    msg: LockMsg,
+    scratch: &mut Vec<ClientOutput>,
+    staging: &mut Vec<u8>,
+) -> Result<()> {
+    core.request(now_us, msg, scratch)?;
+    encode_sends(scratch.drain(..), staging);
+    Ok(())
 }
 
 fn encode_sends(outputs: impl IntoIterator<Item = ClientOutput>, staging: &mut Vec<u8>) {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::core::{ClientConfig, ClientCore, ClientOutput, InvalidateToken};
+use crate::hash::FastMap;
 use crate::net::{spawn_conn, ConnEvent, Endpoint, Outbox};
 use crate::wire::{ErrorCode, LockMsg, LockRange, Mode, Stats};
 
@@ -191,7 +192,8 @@ struct ClientTask {
     config: LockClientConfig,
     core: ClientCore,
     start: Instant,
-    entries: BTreeMap<LockRange, Entry>,
+    /// Exact lookups only (per take, guard drop and grant): a hash map.
+    entries: FastMap<LockRange, Entry>,
     lru: BTreeMap<u64, LockRange>,
     lru_next: u64,
     internal: mpsc::UnboundedSender<Internal>,
@@ -224,7 +226,7 @@ impl ClientTask {
             core: ClientCore::new(config.core.clone()),
             config,
             start: Instant::now(),
-            entries: BTreeMap::new(),
+            entries: FastMap::default(),
             lru: BTreeMap::new(),
             lru_next: 0,
             internal,

@@ -8,8 +8,7 @@
 //! unanswered requests. Across a reconnect to the same server the session
 //! resumes and unacked frames are resent instead.
 
-use std::collections::BTreeMap;
-
+use crate::hash::FastMap;
 use crate::net::{Received, Session, SessionError};
 use crate::wire::{
     Body, Command, ErrorCode, Frame, Greeting, LockMsg, LockRange, Mode, Stats, GREETING_MAGIC,
@@ -89,7 +88,8 @@ pub struct ClientCore {
     /// The epoch of the server our session belongs to (0: none yet).
     server_epoch: u64,
     phase: Phase,
-    held: BTreeMap<LockRange, Mode>,
+    /// Exact lookups only (one or two per request and response): a hash map.
+    held: FastMap<LockRange, Mode>,
     last_recv_us: u64,
     last_send_us: u64,
     connected_us: u64,
@@ -103,7 +103,7 @@ impl ClientCore {
             generation: 0,
             server_epoch: 0,
             phase: Phase::Disconnected,
-            held: BTreeMap::new(),
+            held: FastMap::default(),
             last_recv_us: 0,
             last_send_us: 0,
             connected_us: 0,
@@ -276,7 +276,10 @@ impl ClientCore {
             && !self.held.is_empty()
             && now_us.saturating_sub(self.last_recv_us) >= self.config.lease_ms * 1000
         {
-            for (range, mode) in std::mem::take(&mut self.held) {
+            let mut lost: Vec<(LockRange, Mode)> =
+                std::mem::take(&mut self.held).into_iter().collect();
+            lost.sort_unstable();
+            for (range, mode) in lost {
                 out.push(ClientOutput::Lost(LockMsg { range, mode }));
             }
         }
@@ -349,7 +352,8 @@ impl ClientCore {
         let unanswered = std::mem::replace(&mut self.session, Session::new()).unanswered_requests();
         self.generation += 1;
         self.server_epoch = server_epoch;
-        let held: Vec<(LockRange, Mode)> = self.held.iter().map(|(r, m)| (*r, *m)).collect();
+        let mut held: Vec<(LockRange, Mode)> = self.held.iter().map(|(r, m)| (*r, *m)).collect();
+        held.sort_unstable();
         for (range, mode) in held {
             self.reissue(
                 now_us,

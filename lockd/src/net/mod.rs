@@ -3,6 +3,7 @@
 
 mod addr;
 mod conn;
+mod seqmap;
 mod session;
 
 pub use addr::{Endpoint, Listener, Stream, DEFAULT_PORT};

@@ -2,13 +2,13 @@
 //! response (by request id) and responses awaiting an ack (by send seq).
 //!
 //! Seed 000: with tens of thousands of messages in flight both lookups must be
-//! O(log n), so both live in ordered maps; an ack frees every response at or
-//! below it with one `split_off`. A session outlives connections: after a
+//! O(log n), so both live in ordered maps ([`SeqMap`]: the keys are ours and
+//! increase, so a sorted ring buffer); an ack frees every response at or below
+//! it from the front. A session outlives connections: after a
 //! reconnect [`Session::resend`] yields what the peer has not yet received, and
 //! [`Session::receive`] drops what we already had by seq.
 
-use std::collections::BTreeMap;
-
+use super::seqmap::SeqMap;
 use crate::wire::{Body, Command, ErrorCode, Frame};
 
 /// Requests one side may have unanswered: bounds the request map (the client
@@ -64,10 +64,63 @@ pub struct Session {
     ack_sent: u64,
     /// The highest ack received: the peer has every frame at or below it.
     peer_acked: u64,
-    /// With each request, a tag of its owner's (e.g. "this was a downgrade"),
-    /// handed back with the response: no second map keyed by request id.
-    requests: BTreeMap<u64, (Frame, u8)>,
-    responses: BTreeMap<u64, Frame>,
+    /// Keyed by request id. With each request, a tag of its owner's (e.g.
+    /// "this was a downgrade"), handed back with the response: no second map
+    /// keyed by request id.
+    requests: SeqMap<SentRequest>,
+    /// Keyed by send seq.
+    responses: SeqMap<SentResponse>,
+}
+
+/// What the request map keeps of a request: enough to rebuild the frame for a
+/// resend. Not the frame itself: the ack is stamped afresh on every send, and
+/// with tens of thousands in flight every byte of an entry is a byte of cache
+/// (48 bytes here against 80 for a frame and its tag).
+#[derive(Debug, Clone)]
+struct SentRequest {
+    seq: u64,
+    body: Body,
+    command: Command,
+    tag: u8,
+}
+
+impl SentRequest {
+    #[inline]
+    fn frame(&self, request_id: u64) -> Frame {
+        Frame {
+            seq: self.seq,
+            ack: 0,
+            request_id,
+            command: self.command,
+            response: false,
+            error: ErrorCode::Ok,
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// What the response map keeps of a response (48 bytes against 72).
+#[derive(Debug, Clone)]
+struct SentResponse {
+    request_id: u64,
+    body: Body,
+    command: Command,
+    error: ErrorCode,
+}
+
+impl SentResponse {
+    #[inline]
+    fn frame(&self, seq: u64) -> Frame {
+        Frame {
+            seq,
+            ack: 0,
+            request_id: self.request_id,
+            command: self.command,
+            response: true,
+            error: self.error,
+            body: self.body.clone(),
+        }
+    }
 }
 
 impl Session {
@@ -98,6 +151,7 @@ impl Session {
     }
 
     /// Stamps the current cumulative ack on a frame about to be sent.
+    #[inline]
     pub fn stamp(&mut self, mut frame: Frame) -> Frame {
         frame.ack = self.recv_seq;
         self.ack_sent = self.recv_seq;
@@ -142,7 +196,15 @@ impl Session {
             body,
         };
         self.next_request_id += 1;
-        self.requests.insert(frame.request_id, (frame.clone(), tag));
+        self.requests.push(
+            frame.request_id,
+            SentRequest {
+                seq: frame.seq,
+                body: frame.body.clone(),
+                command,
+                tag,
+            },
+        );
         Ok(frame)
     }
 
@@ -166,7 +228,15 @@ impl Session {
             error,
             body,
         };
-        self.responses.insert(frame.seq, frame.clone());
+        self.responses.push(
+            frame.seq,
+            SentResponse {
+                request_id,
+                body: frame.body.clone(),
+                command,
+                error,
+            },
+        );
         Ok(frame)
     }
 
@@ -185,12 +255,8 @@ impl Session {
         }
         if ack > self.peer_acked {
             self.peer_acked = ack;
-            if self
-                .responses
-                .first_key_value()
-                .is_some_and(|(&seq, _)| seq <= ack)
-            {
-                self.responses = self.responses.split_off(&(ack + 1));
+            if !self.responses.is_empty() {
+                self.responses.remove_through(ack);
             }
         }
         Ok(())
@@ -223,11 +289,11 @@ impl Session {
         if !frame.response {
             return Ok(Received::Request(frame));
         }
-        match self.requests.remove(&frame.request_id) {
-            Some((request, tag)) => Ok(Received::Response {
-                request,
+        match self.requests.remove(frame.request_id) {
+            Some(sent) => Ok(Received::Response {
+                request: sent.frame(frame.request_id),
+                tag: sent.tag,
                 response: frame,
-                tag,
             }),
             None => Err(SessionError::UnknownResponse(frame.request_id)),
         }
@@ -241,11 +307,10 @@ impl Session {
         self.acked(peer_recv_seq)?;
         let mut frames: Vec<Frame> = self
             .requests
-            .values()
-            .map(|(frame, _)| frame)
-            .filter(|frame| frame.seq > peer_recv_seq)
-            .chain(self.responses.values())
-            .cloned()
+            .iter()
+            .filter(|(_, sent)| sent.seq > peer_recv_seq)
+            .map(|(request_id, sent)| sent.frame(request_id))
+            .chain(self.responses.iter().map(|(seq, sent)| sent.frame(seq)))
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         debug_assert!(frames
@@ -260,8 +325,8 @@ impl Session {
     pub fn unanswered_requests(&self) -> Vec<Frame> {
         let mut frames: Vec<Frame> = self
             .requests
-            .values()
-            .map(|(frame, _)| frame.clone())
+            .iter()
+            .map(|(request_id, sent)| sent.frame(request_id))
             .collect();
         frames.sort_unstable_by_key(|frame| frame.seq);
         frames
@@ -278,6 +343,13 @@ mod tests {
             range: LockRange::new(0, start, start),
             mode: Mode::Write,
         })
+    }
+
+    #[test]
+    fn retained_entries_stay_small() {
+        // Tens of thousands sit in each map: no full frames there.
+        assert!(std::mem::size_of::<SentRequest>() <= 48);
+        assert!(std::mem::size_of::<SentResponse>() <= 48);
     }
 
     #[test]

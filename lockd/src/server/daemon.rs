@@ -6,7 +6,6 @@
 //! [`OUTBOX_MAX_BYTES`] (a peer that stopped reading) is closed; its session
 //! and locks stay for the grace period like any disconnect.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::core::{ServerConfig, ServerCore, ServerInput, ServerOutput};
+use crate::hash::FastMap;
 use crate::net::{spawn_conn, ConnEvent, Endpoint, Listener, Outbox};
 use crate::wire::Stats;
 
@@ -123,7 +123,8 @@ async fn accept_loop(listener: Arc<Listener>, events: mpsc::Sender<CoreEvent>) {
 }
 
 struct Outboxes {
-    conns: HashMap<u64, (Arc<Outbox>, Vec<u8>)>,
+    /// Looked up once per frame sent: no SipHash.
+    conns: FastMap<u64, (Arc<Outbox>, Vec<u8>)>,
     touched: Vec<u64>,
 }
 
@@ -131,7 +132,7 @@ async fn core_loop(mut core: ServerCore, mut events: mpsc::Receiver<CoreEvent>) 
     let start = Instant::now();
     let now_us = || start.elapsed().as_micros() as u64;
     let mut outboxes = Outboxes {
-        conns: HashMap::new(),
+        conns: FastMap::default(),
         touched: Vec::new(),
     };
     let mut out = Vec::new();

@@ -125,13 +125,18 @@ impl Frame {
     pub fn encode_into(&self, ack: u64, out: &mut Vec<u8>) {
         let payload_len = self.command.payload_bytes(self.response);
         let start = out.len();
-        out.extend_from_slice(&self.seq.to_le_bytes());
-        out.extend_from_slice(&ack.to_le_bytes());
-        out.extend_from_slice(&self.request_id.to_le_bytes());
-        out.push(self.command as u8);
-        out.push(if self.response { FLAG_RESPONSE } else { 0 });
-        out.extend_from_slice(&(self.error as u16).to_le_bytes());
-        out.extend_from_slice(&payload_len.to_le_bytes());
+        // Built whole, then appended once: one capacity check per part, not
+        // one per field.
+        let mut header = [0u8; HEADER_BYTES];
+        header[0..8].copy_from_slice(&self.seq.to_le_bytes());
+        header[8..16].copy_from_slice(&ack.to_le_bytes());
+        header[16..24].copy_from_slice(&self.request_id.to_le_bytes());
+        header[24] = self.command as u8;
+        header[25] = if self.response { FLAG_RESPONSE } else { 0 };
+        header[26..28].copy_from_slice(&(self.error as u16).to_le_bytes());
+        header[28..32].copy_from_slice(&payload_len.to_le_bytes());
+        out.reserve(HEADER_BYTES + payload_len as usize);
+        out.extend_from_slice(&header);
         self.body.encode(out);
         debug_assert_eq!(out.len() - start, HEADER_BYTES + payload_len as usize);
     }

@@ -33,6 +33,7 @@ impl Mode {
     }
 
     /// Whether two holders (on overlapping ranges) may hold these modes at once.
+    #[inline]
     pub fn compatible(self, other: Mode) -> bool {
         matches!(
             (self, other),
@@ -44,6 +45,7 @@ impl Mode {
     }
 
     /// Whether holding `self` already gives everything `wanted` gives.
+    #[inline]
     pub fn covers(self, wanted: Mode) -> bool {
         self == wanted
             || wanted == Mode::Null
@@ -94,14 +96,17 @@ pub struct LockMsg {
 impl LockMsg {
     pub const BYTES: u32 = 32;
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.range.zone.to_le_bytes());
-        out.extend_from_slice(&self.range.start.to_le_bytes());
-        out.extend_from_slice(&self.range.end.to_le_bytes());
-        out.push(self.mode as u8);
-        out.extend_from_slice(&[0u8; 7]);
+        let mut bytes = [0u8; Self::BYTES as usize];
+        bytes[0..8].copy_from_slice(&self.range.zone.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.range.start.to_le_bytes());
+        bytes[16..24].copy_from_slice(&self.range.end.to_le_bytes());
+        bytes[24] = self.mode as u8;
+        out.extend_from_slice(&bytes);
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<LockMsg, DecodeError> {
         debug_assert_eq!(bytes.len(), Self::BYTES as usize);
         let range = LockRange {
@@ -115,8 +120,10 @@ impl LockMsg {
                 end: range.end,
             });
         }
-        let mode = Mode::from_u8(bytes[24])?;
-        if bytes[25..32].iter().any(|&b| b != 0) {
+        // The mode byte and the seven padding bytes as one word.
+        let tail = le_u64(bytes, 24);
+        let mode = Mode::from_u8(tail as u8)?;
+        if tail >> 8 != 0 {
             return Err(DecodeError::NonZeroPadding);
         }
         Ok(LockMsg { range, mode })
@@ -147,6 +154,7 @@ pub struct Greeting {
 impl Greeting {
     pub const BYTES: u32 = 48;
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.magic.to_le_bytes());
         out.extend_from_slice(&self.version.to_le_bytes());
@@ -157,6 +165,7 @@ impl Greeting {
         out.extend_from_slice(&self.recv_seq.to_le_bytes());
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<Greeting, DecodeError> {
         let greeting = Greeting {
             magic: le_u64(bytes, 0),
@@ -215,12 +224,14 @@ impl Stats {
         ]
     }
 
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
         for field in self.fields() {
             out.extend_from_slice(&field.to_le_bytes());
         }
     }
 
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Stats {
         let f = |i: usize| le_u64(bytes, i * 8);
         Stats {
