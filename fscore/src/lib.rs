@@ -33,3 +33,4 @@ pub use pool::{
     META_BLOCK_BYTES_DEFAULT, POOL_VALUE_LEN_MAX,
 };
 pub use storage::{FileStorage, SimDisk, Storage};
+pub use tree::LevelShape;

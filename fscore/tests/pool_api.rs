@@ -246,3 +246,32 @@ fn the_free_space_log_appends_compacts_and_replays_exactly() {
     let held_blocks: u64 = held.iter().map(|e| e.len).sum();
     assert_eq!(free_before + held_blocks, pool.info().data_blocks);
 }
+
+/// The tree's shape, read from its internal nodes, is consistent: one root,
+/// each level's nodes are the items of the level above, and the leaves hold
+/// every item.
+#[test]
+fn tree_shape_counts_every_node_and_item() {
+    let meta = SimDisk::new(64 << 20);
+    let data = SimDisk::new(1 << 20);
+    let mut opts = MkfsOptions::new(64 << 20, 1 << 20);
+    opts.meta_block_bytes = 1024;
+    Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts).unwrap();
+    let pool = Pool::open_on(Box::new(meta), Box::new(data), &OpenOptions::default()).unwrap();
+    assert_eq!(pool.tree_shape().unwrap().len(), 1);
+    let mut model = BTreeMap::new();
+    fill(&pool, &mut model, 5_000);
+    let shape = pool.tree_shape().unwrap();
+    let info = pool.info();
+    assert_eq!(shape.len(), info.tree_height as usize);
+    assert!(shape.len() >= 3, "1 KiB blocks make a tall tree: {shape:?}");
+    assert_eq!(shape[0].nodes, 1, "one root");
+    for pair in shape.windows(2) {
+        assert_eq!(
+            pair[1].nodes, pair[0].items,
+            "children are parent items: {shape:?}"
+        );
+    }
+    let leaves = shape.last().unwrap();
+    assert_eq!((leaves.level, leaves.items), (0, info.items));
+}

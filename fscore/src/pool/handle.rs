@@ -156,6 +156,13 @@ impl Pool {
         self.lock().info()
     }
 
+    /// Nodes and items per level of the tree, root level first (reads the
+    /// internal nodes only).
+    pub fn tree_shape(&self) -> Result<Vec<crate::tree::LevelShape>> {
+        let state = &mut *self.lock();
+        state.tree.shape(&mut state.store)
+    }
+
     /// The seq the open transaction will commit as (`info().seq + 1`, or
     /// `+ 2` while a begun commit is being written).
     pub fn txn_seq(&self) -> u64 {

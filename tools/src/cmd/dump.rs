@@ -50,6 +50,21 @@ pub fn run(args: &PoolArgs) -> Result<()> {
         "btree            height {}, {} items",
         info.tree_height, info.items
     );
+    for level in volume.tree_shape().context("walking the tree")? {
+        let per_node = level.items as f64 / level.nodes.max(1) as f64;
+        println!(
+            "  level {:<8} {} {}, {} items, {:.1} items per node",
+            level.level,
+            level.nodes,
+            if level.level == 0 { "leaves" } else { "nodes" },
+            level.items,
+            per_node
+        );
+    }
+    println!(
+        "free space       base chain of {} extents, log of {} blocks ({} entries)",
+        info.freelist_extents, info.freelog_blocks, info.freelog_entries
+    );
     println!(
         "volume 0         {} ({} bytes), {} blocks written ({})",
         human(volume.size_bytes()),

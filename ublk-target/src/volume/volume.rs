@@ -172,6 +172,11 @@ impl Volume {
         self.pool.info()
     }
 
+    /// Nodes and items per level of the pool's tree, root level first.
+    pub fn tree_shape(&self) -> Result<Vec<fscore::LevelShape>, VolumeError> {
+        Ok(self.pool.tree_shape()?)
+    }
+
     /// Blocks of the volume that are written (have a map item).
     pub fn mapped_blocks(&self) -> Result<u64, VolumeError> {
         let mut count = 0u64;
