@@ -102,7 +102,7 @@ impl PoolState {
 
     pub(crate) fn commit_io(&self) -> CommitIo {
         CommitIo {
-            meta: self.store.shared_storage(),
+            meta: self.meta_writer.clone(),
             data: self.data.clone(),
         }
     }

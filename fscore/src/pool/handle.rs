@@ -117,7 +117,11 @@ impl Pool {
     pub fn open(meta: &Path, data: &Path, opts: &OpenOptions) -> Result<Pool> {
         let meta_storage = open_locked(meta, true)?;
         let data_storage = open_locked(data, true)?;
-        let state = PoolState::open(Box::new(meta_storage), Box::new(data_storage), opts)?;
+        // Commits write through their own handle (the flock above covers
+        // the file), so a read of an uncached block never waits for them.
+        let meta_writer = FileStorage::open(meta, true)?;
+        let mut state = PoolState::open(Box::new(meta_storage), Box::new(data_storage), opts)?;
+        state.use_meta_writer(Box::new(meta_writer));
         Ok(Pool {
             state: Mutex::new(state),
             committing: Mutex::new(()),

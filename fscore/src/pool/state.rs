@@ -32,6 +32,11 @@ pub(crate) struct PoolState {
     pub(crate) freelog_entries: u64,
     /// Largest leaf value a node of this block size can hold and split.
     pub(crate) value_len_max: usize,
+    /// The metadata device as commits write it. A second handle on the
+    /// device where the caller gives one (`use_meta_writer`), so reads of
+    /// uncached blocks never wait behind a commit's writes; else the
+    /// store's own.
+    pub(crate) meta_writer: SharedStorage,
 }
 
 fn value_len_max(block_bytes: u32) -> usize {
@@ -117,6 +122,7 @@ impl PoolState {
             freelog_blocks: 0,
             freelog_entries: 0,
         };
+        let meta_writer = store.shared_storage();
         let mut state = PoolState {
             store,
             data: std::sync::Arc::new(std::sync::Mutex::new(data)),
@@ -132,6 +138,7 @@ impl PoolState {
             freelog_head: Vec::new(),
             freelog_entries: 0,
             value_len_max: value_len_max(block_bytes),
+            meta_writer,
         };
         state.commit()?;
         Ok(state)
@@ -220,6 +227,7 @@ impl PoolState {
             items: sb.item_count,
         };
         let value_len_max = value_len_max(sb.meta_block_bytes);
+        let store_storage = store.shared_storage();
         Ok(PoolState {
             store,
             data: std::sync::Arc::new(std::sync::Mutex::new(data)),
@@ -231,7 +239,14 @@ impl PoolState {
             freelog_head,
             freelog_entries: log_entries,
             value_len_max,
+            meta_writer: store_storage,
         })
+    }
+
+    /// Commits write the metadata device through `writer`, a second handle
+    /// on the same device (see `meta_writer`).
+    pub(crate) fn use_meta_writer(&mut self, writer: Box<dyn Storage>) {
+        self.meta_writer = std::sync::Arc::new(std::sync::Mutex::new(writer));
     }
 
     pub(crate) fn info(&self) -> PoolInfo {
