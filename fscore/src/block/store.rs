@@ -3,9 +3,10 @@
 //! copies clean blocks on write (copy-on-write: a block on disk is never
 //! overwritten while a durable superblock may reference it).
 
-use super::cache::{BlockBuf, BlockCache};
+use super::cache::{BlockBuf, BlockCache, CachedInfo, Slot, SlotId};
 use super::hash::BlockMap;
 use super::header::{self, BlockKind, BlockRef, HEADER_BYTES};
+use super::index::ChildIndex;
 use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
 use crate::error::{Error, Result};
@@ -28,6 +29,20 @@ pub(crate) struct BlockStore {
     pub(crate) alloc: Allocator,
     /// Set by a failed write or flush; nothing is written afterwards.
     pub(crate) poisoned: bool,
+}
+
+/// Requests of an internal node's `ChildIndex` before it is built.
+const INDEX_AFTER_HITS: u8 = 4;
+/// Hit count marking a node whose index could not be built.
+const INDEX_FAILED: u8 = u8::MAX;
+
+/// The level of a node block (payload byte 0); 0 for other kinds.
+fn node_level(block: &[u8], kind: u8) -> u8 {
+    if kind == BlockKind::Node as u8 {
+        block.get(HEADER_BYTES).copied().unwrap_or(0)
+    } else {
+        0
+    }
 }
 
 /// A dirty block taken out of the store for editing (see `take`).
@@ -109,19 +124,24 @@ impl BlockStore {
         if r.seq == self.txn_seq {
             return self.dirty_block(r).cloned();
         }
-        self.load(r, kind)?;
-        Ok(self.cached(r, kind)?.clone())
+        let id = self.load(r, kind)?;
+        Ok(self
+            .cache
+            .slot(id)
+            .block
+            .clone()
+            .expect("a cached slot holds a block"))
     }
 
     /// Like `read`, but borrows the block instead of sharing it: no
     /// reference count traffic and no touch of the block's header line on a
-    /// cache hit (the hot path of lookups).
+    /// cache hit.
     pub(crate) fn view(&mut self, r: BlockRef, kind: BlockKind) -> Result<&[u8]> {
         if r.seq == self.txn_seq {
             return Ok(self.dirty_block(r)?);
         }
-        self.load(r, kind)?;
-        Ok(self.cached(r, kind)?)
+        let id = self.load(r, kind)?;
+        Ok(self.cache.slot(id).bytes())
     }
 
     fn dirty_block(&self, r: BlockRef) -> Result<&BlockBuf> {
@@ -130,8 +150,9 @@ impl BlockStore {
             .ok_or_else(|| Error::corrupt(r.blkno, "reference to an unwritten block"))
     }
 
-    /// Makes sure a clean block is cached (reading and checking it if not).
-    fn load(&mut self, r: BlockRef, kind: BlockKind) -> Result<()> {
+    /// Makes sure a clean block is cached (reading and checking it if not)
+    /// and checks the cached block against the reference; returns its slot.
+    fn load(&mut self, r: BlockRef, kind: BlockKind) -> Result<SlotId> {
         if r.blkno < self.first_block || r.blkno >= self.end_block {
             return Err(Error::corrupt(
                 r.blkno,
@@ -144,26 +165,93 @@ impl BlockStore {
                 format!("reference from the future (seq {})", r.seq),
             ));
         }
-        if !self.cache.contains(r.blkno) {
-            let block = self.read_from_disk(r, kind)?;
-            self.cache
-                .insert(r.blkno, Arc::from(block), r.seq, kind as u8);
-        }
-        Ok(())
-    }
-
-    /// A cached block, checked against the reference by the seq and kind
-    /// the cache recorded when the block was read and checked.
-    fn cached(&mut self, r: BlockRef, kind: BlockKind) -> Result<&BlockBuf> {
-        match self.cache.get(r.blkno) {
-            Some((block, seq, cached_kind)) if seq == r.seq && cached_kind == kind as u8 => {
-                Ok(block)
+        let id = match self.cache.find(r.blkno) {
+            Some(id) => id,
+            None => {
+                let block = self.read_from_disk(r, kind)?;
+                let info = CachedInfo {
+                    seq: r.seq,
+                    kind: kind as u8,
+                    level: node_level(&block, kind as u8),
+                    verified: true,
+                };
+                self.cache.insert(r.blkno, block, info)
             }
-            Some(_) => Err(Error::corrupt(
+        };
+        let slot = self.cache.slot(id);
+        if slot.seq != r.seq || slot.kind != kind as u8 {
+            return Err(Error::corrupt(
                 r.blkno,
                 "stale reference (cached block has another seq or kind)",
-            )),
-            None => Err(Error::corrupt(r.blkno, "block vanished from the cache")),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// The cache slot of the clean node `r` for a lookup: `hint` (the slot
+    /// a parent's `ChildIndex` remembers) when it still holds the block
+    /// with the reference's seq, which skips the block map; else as `read`
+    /// finds it (reading and checking it if not cached).
+    #[inline]
+    pub(crate) fn clean_node(&mut self, r: BlockRef, hint: SlotId) -> Result<SlotId> {
+        if let Some(slot) = self.cache.slot_holding(hint, r.blkno) {
+            if slot.seq == r.seq && slot.kind == BlockKind::Node as u8 {
+                return Ok(hint);
+            }
+        }
+        self.load(r, BlockKind::Node)
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, id: SlotId) -> &Slot {
+        self.cache.slot(id)
+    }
+
+    /// The `ChildIndex` of the cached internal node in slot `id`, built on
+    /// the slot's `INDEX_AFTER_HITS`th request (cold nodes are not worth
+    /// the build) from the node after checking it with `verify` if the
+    /// pool wrote it itself (blocks read from disk were verified then).
+    /// None while the node is cold or when it cannot be indexed.
+    pub(crate) fn child_index(&mut self, id: SlotId) -> Result<Option<&ChildIndex>> {
+        let slot = self.cache.slot(id);
+        if slot.index.is_none() {
+            let hits = slot.hits.get();
+            if hits < INDEX_AFTER_HITS {
+                slot.hits.set(hits + 1);
+                return Ok(None);
+            }
+            if hits == INDEX_FAILED {
+                return Ok(None);
+            }
+            slot.hits.set(INDEX_FAILED);
+            let blkno = slot.blkno;
+            let node = NodeAccessor::new(&slot.bytes()[HEADER_BYTES..])
+                .map_err(|error| node_error(blkno, error))?;
+            if !slot.verified {
+                node.verify().map_err(|error| node_error(blkno, error))?;
+            }
+            let index = ChildIndex::build(&node).map(Box::new);
+            let slot = self.cache.slot_mut(id);
+            slot.verified = true;
+            slot.index = index;
+        }
+        Ok(self.cache.slot(id).index.as_deref())
+    }
+
+    /// Remembers in the index of the node in slot `parent` that its child
+    /// at `position` is in slot `child`. A hint only: if `parent` was
+    /// evicted meanwhile this may mark another node's child, which then
+    /// fails the check in `clean_node` and costs nothing.
+    #[inline]
+    pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
+        let Some(index) = self.cache.slot(parent).index.as_deref() else {
+            return;
+        };
+        if let Some(entry) = index.get(position) {
+            entry.slot.set(child);
+            entry
+                .bytes
+                .set(self.cache.slot(child).bytes().as_ptr() as usize);
         }
     }
 
@@ -293,7 +381,13 @@ impl BlockStore {
         let seq = self.txn_seq;
         for (blkno, block) in self.dirty.drain() {
             let kind = header::header_kind(&block);
-            self.cache.insert(blkno, block, seq, kind);
+            let info = CachedInfo {
+                seq,
+                kind,
+                level: node_level(&block, kind),
+                verified: false,
+            };
+            self.cache.insert(blkno, block, info);
         }
         self.alloc.commit_done();
         self.txn_seq += 1;
