@@ -195,6 +195,21 @@ impl BlockCache {
         id as SlotId
     }
 
+    /// Takes the block out of slot `id` (which must hold one), with what it
+    /// was cached with.
+    pub(crate) fn take(&mut self, id: SlotId) -> (BlockBuf, CachedInfo) {
+        let slot = std::mem::replace(&mut self.slots[id as usize], Slot::empty());
+        self.map.remove(&slot.blkno);
+        self.free.push(id);
+        let info = CachedInfo {
+            seq: slot.seq,
+            kind: slot.kind,
+            level: slot.level,
+            verified: slot.verified,
+        };
+        (slot.block.expect("taken slot holds a block"), info)
+    }
+
     pub(crate) fn remove(&mut self, blkno: u64) {
         let Some(id) = self.map.remove(&blkno) else {
             return;

@@ -281,19 +281,29 @@ impl BlockStore {
     }
 
     /// The dirty version of a block: itself if dirty, else a copy at a new
-    /// location (the old location becomes busy).
+    /// location (the old location becomes busy). The copy reuses the cached
+    /// buffer in place (the old location's cache entry goes away anyway): no
+    /// 4 KiB copy, allocation or free per copied block unless a reader still
+    /// shares the buffer.
     pub(crate) fn cow(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockRef> {
         if self.is_dirty(r) {
             return Ok(r);
         }
-        let old = self.read(r, kind)?;
-        let blkno = self.alloc.alloc_one()?;
-        let mut block: BlockBuf = Arc::from(&old[..]);
-        drop(old);
+        if r.seq == self.txn_seq {
+            return Err(Error::corrupt(r.blkno, "reference to an unwritten block"));
+        }
+        let id = self.load(r, kind)?;
+        let (mut block, info) = self.cache.take(id);
+        let blkno = match self.alloc.alloc_one() {
+            Ok(blkno) => blkno,
+            Err(error) => {
+                self.cache.insert(r.blkno, block, info);
+                return Err(error);
+            }
+        };
         header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
         self.dirty.insert(blkno, block);
         self.alloc.free(Extent::new(r.blkno, 1))?;
-        self.cache.remove(r.blkno);
         Ok(BlockRef {
             blkno,
             seq: self.txn_seq,

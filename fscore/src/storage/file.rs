@@ -152,7 +152,9 @@ impl FileStorage {
         bytes: usize,
     ) -> io::Result<()> {
         if self.staging.len < bytes {
-            self.staging = AlignedBuf::new(bytes);
+            // Grow by powers of two: batches grow a little at a time, and
+            // each new buffer is zeroed.
+            self.staging = AlignedBuf::new(bytes.next_power_of_two());
         }
         let fd = types::Fd(self.file.as_raw_fd());
         let mut entries = Vec::with_capacity(runs.len());
