@@ -2,10 +2,14 @@
 //! never written to disk. The node's AVL tree costs a dependent cache miss
 //! per step (items are scattered over the item array); the index holds the
 //! children's bounds in one sorted array of u128 (16 bytes each, contiguous)
-//! searched by a branch-free binary search, and each child's reference
-//! beside the cache slot it was last found in, so the descent skips the
-//! block map. It is built only from a node that passed `verify`, and is
-//! dropped with the cached block.
+//! plus a summary of every `GROUP`th bound. A search counts the summary
+//! bounds below the key, then the bounds below it in the one group that
+//! holds the answer: two rounds of independent loads (a few cache lines
+//! each, which the CPU fetches in parallel) instead of the ~7 dependent
+//! steps of a binary search over a node not in the L1/L2 cache. Each
+//! child's reference sits beside the cache slot it was last found in, so
+//! the descent skips the block map. The index is built only from a node
+//! that passed `verify`, and is dropped with the cached block.
 
 use super::cache::{SlotId, NO_SLOT};
 use super::header::BlockRef;
@@ -24,9 +28,14 @@ pub(crate) struct Child {
     pub(crate) bytes: Cell<usize>,
 }
 
+/// Bounds per group of the summary: 8 x 16 bytes = two cache lines.
+const GROUP: usize = 8;
+
 pub(crate) struct ChildIndex {
     /// Upper bound of each child's key range, ascending, as `key_ord`.
     bounds: Box<[u128]>,
+    /// The last bound of each group of `GROUP` bounds.
+    summary: Box<[u128]>,
     children: Box<[Child]>,
 }
 
@@ -55,8 +64,13 @@ impl ChildIndex {
         if bounds.is_empty() || bounds.len() != count || !bounds.is_sorted() {
             return None;
         }
+        let summary = bounds
+            .chunks(GROUP)
+            .map(|group| group[group.len() - 1])
+            .collect();
         Some(ChildIndex {
             bounds: bounds.into_boxed_slice(),
+            summary,
             children: children.into_boxed_slice(),
         })
     }
@@ -66,18 +80,15 @@ impl ChildIndex {
     #[inline]
     pub(crate) fn position(&self, key: &Key) -> Option<usize> {
         let want = key_ord(key);
-        let bounds = &self.bounds[..];
-        let (mut base, mut size) = (0usize, bounds.len());
-        // Invariant: every bound before `base` is < want, and the answer
-        // is at most base + size.
-        while size > 1 {
-            let half = size / 2;
-            let mid = base + half;
-            base = if bounds[mid] < want { mid } else { base };
-            size -= half;
-        }
-        let at = base + (bounds[base] < want) as usize;
-        (at < bounds.len()).then_some(at)
+        // Groups whose last bound is below the key lie wholly below it;
+        // the answer is in the next group. Branch-free counts.
+        let below = |bounds: &[u128]| bounds.iter().map(|b| (*b < want) as usize).sum::<usize>();
+        let start = below(&self.summary) * GROUP;
+        let group = self
+            .bounds
+            .get(start..(start + GROUP).min(self.bounds.len()))?;
+        let at = start + below(group);
+        (at < self.bounds.len()).then_some(at)
     }
 
     #[inline]
@@ -97,8 +108,8 @@ mod tests {
 
     #[test]
     fn finds_the_first_bound_at_or_above() {
-        for count in 1..40u64 {
-            let mut buf = vec![0u8; 2048];
+        for count in (1..40u64).chain([63, 64, 65, 80, 92]) {
+            let mut buf = vec![0u8; 4096];
             let mut node = NodeMut::init(&mut buf, 1);
             for i in 0..count {
                 let r = BlockRef {
