@@ -11,10 +11,8 @@
 use super::hash::BlockMap;
 use super::index::ChildIndex;
 use std::cell::Cell;
-use std::sync::Arc;
 
-/// A block's bytes, shared between the cache and readers.
-pub(crate) type BlockBuf = Arc<[u8]>;
+pub(crate) use super::mem::BlockBuf;
 
 /// Index of a slot of the cache.
 pub(crate) type SlotId = u32;
@@ -226,10 +224,11 @@ impl BlockCache {
 
 #[cfg(test)]
 mod tests {
+    use super::super::mem::BlockArena;
     use super::*;
 
     fn block(byte: u8) -> BlockBuf {
-        Arc::from(vec![byte])
+        BlockArena::new(1).copy_of(&[byte])
     }
 
     fn info() -> CachedInfo {

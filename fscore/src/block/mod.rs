@@ -2,6 +2,7 @@ mod cache;
 mod hash;
 pub(crate) mod header;
 pub(crate) mod index;
+mod mem;
 pub(crate) mod store;
 
 pub(crate) use cache::{BlockBuf, SlotId, NO_SLOT};

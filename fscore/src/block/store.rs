@@ -7,11 +7,11 @@ use super::cache::{BlockBuf, BlockCache, CachedInfo, Slot, SlotId};
 use super::hash::BlockMap;
 use super::header::{self, BlockKind, BlockRef, HEADER_BYTES};
 use super::index::ChildIndex;
+use super::mem::BlockArena;
 use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
-use std::sync::Arc;
 
 pub(crate) struct BlockStore {
     storage: Box<dyn Storage>,
@@ -25,6 +25,8 @@ pub(crate) struct BlockStore {
     pub(crate) first_block: u64,
     pub(crate) end_block: u64,
     cache: BlockCache,
+    /// Memory of every block buffer (huge-page backed, see `mem`).
+    arena: BlockArena,
     dirty: BlockMap<BlockBuf>,
     pub(crate) alloc: Allocator,
     /// Set by a failed write or flush; nothing is written afterwards.
@@ -51,17 +53,7 @@ pub(crate) struct BlockMut(BlockBuf);
 /// The bytes of a block for writing, copying first if a reader still
 /// shares them (readers drop their handles before edits, so this is rare).
 fn unique(block: &mut BlockBuf) -> &mut [u8] {
-    if Arc::get_mut(block).is_none() {
-        *block = Arc::from(&block[..]);
-    }
-    Arc::get_mut(block).expect("just made unique")
-}
-
-/// A zeroed block, allocated once (no Vec to copy from).
-fn zeroed_block(block_bytes: u32) -> BlockBuf {
-    let block = Arc::<[u8]>::new_zeroed_slice(block_bytes as usize);
-    // SAFETY: zeroed bytes are valid u8s.
-    unsafe { block.assume_init() }
+    block.make_mut()
 }
 
 impl std::ops::Deref for BlockMut {
@@ -104,6 +96,7 @@ impl BlockStore {
             first_block,
             end_block,
             cache: BlockCache::new(cache_blocks),
+            arena: BlockArena::new(block_bytes as usize),
             dirty: BlockMap::default(),
             alloc,
             poisoned: false,
@@ -256,7 +249,7 @@ impl BlockStore {
     }
 
     fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockBuf> {
-        let mut block = zeroed_block(self.block_bytes);
+        let mut block = self.arena.alloc();
         self.storage
             .read_at(r.blkno * self.block_bytes as u64, unique(&mut block))?;
         header::check(&block, self.pool_id, r, kind)?;
@@ -271,7 +264,7 @@ impl BlockStore {
     /// A new zeroed dirty block with its header.
     pub(crate) fn alloc_block(&mut self, kind: BlockKind) -> Result<BlockRef> {
         let blkno = self.alloc.alloc_one()?;
-        let mut block = zeroed_block(self.block_bytes);
+        let mut block = self.arena.alloc_zeroed();
         header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
         self.dirty.insert(blkno, block);
         Ok(BlockRef {
