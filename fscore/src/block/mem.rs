@@ -8,9 +8,11 @@
 //! (measured: point lookups ~1.3x faster, inserts and scans ~1.1x). On a
 //! kernel that does not honour the advice the memory is ordinary pages.
 //!
-//! A `BlockBuf` is a pointer to a cell: one 64-byte header line (the
-//! reference count and the arena the cell returns to) followed by the
-//! block's bytes, so block data is cache-line aligned. Cells are never
+//! A mapping holds the blocks' bytes back to back from its (page or huge
+//! page aligned) start, so every block is aligned to its size up to 4 KiB
+//! and a commit can write dirty blocks with O_DIRECT straight from memory
+//! (no staging copy); the small cell headers (reference count, arena) sit
+//! in an array after the blocks. A `BlockBuf` points at both. Cells are never
 //! returned to the system while their arena lives; freed cells are reused
 //! first (last freed first, while still cached by the CPU). The arena lives
 //! until its last cell is freed (every cell holds a reference to it).
@@ -19,8 +21,6 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Bytes of a cell before the block data: one cache line.
-const CELL_HEADER_BYTES: usize = 64;
 const HUGE_PAGE_BYTES: usize = 2 << 20;
 /// The first mapping of an arena; each next one doubles, up to the max.
 /// Small pools (tests open thousands) never map a huge page; mappings of a
@@ -36,7 +36,7 @@ struct CellHeader {
     arena: *const ArenaInner,
 }
 
-const _: () = assert!(std::mem::size_of::<CellHeader>() <= CELL_HEADER_BYTES);
+const CELL_HEADER_BYTES: usize = std::mem::size_of::<CellHeader>();
 
 struct Chunk {
     /// The whole mapping (for munmap) and the huge-page aligned part cells
@@ -45,18 +45,27 @@ struct Chunk {
     map_bytes: usize,
 }
 
+/// A cell: where a block's bytes and its header are.
+#[derive(Clone, Copy)]
+struct Cell {
+    data: NonNull<u8>,
+    header: NonNull<CellHeader>,
+}
+
 struct ArenaState {
-    free: Vec<NonNull<CellHeader>>,
+    free: Vec<Cell>,
     chunks: Vec<Chunk>,
-    /// Bump allocation in the newest chunk: next cell and end.
+    /// Bump allocation in the newest chunk: its data and header arrays,
+    /// the next cell and the cell count.
+    data: usize,
+    headers: usize,
     next: usize,
-    end: usize,
+    cells: usize,
     next_chunk_bytes: usize,
 }
 
 struct ArenaInner {
     data_bytes: usize,
-    cell_bytes: usize,
     state: Mutex<ArenaState>,
 }
 
@@ -66,36 +75,46 @@ unsafe impl Send for ArenaInner {}
 unsafe impl Sync for ArenaInner {}
 
 impl ArenaInner {
-    fn alloc_cell(&self) -> NonNull<CellHeader> {
+    fn alloc_cell(&self) -> Cell {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cell) = state.free.pop() {
             return cell;
         }
-        if state.next + self.cell_bytes > state.end {
-            let bytes = state.next_chunk_bytes.max(self.cell_bytes);
-            let (chunk, start) = map_chunk(bytes);
-            state.next = start;
-            state.end = start + bytes;
+        if state.next == state.cells {
+            let data_bytes = state.next_chunk_bytes.max(self.data_bytes);
+            let cells = data_bytes / self.data_bytes;
+            let (chunk, start) = map_chunk(data_bytes, cells * CELL_HEADER_BYTES);
+            state.data = start;
+            state.headers = start + data_bytes;
+            state.next = 0;
+            state.cells = cells;
             state.chunks.push(chunk);
-            state.next_chunk_bytes = (bytes * 2).min(CHUNK_BYTES_MAX);
+            state.next_chunk_bytes = (data_bytes * 2).min(CHUNK_BYTES_MAX);
         }
-        let cell = state.next as *mut CellHeader;
-        state.next += self.cell_bytes;
-        NonNull::new(cell).expect("mapping is not at address 0")
+        let index = state.next;
+        state.next += 1;
+        let data = (state.data + index * self.data_bytes) as *mut u8;
+        let header = (state.headers + index * CELL_HEADER_BYTES) as *mut CellHeader;
+        Cell {
+            data: NonNull::new(data).expect("mapping is not at address 0"),
+            header: NonNull::new(header).expect("mapping is not at address 0"),
+        }
     }
 
-    fn free_cell(&self, cell: NonNull<CellHeader>) {
+    fn free_cell(&self, cell: Cell) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.free.push(cell);
     }
 }
 
-/// A private anonymous mapping of at least `bytes` (fresh pages read as
-/// zero) and the start of its usable part: huge-page aligned and advised
-/// for huge pages when `bytes` is at least a huge page.
-fn map_chunk(bytes: usize) -> (Chunk, usize) {
-    let huge = bytes >= HUGE_PAGE_BYTES;
+/// A private anonymous mapping (fresh pages read as zero) for `data_bytes`
+/// of blocks followed by `header_bytes` of cell headers, and the start of
+/// the blocks: huge-page aligned, and advised for huge pages, when
+/// `data_bytes` is at least a huge page, else page aligned.
+fn map_chunk(data_bytes: usize, header_bytes: usize) -> (Chunk, usize) {
+    let huge = data_bytes >= HUGE_PAGE_BYTES;
     let align = if huge { HUGE_PAGE_BYTES } else { PAGE_BYTES };
+    let bytes = data_bytes + header_bytes;
     let map_bytes = bytes + align;
     // SAFETY: an anonymous mapping at an address of the kernel's choosing.
     let map = unsafe {
@@ -144,12 +163,13 @@ impl BlockArena {
     pub(crate) fn new(data_bytes: usize) -> BlockArena {
         BlockArena(Arc::new(ArenaInner {
             data_bytes,
-            cell_bytes: (CELL_HEADER_BYTES + data_bytes).next_multiple_of(CELL_HEADER_BYTES),
             state: Mutex::new(ArenaState {
                 free: Vec::new(),
                 chunks: Vec::new(),
+                data: 0,
+                headers: 0,
                 next: 0,
-                end: 0,
+                cells: 0,
                 next_chunk_bytes: CHUNK_BYTES_MIN,
             }),
         }))
@@ -182,7 +202,7 @@ impl BlockArena {
 /// A block's bytes, shared (like `Arc<[u8]>`) between the cache, the dirty
 /// set and readers; writable only while unshared.
 pub(crate) struct BlockBuf {
-    cell: NonNull<CellHeader>,
+    cell: Cell,
     len: usize,
 }
 
@@ -194,9 +214,9 @@ unsafe impl Sync for BlockBuf {}
 impl BlockBuf {
     fn new(arena: &Arc<ArenaInner>) -> BlockBuf {
         let cell = arena.alloc_cell();
-        // SAFETY: the cell is ours (fresh or freed) and large enough.
+        // SAFETY: the cell is ours (fresh or freed).
         unsafe {
-            cell.as_ptr().write(CellHeader {
+            cell.header.as_ptr().write(CellHeader {
                 refs: AtomicUsize::new(1),
                 arena: Arc::into_raw(arena.clone()),
             })
@@ -210,13 +230,12 @@ impl BlockBuf {
     #[inline]
     fn header(&self) -> &CellHeader {
         // SAFETY: the cell stays allocated while a BlockBuf points at it.
-        unsafe { self.cell.as_ref() }
+        unsafe { self.cell.header.as_ref() }
     }
 
     #[inline]
     fn data(&self) -> *mut u8 {
-        // SAFETY: the data follows the header inside the cell.
-        unsafe { self.cell.as_ptr().cast::<u8>().add(CELL_HEADER_BYTES) }
+        self.cell.data.as_ptr()
     }
 
     /// The bytes for writing, if no other handle shares them.
@@ -226,6 +245,18 @@ impl BlockBuf {
         }
         // SAFETY: we hold the only handle, borrowed mutably.
         Some(unsafe { std::slice::from_raw_parts_mut(self.data(), self.len) })
+    }
+
+    /// The bytes for writing, without checking that they are unshared.
+    ///
+    /// # Safety
+    /// No other handle to this buffer may exist (e.g. `make_mut` was called
+    /// and no clone was made since).
+    #[inline]
+    pub(crate) unsafe fn get_mut_unchecked(&mut self) -> &mut [u8] {
+        debug_assert_eq!(self.header().refs.load(Ordering::Relaxed), 1);
+        // SAFETY: unshared, by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.data(), self.len) }
     }
 
     /// The bytes for writing, copying them first if another handle shares
@@ -287,7 +318,7 @@ mod tests {
         let arena = BlockArena::new(4096);
         let mut a = arena.alloc_zeroed();
         assert!(a.iter().all(|b| *b == 0));
-        assert_eq!(a.as_ptr() as usize % 64, 0, "data is cache-line aligned");
+        assert_eq!(a.as_ptr() as usize % 4096, 0, "data is page aligned");
         a.get_mut().unwrap()[0] = 7;
         let b = a.clone();
         assert!(a.get_mut().is_none(), "shared");

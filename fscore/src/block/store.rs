@@ -47,8 +47,17 @@ fn node_level(block: &[u8], kind: u8) -> u8 {
     }
 }
 
-/// A dirty block taken out of the store for editing (see `take`).
+/// A dirty block taken out of the store for editing (see `take`). Its
+/// buffer is made unshared when it is taken and no handle to it is cloned
+/// while it is out (only its bytes are lent), so edits need no check.
 pub(crate) struct BlockMut(BlockBuf);
+
+impl BlockMut {
+    fn new(mut block: BlockBuf) -> BlockMut {
+        block.make_mut();
+        BlockMut(block)
+    }
+}
 
 /// The bytes of a block for writing, copying first if a reader still
 /// shares them (readers drop their handles before edits, so this is rare).
@@ -65,7 +74,8 @@ impl std::ops::Deref for BlockMut {
 
 impl std::ops::DerefMut for BlockMut {
     fn deref_mut(&mut self) -> &mut [u8] {
-        unique(&mut self.0)
+        // SAFETY: unshared since `new`, and never cloned (see the type).
+        unsafe { self.0.get_mut_unchecked() }
     }
 }
 
@@ -319,7 +329,7 @@ impl BlockStore {
     /// `put` returns it.
     pub(crate) fn take(&mut self, r: BlockRef) -> Result<BlockMut> {
         match self.dirty.remove(&r.blkno) {
-            Some(block) if r.seq == self.txn_seq => Ok(BlockMut(block)),
+            Some(block) if r.seq == self.txn_seq => Ok(BlockMut::new(block)),
             Some(block) => {
                 self.dirty.insert(r.blkno, block);
                 Err(Error::corrupt(r.blkno, "edit of a clean block"))
