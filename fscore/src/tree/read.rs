@@ -3,8 +3,8 @@
 //! bound (or just before its lower bound when going backward), so it never
 //! needs sibling pointers, which copy-on-write could not keep up to date.
 
-use super::path::{accessor, child_for, node_at, read_node, Tree};
-use crate::block::{BlockBuf, BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
+use super::path::{accessor, child_for, node_at, Tree};
+use crate::block::{BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
 use crate::btree::node::NodeAccessor;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -12,8 +12,7 @@ use crate::key::Key;
 /// A leaf reached by a descent and the key range its parents give it:
 /// keys in (lower, upper]; `lower` None means unbounded.
 struct LeafAt {
-    block: BlockBuf,
-    blkno: u64,
+    r: BlockRef,
     lower: Option<Key>,
     upper: Key,
 }
@@ -121,9 +120,10 @@ impl Tree {
         self.check_height()?;
         let mut r: BlockRef = self.root;
         let (mut lower, mut upper) = (None, Key::MAX);
+        // Nodes are borrowed from the store (`view`), never shared: no
+        // reference count traffic per level.
         for level in (1..self.height as usize).rev() {
-            let block = store.read(r, BlockKind::Node)?;
-            let node = node_at(&block, r, level)?;
+            let node = node_at(store.view(r, BlockKind::Node)?, r, level)?;
             let (bound, child) = child_for(&node, key, r.blkno)?;
             if want_lower {
                 if let Some((previous, _)) =
@@ -135,13 +135,7 @@ impl Tree {
             upper = upper.min(bound);
             r = child;
         }
-        let block = read_node(store, r, 0)?;
-        Ok(LeafAt {
-            block,
-            blkno: r.blkno,
-            lower,
-            upper,
-        })
+        Ok(LeafAt { r, lower, upper })
     }
 
     /// Visits items with `start <= key <= end` in ascending order until
@@ -156,14 +150,15 @@ impl Tree {
         let mut cursor = *start;
         while cursor <= *end {
             let leaf = self.descend(store, &cursor, false)?;
-            for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_from(&cursor) {
+            let block = store.view(leaf.r, BlockKind::Node)?;
+            for (key, value) in node_at(block, leaf.r, 0)?.items_from(&cursor) {
                 if key > *end || !visit(&key, value) {
                     return Ok(());
                 }
             }
             match leaf.upper.successor() {
                 Some(next) if next > cursor => cursor = next,
-                Some(_) => return Err(Error::corrupt(leaf.blkno, "range did not advance")),
+                Some(_) => return Err(Error::corrupt(leaf.r.blkno, "range did not advance")),
                 None => return Ok(()),
             }
         }
@@ -182,14 +177,15 @@ impl Tree {
         let mut cursor = *end;
         while cursor >= *start {
             let leaf = self.descend(store, &cursor, true)?;
-            for (key, value) in accessor(&leaf.block, leaf.blkno)?.items_rev_from(&cursor) {
+            let block = store.view(leaf.r, BlockKind::Node)?;
+            for (key, value) in node_at(block, leaf.r, 0)?.items_rev_from(&cursor) {
                 if key < *start || !visit(&key, value) {
                     return Ok(());
                 }
             }
             match leaf.lower {
                 Some(lower) if lower < cursor => cursor = lower,
-                Some(_) => return Err(Error::corrupt(leaf.blkno, "range did not advance")),
+                Some(_) => return Err(Error::corrupt(leaf.r.blkno, "range did not advance")),
                 None => return Ok(()),
             }
         }
