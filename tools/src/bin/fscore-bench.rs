@@ -4,7 +4,8 @@
 //! Rows: random insert of N items (16-byte keys, 16..=64-byte values)
 //! committing every 1,000 operations, random point lookups of present keys,
 //! a forward range scan of everything; then the busy-extent allocator with
-//! 1k and 1M busy extents (allocation + free pairs; peer = the 1k run).
+//! 1k and 1M busy extents (allocation + free pairs in alternating rounds;
+//! peer = the 1k run).
 //!
 //!   cargo run --release --bin fscore-bench [-- --json] [--items N] [--large] [--dir PATH]
 //!
@@ -392,23 +393,29 @@ fn allocator_with_busy(busy: u64) -> Allocator {
     allocator
 }
 
-fn bench_allocator(busy: u64) -> Rate {
-    let prepared = allocator_with_busy(busy);
-    let (mut wall, mut cpu) = (0.0, 0.0);
-    for _ in 0..ALLOC_PAIRS / ALLOC_PAIRS_PER_ROUND {
-        let mut allocator = prepared.clone();
-        let (start, cpu_start) = (Instant::now(), process_cpu_secs());
-        for _ in 0..ALLOC_PAIRS_PER_ROUND {
-            let block = allocator.alloc_one().expect("alloc");
-            allocator.free(Extent::new(block, 1)).expect("free");
+/// Allocation + free pairs against fresh copies of allocators with each
+/// busy count, in alternating rounds (like the systems' phases, so load
+/// changes fall on every configuration alike).
+fn bench_allocators(busy: &[u64]) -> Vec<Rate> {
+    let prepared: Vec<Allocator> = busy.iter().map(|busy| allocator_with_busy(*busy)).collect();
+    let mut spent = vec![Spent::default(); busy.len()];
+    for round in 0..ALLOC_PAIRS / ALLOC_PAIRS_PER_ROUND {
+        let mut order: Vec<usize> = (0..busy.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        wall += start.elapsed().as_secs_f64();
-        cpu += process_cpu_secs() - cpu_start;
+        for index in order {
+            let mut allocator = prepared[index].clone();
+            spent[index].time(|| {
+                for _ in 0..ALLOC_PAIRS_PER_ROUND {
+                    let block = allocator.alloc_one().expect("alloc");
+                    allocator.free(Extent::new(block, 1)).expect("free");
+                }
+                ALLOC_PAIRS_PER_ROUND
+            });
+        }
     }
-    Rate {
-        wall: ALLOC_PAIRS as f64 / wall,
-        cpu: ALLOC_PAIRS as f64 / cpu.max(1e-9),
-    }
+    spent.iter().map(Spent::rate).collect()
 }
 
 fn main() {
@@ -449,8 +456,8 @@ fn main() {
         }
     }
     if !args.skip_allocator {
-        let at_1k = bench_allocator(1_000);
-        let at_1m = bench_allocator(1_000_000);
+        let rates = bench_allocators(&[1_000, 1_000_000]);
+        let (at_1k, at_1m) = (rates[0], rates[1]);
         let peer = "fscore at 1k";
         rows.push(Row {
             name: "allocator alloc+free, 1k busy extents".into(),
