@@ -3,9 +3,11 @@
 //! copies clean blocks on write (copy-on-write: a block on disk is never
 //! overwritten while a durable superblock may reference it).
 
-use super::cache::{BlockBuf, BlockCache};
+use super::cache::{BlockBuf, BlockCache, CachedInfo, Slot, SlotId};
 use super::hash::BlockMap;
 use super::header::{self, BlockKind, BlockRef, HEADER_BYTES};
+use super::index::ChildIndex;
+use super::mem::BlockArena;
 use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
 use crate::error::{Error, Result};
@@ -34,6 +36,8 @@ pub(crate) struct BlockStore {
     pub(crate) first_block: u64,
     pub(crate) end_block: u64,
     cache: BlockCache,
+    /// Memory of every block buffer (huge-page backed, see `mem`).
+    arena: BlockArena,
     dirty: BlockMap<BlockBuf>,
     /// The blocks of a commit being written (`begin_commit`), by number:
     /// clean, and read from here until they are on disk.
@@ -43,23 +47,36 @@ pub(crate) struct BlockStore {
     pub(crate) poisoned: bool,
 }
 
-/// A dirty block taken out of the store for editing (see `take`).
+/// Requests of an internal node's `ChildIndex` before it is built.
+const INDEX_AFTER_HITS: u8 = 4;
+/// Hit count marking a node whose index could not be built.
+const INDEX_FAILED: u8 = u8::MAX;
+
+/// The level of a node block (payload byte 0); 0 for other kinds.
+fn node_level(block: &[u8], kind: u8) -> u8 {
+    if kind == BlockKind::Node as u8 {
+        block.get(HEADER_BYTES).copied().unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// A dirty block taken out of the store for editing (see `take`). Its
+/// buffer is made unshared when it is taken and no handle to it is cloned
+/// while it is out (only its bytes are lent), so edits need no check.
 pub(crate) struct BlockMut(BlockBuf);
+
+impl BlockMut {
+    fn new(mut block: BlockBuf) -> BlockMut {
+        block.make_mut();
+        BlockMut(block)
+    }
+}
 
 /// The bytes of a block for writing, copying first if a reader still
 /// shares them (readers drop their handles before edits, so this is rare).
 fn unique(block: &mut BlockBuf) -> &mut [u8] {
-    if Arc::get_mut(block).is_none() {
-        *block = Arc::from(&block[..]);
-    }
-    Arc::get_mut(block).expect("just made unique")
-}
-
-/// A zeroed block, allocated once (no Vec to copy from).
-fn zeroed_block(block_bytes: u32) -> BlockBuf {
-    let block = Arc::<[u8]>::new_zeroed_slice(block_bytes as usize);
-    // SAFETY: zeroed bytes are valid u8s.
-    unsafe { block.assume_init() }
+    block.make_mut()
 }
 
 impl std::ops::Deref for BlockMut {
@@ -71,7 +88,8 @@ impl std::ops::Deref for BlockMut {
 
 impl std::ops::DerefMut for BlockMut {
     fn deref_mut(&mut self) -> &mut [u8] {
-        unique(&mut self.0)
+        // SAFETY: unshared since `new`, and never cloned (see the type).
+        unsafe { self.0.get_mut_unchecked() }
     }
 }
 
@@ -102,6 +120,7 @@ impl BlockStore {
             first_block,
             end_block,
             cache: BlockCache::new(cache_blocks),
+            arena: BlockArena::new(block_bytes as usize),
             dirty: BlockMap::default(),
             committing: BlockMap::default(),
             alloc,
@@ -123,19 +142,24 @@ impl BlockStore {
         if r.seq == self.txn_seq {
             return self.dirty_block(r).cloned();
         }
-        self.load(r, kind)?;
-        Ok(self.cached(r, kind)?.clone())
+        let id = self.load(r, kind)?;
+        Ok(self
+            .cache
+            .slot(id)
+            .block
+            .clone()
+            .expect("a cached slot holds a block"))
     }
 
     /// Like `read`, but borrows the block instead of sharing it: no
     /// reference count traffic and no touch of the block's header line on a
-    /// cache hit (the hot path of lookups).
+    /// cache hit.
     pub(crate) fn view(&mut self, r: BlockRef, kind: BlockKind) -> Result<&[u8]> {
         if r.seq == self.txn_seq {
             return Ok(self.dirty_block(r)?);
         }
-        self.load(r, kind)?;
-        Ok(self.cached(r, kind)?)
+        let id = self.load(r, kind)?;
+        Ok(self.cache.slot(id).bytes())
     }
 
     fn dirty_block(&self, r: BlockRef) -> Result<&BlockBuf> {
@@ -144,8 +168,9 @@ impl BlockStore {
             .ok_or_else(|| Error::corrupt(r.blkno, "reference to an unwritten block"))
     }
 
-    /// Makes sure a clean block is cached (reading and checking it if not).
-    fn load(&mut self, r: BlockRef, kind: BlockKind) -> Result<()> {
+    /// Makes sure a clean block is cached (reading and checking it if not)
+    /// and checks the cached block against the reference; returns its slot.
+    fn load(&mut self, r: BlockRef, kind: BlockKind) -> Result<SlotId> {
         if r.blkno < self.first_block || r.blkno >= self.end_block {
             return Err(Error::corrupt(
                 r.blkno,
@@ -158,34 +183,104 @@ impl BlockStore {
                 format!("reference from the future (seq {})", r.seq),
             ));
         }
-        if !self.cache.contains(r.blkno) {
-            let block = match self.committing.get(&r.blkno) {
-                Some((block, seq)) if *seq == r.seq => block.clone(),
-                _ => self.read_from_disk(r, kind)?,
-            };
-            self.cache
-                .insert(r.blkno, Arc::from(block), r.seq, kind as u8);
-        }
-        Ok(())
-    }
-
-    /// A cached block, checked against the reference by the seq and kind
-    /// the cache recorded when the block was read and checked.
-    fn cached(&mut self, r: BlockRef, kind: BlockKind) -> Result<&BlockBuf> {
-        match self.cache.get(r.blkno) {
-            Some((block, seq, cached_kind)) if seq == r.seq && cached_kind == kind as u8 => {
-                Ok(block)
+        let id = match self.cache.find(r.blkno) {
+            Some(id) => id,
+            None => {
+                // A block of a commit being written is read from memory: it
+                // may not be on disk yet. The pool wrote it, so it is
+                // verified before an index is built from it.
+                let (block, verified) = match self.committing.get(&r.blkno) {
+                    Some((block, seq)) if *seq == r.seq => (block.clone(), false),
+                    _ => (self.read_from_disk(r, kind)?, true),
+                };
+                let info = CachedInfo {
+                    seq: r.seq,
+                    kind: kind as u8,
+                    level: node_level(&block, kind as u8),
+                    verified,
+                };
+                self.cache.insert(r.blkno, block, info)
             }
-            Some(_) => Err(Error::corrupt(
+        };
+        let slot = self.cache.slot(id);
+        if slot.seq != r.seq || slot.kind != kind as u8 {
+            return Err(Error::corrupt(
                 r.blkno,
                 "stale reference (cached block has another seq or kind)",
-            )),
-            None => Err(Error::corrupt(r.blkno, "block vanished from the cache")),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// The cache slot of the clean node `r` for a lookup: `hint` (the slot
+    /// a parent's `ChildIndex` remembers) when it still holds the block
+    /// with the reference's seq, which skips the block map; else as `read`
+    /// finds it (reading and checking it if not cached).
+    #[inline]
+    pub(crate) fn clean_node(&mut self, r: BlockRef, hint: SlotId) -> Result<SlotId> {
+        if let Some(slot) = self.cache.slot_holding(hint, r.blkno) {
+            if slot.seq == r.seq && slot.kind == BlockKind::Node as u8 {
+                return Ok(hint);
+            }
+        }
+        self.load(r, BlockKind::Node)
+    }
+
+    #[inline]
+    pub(crate) fn slot(&self, id: SlotId) -> &Slot {
+        self.cache.slot(id)
+    }
+
+    /// The `ChildIndex` of the cached internal node in slot `id`, built on
+    /// the slot's `INDEX_AFTER_HITS`th request (cold nodes are not worth
+    /// the build) from the node after checking it with `verify` if the
+    /// pool wrote it itself (blocks read from disk were verified then).
+    /// None while the node is cold or when it cannot be indexed.
+    pub(crate) fn child_index(&mut self, id: SlotId) -> Result<Option<&ChildIndex>> {
+        let slot = self.cache.slot(id);
+        if slot.index.is_none() {
+            let hits = slot.hits.get();
+            if hits < INDEX_AFTER_HITS {
+                slot.hits.set(hits + 1);
+                return Ok(None);
+            }
+            if hits == INDEX_FAILED {
+                return Ok(None);
+            }
+            slot.hits.set(INDEX_FAILED);
+            let blkno = slot.blkno;
+            let node = NodeAccessor::new(&slot.bytes()[HEADER_BYTES..])
+                .map_err(|error| node_error(blkno, error))?;
+            if !slot.verified {
+                node.verify().map_err(|error| node_error(blkno, error))?;
+            }
+            let index = ChildIndex::build(&node).map(Box::new);
+            let slot = self.cache.slot_mut(id);
+            slot.verified = true;
+            slot.index = index;
+        }
+        Ok(self.cache.slot(id).index.as_deref())
+    }
+
+    /// Remembers in the index of the node in slot `parent` that its child
+    /// at `position` is in slot `child`. A hint only: if `parent` was
+    /// evicted meanwhile this may mark another node's child, which then
+    /// fails the check in `clean_node` and costs nothing.
+    #[inline]
+    pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
+        let Some(index) = self.cache.slot(parent).index.as_deref() else {
+            return;
+        };
+        if let Some(entry) = index.get(position) {
+            entry.slot.set(child);
+            entry
+                .bytes
+                .set(self.cache.slot(child).bytes().as_ptr() as usize);
         }
     }
 
     fn read_from_disk(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockBuf> {
-        let mut block = zeroed_block(self.block_bytes);
+        let mut block = self.arena.alloc();
         lock_storage(&self.storage)
             .read_at(r.blkno * self.block_bytes as u64, unique(&mut block))?;
         header::check(&block, self.pool_id, r, kind)?;
@@ -200,7 +295,7 @@ impl BlockStore {
     /// A new zeroed dirty block with its header.
     pub(crate) fn alloc_block(&mut self, kind: BlockKind) -> Result<BlockRef> {
         let blkno = self.alloc.alloc_one()?;
-        let mut block = zeroed_block(self.block_bytes);
+        let mut block = self.arena.alloc_zeroed();
         header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
         self.dirty.insert(blkno, block);
         Ok(BlockRef {
@@ -210,19 +305,29 @@ impl BlockStore {
     }
 
     /// The dirty version of a block: itself if dirty, else a copy at a new
-    /// location (the old location becomes busy).
+    /// location (the old location becomes busy). The copy reuses the cached
+    /// buffer in place (the old location's cache entry goes away anyway): no
+    /// 4 KiB copy, allocation or free per copied block unless a reader still
+    /// shares the buffer.
     pub(crate) fn cow(&mut self, r: BlockRef, kind: BlockKind) -> Result<BlockRef> {
         if self.is_dirty(r) {
             return Ok(r);
         }
-        let old = self.read(r, kind)?;
-        let blkno = self.alloc.alloc_one()?;
-        let mut block: BlockBuf = Arc::from(&old[..]);
-        drop(old);
+        if r.seq == self.txn_seq {
+            return Err(Error::corrupt(r.blkno, "reference to an unwritten block"));
+        }
+        let id = self.load(r, kind)?;
+        let (mut block, info) = self.cache.take(id);
+        let blkno = match self.alloc.alloc_one() {
+            Ok(blkno) => blkno,
+            Err(error) => {
+                self.cache.insert(r.blkno, block, info);
+                return Err(error);
+            }
+        };
         header::init_header(unique(&mut block), self.pool_id, self.txn_seq, blkno, kind);
         self.dirty.insert(blkno, block);
         self.alloc.free(Extent::new(r.blkno, 1))?;
-        self.cache.remove(r.blkno);
         Ok(BlockRef {
             blkno,
             seq: self.txn_seq,
@@ -245,7 +350,7 @@ impl BlockStore {
     /// `put` returns it.
     pub(crate) fn take(&mut self, r: BlockRef) -> Result<BlockMut> {
         match self.dirty.remove(&r.blkno) {
-            Some(block) if r.seq == self.txn_seq => Ok(BlockMut(block)),
+            Some(block) if r.seq == self.txn_seq => Ok(BlockMut::new(block)),
             Some(block) => {
                 self.dirty.insert(r.blkno, block);
                 Err(Error::corrupt(r.blkno, "edit of a clean block"))
@@ -303,7 +408,13 @@ impl BlockStore {
             let kind = header::header_kind(&block);
             writes.push((blkno * block_bytes, block.clone()));
             self.committing.insert(blkno, (block.clone(), seq));
-            self.cache.insert(blkno, block, seq, kind);
+            let info = CachedInfo {
+                seq,
+                kind,
+                level: node_level(&block, kind),
+                verified: false,
+            };
+            self.cache.insert(blkno, block, info);
         }
         self.alloc.begin_commit();
         self.txn_seq += 1;

@@ -1,7 +1,8 @@
 //! Files and block devices, opened with O_DIRECT, I/O through io_uring
 //! (submit and wait). Buffers handed in need no alignment: I/O goes through
-//! an aligned bounce buffer, and contiguous writes of a batch are coalesced
-//! into one larger write.
+//! an aligned bounce buffer, except that a run of writes whose buffers are
+//! all aligned is written from them directly; contiguous writes of a batch
+//! are coalesced into one larger (vectored) write.
 
 use super::Storage;
 use io_uring::{opcode, types, IoUring};
@@ -15,6 +16,8 @@ use std::path::Path;
 /// O_DIRECT needs buffers, offsets and lengths aligned to the logical block
 /// size; 4096 covers every device we expect.
 pub const DIRECT_ALIGN_BYTES: usize = 4096;
+/// Most pieces one vectored write gathers (IOV_MAX is 1024).
+const IOVECS_MAX: usize = 1024;
 /// Submission queue entries: bounds the I/Os in flight per batch.
 const RING_ENTRIES: u32 = 128;
 /// Largest single (coalesced) write.
@@ -161,8 +164,37 @@ impl FileStorage {
         runs: &[(u64, Vec<usize>, usize)],
         bytes: usize,
     ) -> io::Result<()> {
-        if self.staging.len < bytes {
-            self.staging = AlignedBuf::new(bytes);
+        // A run whose pieces are all aligned in memory is written from them
+        // directly (the block cache keeps blocks page aligned); the others
+        // are copied into the aligned staging buffer.
+        let aligned = |index: &usize| {
+            let piece = writes[*index].1;
+            (piece.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN_BYTES)
+                && piece.len().is_multiple_of(DIRECT_ALIGN_BYTES)
+        };
+        let direct: Vec<bool> = runs
+            .iter()
+            .map(|(_, members, _)| members.len() <= IOVECS_MAX && members.iter().all(aligned))
+            .collect();
+        let iovec_count = runs
+            .iter()
+            .zip(&direct)
+            .filter(|(_, direct)| **direct)
+            .map(|((_, members, _), _)| members.len())
+            .sum();
+        // Filled before any entry points into it, never reallocated.
+        let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(iovec_count);
+        let staged = runs
+            .iter()
+            .zip(&direct)
+            .filter(|(_, direct)| !**direct)
+            .map(|((_, _, len), _)| len.next_multiple_of(DIRECT_ALIGN_BYTES))
+            .sum::<usize>()
+            .min(bytes);
+        if self.staging.len < staged {
+            // Grow by powers of two: batches grow a little at a time, and
+            // each new buffer is zeroed.
+            self.staging = AlignedBuf::new(staged.next_power_of_two());
         }
         let fd = types::Fd(self.file.as_raw_fd());
         let mut entries = Vec::with_capacity(runs.len());
@@ -170,24 +202,40 @@ impl FileStorage {
         let mut at = 0;
         let base = self.staging.ptr;
         let staging = self.staging.as_mut_slice();
-        for (slot, (start, members, len)) in runs.iter().enumerate() {
-            let mut fill = at;
-            for index in members {
-                let bytes = writes[*index].1;
-                staging[fill..fill + bytes.len()].copy_from_slice(bytes);
-                fill += bytes.len();
-            }
-            // SAFETY: `at` is within the staging buffer, which outlives the
-            // submission (`run` waits for every completion).
-            let ptr = unsafe { base.add(at) };
-            entries.push(
+        for (slot, ((start, members, len), direct)) in runs.iter().zip(&direct).enumerate() {
+            let entry = if *direct {
+                let first = iovecs.len();
+                for index in members {
+                    let piece = writes[*index].1;
+                    iovecs.push(libc::iovec {
+                        iov_base: piece.as_ptr() as *mut libc::c_void,
+                        iov_len: piece.len(),
+                    });
+                }
+                // SAFETY: the iovecs and the pieces they name outlive the
+                // submission (`run` waits for every completion), and the
+                // vector never reallocates (capacity reserved above).
+                let vecs = unsafe { iovecs.as_ptr().add(first) };
+                opcode::Writev::new(fd, vecs, members.len() as u32)
+                    .offset(*start)
+                    .build()
+            } else {
+                let mut fill = at;
+                for index in members {
+                    let bytes = writes[*index].1;
+                    staging[fill..fill + bytes.len()].copy_from_slice(bytes);
+                    fill += bytes.len();
+                }
+                // SAFETY: `at` is within the staging buffer, which outlives
+                // the submission (`run` waits for every completion).
+                let ptr = unsafe { base.add(at) };
+                at += len.next_multiple_of(DIRECT_ALIGN_BYTES);
                 opcode::Write::new(fd, ptr, *len as u32)
                     .offset(*start)
                     .build()
-                    .user_data(slot as u64),
-            );
+            };
+            entries.push(entry.user_data(slot as u64));
             expected.push(*len);
-            at += len.next_multiple_of(DIRECT_ALIGN_BYTES);
         }
         self.run(&entries, &expected)
     }

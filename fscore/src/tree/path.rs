@@ -100,10 +100,8 @@ impl Tree {
         });
         for level in (1..self.height as usize).rev() {
             let parent = *path.last().expect("path starts with the root");
-            let block = store.read(parent.r, BlockKind::Node)?;
-            let (bound, child) =
-                child_for(&node_at(&block, parent.r, level)?, key, parent.r.blkno)?;
-            drop(block);
+            let block = store.view(parent.r, BlockKind::Node)?;
+            let (bound, child) = child_for(&node_at(block, parent.r, level)?, key, parent.r.blkno)?;
             let dirty_child = store.cow(child, BlockKind::Node)?;
             if dirty_child != child {
                 set_child(store, parent.r, &bound, dirty_child)?;
@@ -114,7 +112,7 @@ impl Tree {
             });
         }
         let leaf = path.last().expect("path holds the leaf").r;
-        read_node(store, leaf, 0)?;
+        node_at(store.view(leaf, BlockKind::Node)?, leaf, 0)?;
         Ok(path)
     }
 }

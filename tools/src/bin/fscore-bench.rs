@@ -4,9 +4,15 @@
 //! Rows: random insert of N items (16-byte keys, 16..=64-byte values)
 //! committing every 1,000 operations, random point lookups of present keys,
 //! a forward range scan of everything; then the busy-extent allocator with
-//! 1k and 1M busy extents (allocation + free pairs; peer = the 1k run).
+//! 1k and 1M busy extents (allocation + free pairs in alternating rounds;
+//! peer = the 1k run).
 //!
 //!   cargo run --release --bin fscore-bench [-- --json] [--items N] [--large] [--dir PATH]
+//!
+//! The two systems run side by side in alternating slices of each phase
+//! (10,000 inserts, 50,000 lookups, one full scan; 3 scans each), so a
+//! change in the load of a shared machine falls on both alike; each
+//! system's rate is its operations over the time of its own slices.
 //!
 //! `--large` adds the 10M-item rows (slow on a small machine);
 //! `--skip-redb` and `--skip-allocator` leave parts out (for profiling);
@@ -24,8 +30,9 @@ use std::time::Instant;
 const TABLE: TableDefinition<u128, &[u8]> = TableDefinition::new("bench");
 /// Operations per commit, as the issue asks.
 const OPS_PER_COMMIT: u64 = 1_000;
-/// Block cache of both systems, so neither wins by caching more.
-const CACHE_BYTES: u64 = 1 << 30;
+/// Block cache of both systems, so neither wins by caching more: 3 GiB
+/// holds either tree at 10M items (the machine has 24 GiB).
+const CACHE_BYTES: u64 = 3 << 30;
 const LOOKUPS: u64 = 1_000_000;
 /// Allocation + free pairs timed per allocator configuration.
 const ALLOC_PAIRS: u64 = 200_000;
@@ -93,24 +100,28 @@ struct Rate {
     cpu: f64,
 }
 
-/// A phase being timed.
-struct Timer {
-    start: Instant,
+/// Time and CPU time spent in one system's share of a phase, summed over
+/// its slices.
+#[derive(Clone, Copy, Default)]
+struct Spent {
+    wall: f64,
     cpu: f64,
+    ops: u64,
 }
 
-impl Timer {
-    fn start() -> Timer {
-        Timer {
-            start: Instant::now(),
-            cpu: process_cpu_secs(),
-        }
+impl Spent {
+    /// Runs `slice` (which returns how many operations it did) and adds
+    /// its time.
+    fn time(&mut self, slice: impl FnOnce() -> u64) {
+        let (start, cpu) = (Instant::now(), process_cpu_secs());
+        self.ops += slice();
+        self.wall += start.elapsed().as_secs_f64();
+        self.cpu += process_cpu_secs() - cpu;
     }
-    fn rate(&self, ops: u64) -> Rate {
-        let cpu = (process_cpu_secs() - self.cpu).max(1e-9);
+    fn rate(&self) -> Rate {
         Rate {
-            wall: ops as f64 / self.start.elapsed().as_secs_f64(),
-            cpu: ops as f64 / cpu,
+            wall: self.ops as f64 / self.wall.max(1e-9),
+            cpu: self.ops as f64 / self.cpu.max(1e-9),
         }
     }
 }
@@ -125,103 +136,233 @@ fn process_cpu_secs() -> f64 {
     secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
-fn bench_fscore(dir: &Path, items: u64, seed: u64) -> [Rate; 3] {
-    let (meta, data) = (dir.join("fscore-meta"), dir.join("fscore-data"));
-    // Room for the tree plus the copies a commit makes: ~1 KiB per item.
-    let meta_bytes = (items * 1024).max(1 << 30);
-    Pool::mkfs(&meta, &data, &MkfsOptions::new(meta_bytes, 64 << 20)).expect("mkfs");
-    let pool = Pool::open(
-        &meta,
-        &data,
-        &OpenOptions {
-            cache_bytes: CACHE_BYTES,
-        },
-    )
-    .expect("open");
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let timer = Timer::start();
-    for index in 1..=items {
-        let (key, value) = item(&mut rng);
-        pool.insert(&fscore_key(key), &value).expect("insert");
-        if index % OPS_PER_COMMIT == 0 {
-            pool.commit().expect("commit");
-        }
-    }
-    pool.commit().expect("commit");
-    let insert = timer.rate(items);
-    let keys = sample_keys(seed, items);
-    let timer = Timer::start();
-    let mut found = 0u64;
-    for key in &keys {
-        pool.get_with(&fscore_key(*key), &mut |value| found += value.len() as u64)
-            .expect("get");
-    }
-    let lookup = timer.rate(keys.len() as u64);
-    assert!(found > 0);
-    let timer = Timer::start();
-    let mut scanned = 0u64;
-    pool.range_with(&Key::MIN, &Key::MAX, &mut |_, _| {
-        scanned += 1;
-        true
-    })
-    .expect("scan");
-    assert_eq!(scanned, items);
-    let scan = timer.rate(scanned);
-    drop(pool);
-    let _ = std::fs::remove_file(&meta);
-    let _ = std::fs::remove_file(&data);
-    [insert, lookup, scan]
+/// One system under test. Both get the same items in the same order, and
+/// the bench runs them in alternating slices of each phase, so a change in
+/// the machine's load (it is shared) falls on both alike.
+trait System {
+    /// Inserts the next `count` items of the sequence, committing every
+    /// `OPS_PER_COMMIT`; `last` makes the final partial batch durable too.
+    fn insert(&mut self, count: u64, last: bool) -> u64;
+    /// Looks up every key (all present); returns value bytes found.
+    fn lookup(&mut self, keys: &[u128]) -> u64;
+    /// Scans everything forward; returns the item count.
+    fn scan(&mut self) -> u64;
 }
 
-fn bench_redb(dir: &Path, items: u64, seed: u64) -> [Rate; 3] {
-    let path = dir.join("redb.db");
-    let _ = std::fs::remove_file(&path);
-    let db = redb::Builder::new()
-        .set_cache_size(CACHE_BYTES as usize)
-        .create(&path)
-        .expect("redb create");
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let timer = Timer::start();
-    let mut done = 0;
-    while done < items {
-        let txn = db.begin_write().expect("begin");
-        {
-            let mut table = txn.open_table(TABLE).expect("table");
-            for _ in 0..OPS_PER_COMMIT.min(items - done) {
-                let (key, value) = item(&mut rng);
-                table.insert(key, value.as_slice()).expect("insert");
-                done += 1;
+struct Fscore {
+    pool: Pool,
+    rng: SmallRng,
+    inserted: u64,
+    meta: PathBuf,
+    data: PathBuf,
+}
+
+impl Fscore {
+    fn new(dir: &Path, items: u64, seed: u64) -> Fscore {
+        let (meta, data) = (dir.join("fscore-meta"), dir.join("fscore-data"));
+        // Room for the tree plus the copies a commit makes: ~1 KiB per item.
+        let meta_bytes = (items * 1024).max(1 << 30);
+        Pool::mkfs(&meta, &data, &MkfsOptions::new(meta_bytes, 64 << 20)).expect("mkfs");
+        let pool = Pool::open(
+            &meta,
+            &data,
+            &OpenOptions {
+                cache_bytes: CACHE_BYTES,
+            },
+        )
+        .expect("open");
+        Fscore {
+            pool,
+            rng: SmallRng::seed_from_u64(seed),
+            inserted: 0,
+            meta,
+            data,
+        }
+    }
+}
+
+impl Drop for Fscore {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.meta);
+        let _ = std::fs::remove_file(&self.data);
+    }
+}
+
+impl System for Fscore {
+    fn insert(&mut self, count: u64, last: bool) -> u64 {
+        for _ in 0..count {
+            let (key, value) = item(&mut self.rng);
+            self.pool.insert(&fscore_key(key), &value).expect("insert");
+            self.inserted += 1;
+            if self.inserted.is_multiple_of(OPS_PER_COMMIT) {
+                self.pool.commit().expect("commit");
             }
         }
-        txn.commit().expect("commit");
+        if last && !self.inserted.is_multiple_of(OPS_PER_COMMIT) {
+            self.pool.commit().expect("commit");
+        }
+        count
     }
-    let insert = timer.rate(items);
+
+    fn lookup(&mut self, keys: &[u128]) -> u64 {
+        let mut found = 0u64;
+        for key in keys {
+            self.pool
+                .get_with(&fscore_key(*key), &mut |value| found += value.len() as u64)
+                .expect("get");
+        }
+        found
+    }
+
+    fn scan(&mut self) -> u64 {
+        let mut scanned = 0u64;
+        self.pool
+            .range_with(&Key::MIN, &Key::MAX, &mut |_, _| {
+                scanned += 1;
+                true
+            })
+            .expect("scan");
+        scanned
+    }
+}
+
+struct Redb {
+    db: redb::Database,
+    rng: SmallRng,
+    /// Opened after the inserts, for lookups and scans.
+    read: Option<redb::ReadOnlyTable<u128, &'static [u8]>>,
+    path: PathBuf,
+}
+
+impl Redb {
+    fn new(dir: &Path, seed: u64) -> Redb {
+        let path = dir.join("redb.db");
+        let _ = std::fs::remove_file(&path);
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES as usize)
+            .create(&path)
+            .expect("redb create");
+        Redb {
+            db,
+            rng: SmallRng::seed_from_u64(seed),
+            read: None,
+            path,
+        }
+    }
+
+    fn table(&mut self) -> &redb::ReadOnlyTable<u128, &'static [u8]> {
+        if self.read.is_none() {
+            let txn = self.db.begin_read().expect("read");
+            self.read = Some(txn.open_table(TABLE).expect("table"));
+        }
+        self.read.as_ref().expect("just opened")
+    }
+}
+
+impl Drop for Redb {
+    fn drop(&mut self) {
+        self.read = None;
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl System for Redb {
+    fn insert(&mut self, count: u64, _last: bool) -> u64 {
+        // Slices are whole multiples of OPS_PER_COMMIT except the last, so
+        // transactions hold OPS_PER_COMMIT inserts each as in one loop.
+        let mut done = 0;
+        while done < count {
+            let txn = self.db.begin_write().expect("begin");
+            {
+                let mut table = txn.open_table(TABLE).expect("table");
+                for _ in 0..OPS_PER_COMMIT.min(count - done) {
+                    let (key, value) = item(&mut self.rng);
+                    table.insert(key, value.as_slice()).expect("insert");
+                    done += 1;
+                }
+            }
+            txn.commit().expect("commit");
+        }
+        count
+    }
+
+    fn lookup(&mut self, keys: &[u128]) -> u64 {
+        let table = self.table();
+        let mut found = 0u64;
+        for key in keys {
+            found += table
+                .get(*key)
+                .expect("get")
+                .map_or(0, |value| value.value().len() as u64);
+        }
+        found
+    }
+
+    fn scan(&mut self) -> u64 {
+        let table = self.table();
+        let mut scanned = 0u64;
+        for entry in table.range::<u128>(..).expect("range") {
+            entry.expect("entry");
+            scanned += 1;
+        }
+        scanned
+    }
+}
+
+/// Inserts per slice of the insert phase (a whole number of commits).
+const INSERT_SLICE: u64 = 10 * OPS_PER_COMMIT;
+/// Lookups per slice of the lookup phase.
+const LOOKUP_SLICE: usize = 50_000;
+/// Full forward scans per system.
+const SCANS: usize = 3;
+
+/// Runs the three phases on each system in alternating slices (who goes
+/// first alternates too); returns each system's [insert, lookup, scan].
+fn bench_systems(systems: &mut [Box<dyn System>], items: u64, seed: u64) -> Vec<[Rate; 3]> {
+    let mut spent = vec![[Spent::default(); 3]; systems.len()];
+    let order = |round: usize, count: usize| -> Vec<usize> {
+        let mut order: Vec<usize> = (0..count).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        order
+    };
+    let mut done = 0;
+    let mut round = 0;
+    while done < items {
+        let count = INSERT_SLICE.min(items - done);
+        let last = done + count == items;
+        for index in order(round, systems.len()) {
+            spent[index][0].time(|| systems[index].insert(count, last));
+        }
+        done += count;
+        round += 1;
+    }
     let keys = sample_keys(seed, items);
-    let txn = db.begin_read().expect("read");
-    let table = txn.open_table(TABLE).expect("table");
-    let timer = Timer::start();
-    let mut found = 0u64;
-    for key in &keys {
-        found += table
-            .get(*key)
-            .expect("get")
-            .map_or(0, |value| value.value().len() as u64);
+    for (round, slice) in keys.chunks(LOOKUP_SLICE).enumerate() {
+        for index in order(round, systems.len()) {
+            let mut found = 0;
+            spent[index][1].time(|| {
+                found = systems[index].lookup(slice);
+                slice.len() as u64
+            });
+            assert!(found > 0);
+        }
     }
-    let lookup = timer.rate(keys.len() as u64);
-    assert!(found > 0);
-    let timer = Timer::start();
-    let mut scanned = 0u64;
-    for entry in table.range::<u128>(..).expect("range") {
-        entry.expect("entry");
-        scanned += 1;
+    for round in 0..SCANS {
+        for index in order(round, systems.len()) {
+            let mut scanned = 0;
+            spent[index][2].time(|| {
+                scanned = systems[index].scan();
+                scanned
+            });
+            assert_eq!(scanned, items);
+        }
     }
-    assert_eq!(scanned, items);
-    let scan = timer.rate(scanned);
-    drop(table);
-    drop(txn);
-    drop(db);
-    let _ = std::fs::remove_file(&path);
-    [insert, lookup, scan]
+    spent
+        .iter()
+        .map(|phases| phases.map(|phase| phase.rate()))
+        .collect()
 }
 
 /// Keys that were inserted, in random order (regenerated from the seed).
@@ -252,23 +393,29 @@ fn allocator_with_busy(busy: u64) -> Allocator {
     allocator
 }
 
-fn bench_allocator(busy: u64) -> Rate {
-    let prepared = allocator_with_busy(busy);
-    let (mut wall, mut cpu) = (0.0, 0.0);
-    for _ in 0..ALLOC_PAIRS / ALLOC_PAIRS_PER_ROUND {
-        let mut allocator = prepared.clone();
-        let (start, cpu_start) = (Instant::now(), process_cpu_secs());
-        for _ in 0..ALLOC_PAIRS_PER_ROUND {
-            let block = allocator.alloc_one().expect("alloc");
-            allocator.free(Extent::new(block, 1)).expect("free");
+/// Allocation + free pairs against fresh copies of allocators with each
+/// busy count, in alternating rounds (like the systems' phases, so load
+/// changes fall on every configuration alike).
+fn bench_allocators(busy: &[u64]) -> Vec<Rate> {
+    let prepared: Vec<Allocator> = busy.iter().map(|busy| allocator_with_busy(*busy)).collect();
+    let mut spent = vec![Spent::default(); busy.len()];
+    for round in 0..ALLOC_PAIRS / ALLOC_PAIRS_PER_ROUND {
+        let mut order: Vec<usize> = (0..busy.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        wall += start.elapsed().as_secs_f64();
-        cpu += process_cpu_secs() - cpu_start;
+        for index in order {
+            let mut allocator = prepared[index].clone();
+            spent[index].time(|| {
+                for _ in 0..ALLOC_PAIRS_PER_ROUND {
+                    let block = allocator.alloc_one().expect("alloc");
+                    allocator.free(Extent::new(block, 1)).expect("free");
+                }
+                ALLOC_PAIRS_PER_ROUND
+            });
+        }
     }
-    Rate {
-        wall: ALLOC_PAIRS as f64 / wall,
-        cpu: ALLOC_PAIRS as f64 / cpu.max(1e-9),
-    }
+    spent.iter().map(Spent::rate).collect()
 }
 
 fn main() {
@@ -284,12 +431,15 @@ fn main() {
     };
     for &items in &args.items {
         let seed = 0x5eed ^ items;
-        let redb = if args.skip_redb {
-            [none; 3]
-        } else {
-            bench_redb(dir.path(), items, seed)
-        };
-        let fscore = bench_fscore(dir.path(), items, seed);
+        let mut systems: Vec<Box<dyn System>> =
+            vec![Box::new(Fscore::new(dir.path(), items, seed))];
+        if !args.skip_redb {
+            systems.push(Box::new(Redb::new(dir.path(), seed)));
+        }
+        let rates = bench_systems(&mut systems, items, seed);
+        drop(systems);
+        let fscore = rates[0];
+        let redb = rates.get(1).copied().unwrap_or([none; 3]);
         let names = [
             "random insert, commit every 1000",
             "random point lookup",
@@ -306,8 +456,8 @@ fn main() {
         }
     }
     if !args.skip_allocator {
-        let at_1k = bench_allocator(1_000);
-        let at_1m = bench_allocator(1_000_000);
+        let rates = bench_allocators(&[1_000, 1_000_000]);
+        let (at_1k, at_1m) = (rates[0], rates[1]);
         let peer = "fscore at 1k";
         rows.push(Row {
             name: "allocator alloc+free, 1k busy extents".into(),

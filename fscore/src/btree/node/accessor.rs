@@ -23,6 +23,28 @@ impl<'a> NodeAccessor<'a> {
         Ok(NodeAccessor { buf, geo })
     }
 
+    /// Wraps a payload that already passed `verify` at `level` (a cached
+    /// node): no header checks, so a lookup in a cached leaf need not touch
+    /// the leaf's header line. Every read stays bounds-checked, as for any
+    /// bytes (see the trust model in `node.rs`).
+    #[inline]
+    pub(crate) fn verified(buf: &'a [u8], level: u8) -> Self {
+        debug_assert!(buf.len() >= PAYLOAD_BYTES_MIN && hdr_level(buf) == level);
+        let len = buf.len().clamp(PAYLOAD_BYTES_MIN, PAYLOAD_BYTES_MAX);
+        NodeAccessor {
+            buf,
+            geo: Geometry::new(len, level),
+        }
+    }
+
+    /// Payload offset of the hash slot a lookup of `key` in a leaf of
+    /// `payload_bytes` reads first (for prefetching).
+    #[inline]
+    pub(crate) fn leaf_home_slot_at(payload_bytes: usize, key: &Key) -> usize {
+        let geo = Geometry::new(payload_bytes.clamp(PAYLOAD_BYTES_MIN, PAYLOAD_BYTES_MAX), 0);
+        geo.values_end + home_slot(key, geo.hash_slots) * HASH_SLOT_LEN
+    }
+
     /// 0 for leaves.
     pub(crate) fn level(&self) -> u8 {
         hdr_level(self.buf)
