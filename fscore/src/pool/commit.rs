@@ -183,7 +183,7 @@ impl PoolState {
     }
 
     fn log_is_due_for_compaction(&self) -> bool {
-        let per_block = freelog::entries_per_block(self.store.block_bytes);
+        let per_block = freelist::entries_per_block(self.store.block_bytes);
         let base = (self.sb.meta_free_extents + self.sb.data_free_extents) as usize;
         // An upper bound of the entries after this commit: the log so far,
         // this transaction's changes, and the log blocks it allocates and frees.
@@ -249,7 +249,7 @@ impl PoolState {
         if let Some(head) = old_head {
             self.store.free(head)?;
         }
-        let per_block = freelog::entries_per_block(self.store.block_bytes);
+        let per_block = freelist::entries_per_block(self.store.block_bytes);
         let mut blocks = Vec::new();
         let entries = loop {
             let mut entries = self.freelog_head.clone();

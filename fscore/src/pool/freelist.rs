@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 /// 24 count x {start u64, len u64}
 /// ```
 const LIST_HEADER_BYTES: usize = 24;
-const ENTRY_BYTES: usize = 16;
+pub(crate) const ENTRY_BYTES: usize = 16;
 
 pub(crate) fn entries_per_block(block_bytes: u32) -> usize {
     (block_bytes as usize - HEADER_BYTES - LIST_HEADER_BYTES) / ENTRY_BYTES
@@ -49,18 +49,35 @@ pub(crate) fn write_chain(
         let (these, tail) = rest.split_at(take);
         rest = tail;
         let next = chain.get(index + 1).copied().unwrap_or(BlockRef::NONE);
-        let mut block = store.take(*r)?;
-        let payload = &mut block[HEADER_BYTES..];
-        payload.fill(0);
-        payload[..16].copy_from_slice(&next.encode());
-        payload[16..20].copy_from_slice(&(take as u32).to_le_bytes());
-        for (slot, extent) in these.iter().enumerate() {
-            let at = LIST_HEADER_BYTES + slot * ENTRY_BYTES;
-            payload[at..at + 8].copy_from_slice(&extent.start.to_le_bytes());
-            payload[at + 8..at + 16].copy_from_slice(&extent.len.to_le_bytes());
-        }
-        store.put(*r, block);
+        let encoded = these.iter().map(|extent| {
+            let mut entry = [0u8; ENTRY_BYTES];
+            entry[..8].copy_from_slice(&extent.start.to_le_bytes());
+            entry[8..].copy_from_slice(&extent.len.to_le_bytes());
+            entry
+        });
+        fill_chain_block(store, *r, next, encoded)?;
     }
+    Ok(())
+}
+
+/// Fills the dirty block `r` as a chain block (FreeList and FreeLog blocks
+/// share the layout): the next ref, the entry count, then the entries.
+pub(crate) fn fill_chain_block(
+    store: &mut BlockStore,
+    r: BlockRef,
+    next: BlockRef,
+    entries: impl ExactSizeIterator<Item = [u8; ENTRY_BYTES]>,
+) -> Result<()> {
+    let mut block = store.take(r)?;
+    let payload = &mut block[HEADER_BYTES..];
+    payload.fill(0);
+    payload[..16].copy_from_slice(&next.encode());
+    payload[16..20].copy_from_slice(&(entries.len() as u32).to_le_bytes());
+    for (slot, entry) in entries.enumerate() {
+        let at = LIST_HEADER_BYTES + slot * ENTRY_BYTES;
+        payload[at..at + ENTRY_BYTES].copy_from_slice(&entry);
+    }
+    store.put(r, block);
     Ok(())
 }
 

@@ -12,10 +12,10 @@
 //!
 //! Blocks are linked newest first; entries inside a block are oldest first.
 
-use super::freelist;
+use super::freelist::{self, entries_per_block, ENTRY_BYTES};
 use crate::alloc::{Allocator, Extent};
 use crate::block::header::{le_u32, le_u64};
-use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
+use crate::block::{BlockKind, BlockRef, BlockStore};
 use crate::error::{Error, Result};
 
 /// FreeLog payload, little-endian:
@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 ///    flags: bit 0 = data device (else metadata), bit 1 = freed (else
 ///    allocated); other bits zero; len >= 1
 /// ```
-const LOG_HEADER_BYTES: usize = 24;
-const ENTRY_BYTES: usize = 16;
+/// (The layout is the free-list chain's: `freelist::fill_chain_block`,
+/// `freelist::walk_chain`; only the entries differ.)
 const FLAG_DATA: u32 = 1;
 const FLAG_FREED: u32 = 2;
 
@@ -37,10 +37,6 @@ pub(crate) struct LogEntry {
     pub(crate) data: bool,
     pub(crate) freed: bool,
     pub(crate) extent: Extent,
-}
-
-pub(crate) fn entries_per_block(block_bytes: u32) -> usize {
-    (block_bytes as usize - HEADER_BYTES - LOG_HEADER_BYTES) / ENTRY_BYTES
 }
 
 /// The entries one commit logs for the changes of both allocators:
@@ -100,19 +96,15 @@ pub(crate) fn write_blocks(
         } else {
             older
         };
-        let mut block = store.take(*r)?;
-        let payload = &mut block[HEADER_BYTES..];
-        payload.fill(0);
-        payload[..16].copy_from_slice(&next.encode());
-        payload[16..20].copy_from_slice(&(take as u32).to_le_bytes());
-        for (slot, entry) in these.iter().enumerate() {
-            let at = LOG_HEADER_BYTES + slot * ENTRY_BYTES;
+        let encoded = these.iter().map(|entry| {
             let flags = (entry.data as u32 * FLAG_DATA) | (entry.freed as u32 * FLAG_FREED);
-            payload[at..at + 8].copy_from_slice(&entry.extent.start.to_le_bytes());
-            payload[at + 8..at + 12].copy_from_slice(&(entry.extent.len as u32).to_le_bytes());
-            payload[at + 12..at + 16].copy_from_slice(&flags.to_le_bytes());
-        }
-        store.put(*r, block);
+            let mut bytes = [0u8; ENTRY_BYTES];
+            bytes[..8].copy_from_slice(&entry.extent.start.to_le_bytes());
+            bytes[8..12].copy_from_slice(&(entry.extent.len as u32).to_le_bytes());
+            bytes[12..].copy_from_slice(&flags.to_le_bytes());
+            bytes
+        });
+        freelist::fill_chain_block(store, *r, next, encoded)?;
         if index == 0 {
             head_entries = these.to_vec();
         }
