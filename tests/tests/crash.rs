@@ -156,6 +156,8 @@ fn kill_9_during_writes_keeps_every_flushed_write() {
         verify(&mut client, &mut model, round, seed);
         let mut fio = Command::new("fio")
             .arg(fio_job)
+            // fio writes its verify state files into the working directory.
+            .current_dir(pool.dir.path())
             .env("NBD_URI", &d.uri)
             .env("OFFSET", (TRACKED_BLOCKS * 4096).to_string())
             .env("SIZE", (60 * MIB).to_string())

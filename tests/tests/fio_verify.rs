@@ -14,6 +14,8 @@ fn fio_randwrite_verify_crc32c_qd32() {
     let out = run_ok(
         Command::new("fio")
             .arg(job)
+            // fio writes its verify state files into the working directory.
+            .current_dir(pool.dir.path())
             .env("NBD_URI", &d.uri)
             .env("SIZE", "64M"),
     );
