@@ -2,6 +2,8 @@
 //! mkfs, open, insert/get/delete/range both ways, data allocation, commit,
 //! reopen with the committed contents, exclusive open, and a clean check.
 
+mod support;
+
 use fscore::{Error, Extent, Key, MkfsOptions, OpenOptions, Pool, SimDisk};
 use std::collections::BTreeMap;
 
@@ -181,20 +183,8 @@ fn busy_data_blocks_come_back_only_after_commit() {
 /// every commit a reopen rebuilds exactly the free space the handle had.
 #[test]
 fn the_free_space_log_appends_compacts_and_replays_exactly() {
-    let meta = SimDisk::new(4 << 20);
-    let data = SimDisk::new(16 << 20);
-    let mut opts = MkfsOptions::new(4 << 20, 16 << 20);
-    opts.meta_block_bytes = 1024;
-    Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts).unwrap();
-    let open = || {
-        Pool::open_on(
-            Box::new(meta.clone()),
-            Box::new(data.clone()),
-            &OpenOptions::default(),
-        )
-        .unwrap()
-    };
-    let pool = open();
+    let (meta, data) = support::new_pool(4 << 20, 16 << 20, 1024);
+    let pool = support::open(&meta, &data).unwrap();
     let mut held: Vec<Extent> = Vec::new();
     let (mut appended, mut compacted, mut longest_log) = (0, 0, 0);
     for round in 0..300u64 {
@@ -218,10 +208,9 @@ fn the_free_space_log_appends_compacts_and_replays_exactly() {
             longest_log = longest_log.max(after.freelog_blocks);
         }
         if round % 10 == 0 {
-            let copy = Pool::open_on(
-                Box::new(SimDisk::from_image(meta.durable_image())),
-                Box::new(SimDisk::from_image(data.durable_image())),
-                &OpenOptions::default(),
+            let copy = support::open(
+                &SimDisk::from_image(meta.durable_image()),
+                &SimDisk::from_image(data.durable_image()),
             )
             .unwrap();
             let (a, b) = (copy.info(), pool.info());
@@ -241,7 +230,7 @@ fn the_free_space_log_appends_compacts_and_replays_exactly() {
     let report = Pool::check_on(Box::new(meta.clone()), Box::new(data.clone()), None).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     // Every allocation still held is allocated after a reopen: none is free.
-    let pool = open();
+    let pool = support::open(&meta, &data).unwrap();
     let free_before = pool.info().data_free_blocks;
     let held_blocks: u64 = held.iter().map(|e| e.len).sum();
     assert_eq!(free_before + held_blocks, pool.info().data_blocks);
@@ -252,12 +241,8 @@ fn the_free_space_log_appends_compacts_and_replays_exactly() {
 /// every item.
 #[test]
 fn tree_shape_counts_every_node_and_item() {
-    let meta = SimDisk::new(64 << 20);
-    let data = SimDisk::new(1 << 20);
-    let mut opts = MkfsOptions::new(64 << 20, 1 << 20);
-    opts.meta_block_bytes = 1024;
-    Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts).unwrap();
-    let pool = Pool::open_on(Box::new(meta), Box::new(data), &OpenOptions::default()).unwrap();
+    let (meta, data) = support::new_pool(64 << 20, 1 << 20, 1024);
+    let pool = support::open(&meta, &data).unwrap();
     assert_eq!(pool.tree_shape().unwrap().len(), 1);
     let mut model = BTreeMap::new();
     fill(&pool, &mut model, 5_000);

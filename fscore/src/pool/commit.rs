@@ -169,7 +169,6 @@ impl PoolState {
         self.freelist_chain = free_space.freelist_chain;
         self.freelog_chain = free_space.freelog_chain;
         self.freelog_head = free_space.freelog_head;
-        self.freelog_entries = free_space.freelog_entries;
         Ok(())
     }
 
@@ -187,7 +186,7 @@ impl PoolState {
         let base = (self.sb.meta_free_extents + self.sb.data_free_extents) as usize;
         // An upper bound of the entries after this commit: the log so far,
         // this transaction's changes, and the log blocks it allocates and frees.
-        let after = self.freelog_entries as usize
+        let after = self.sb.freelog_entries as usize
             + self.store.alloc.change_count()
             + self.data_alloc.change_count()
             + 2;
@@ -264,7 +263,7 @@ impl PoolState {
         };
         let head_entries = freelog::write_blocks(&mut self.store, &blocks, older, &entries)?;
         let freelog_entries =
-            self.freelog_entries - self.freelog_head.len() as u64 + entries.len() as u64;
+            self.sb.freelog_entries - self.freelog_head.len() as u64 + entries.len() as u64;
         let mut chain = blocks;
         chain.extend(self.freelog_chain.iter().skip(1).copied());
         Ok(FreeSpace {

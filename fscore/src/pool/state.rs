@@ -28,8 +28,6 @@ pub(crate) struct PoolState {
     /// block first, and the entries of its newest block.
     pub(crate) freelog_chain: Vec<BlockRef>,
     pub(crate) freelog_head: Vec<LogEntry>,
-    /// Entries in the whole log.
-    pub(crate) freelog_entries: u64,
     /// Largest leaf value a node of this block size can hold and split.
     pub(crate) value_len_max: usize,
     /// The metadata device as commits write it. A second handle on the
@@ -136,7 +134,6 @@ impl PoolState {
             freelist_chain: Vec::new(),
             freelog_chain: Vec::new(),
             freelog_head: Vec::new(),
-            freelog_entries: 0,
             value_len_max: value_len_max(block_bytes),
             meta_writer,
         };
@@ -237,7 +234,6 @@ impl PoolState {
             freelist_chain: chain,
             freelog_chain,
             freelog_head,
-            freelog_entries: log_entries,
             value_len_max,
             meta_writer: store_storage,
         })

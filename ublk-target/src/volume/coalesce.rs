@@ -99,6 +99,17 @@ impl<D: DataIo> CoalescingWrites<D> {
         let mine = registered.remove(&key).expect("taken by its owner");
         let mut total = mine.len;
         let mut run = std::collections::VecDeque::from([(key, mine)]);
+        // Takes the write at `k`, if any, when it still fits the run.
+        let mut take = |registered: &mut BTreeMap<(u64, u64), Registered>,
+                        k: Option<(u64, u64)>| {
+            let k = k?;
+            if total + registered[&k].len > MERGED_BYTES_MAX {
+                return None;
+            }
+            let w = registered.remove(&k).expect("present");
+            total += w.len;
+            Some((k, w))
+        };
         loop {
             let start = run.front().expect("run").0 .0;
             let before = registered
@@ -106,13 +117,9 @@ impl<D: DataIo> CoalescingWrites<D> {
                 .next_back()
                 .filter(|((offset, _), w)| offset + w.len as u64 == start)
                 .map(|(k, _)| *k);
-            match before {
-                Some(k) if total + registered[&k].len <= MERGED_BYTES_MAX => {
-                    let w = registered.remove(&k).expect("present");
-                    total += w.len;
-                    run.push_front((k, w));
-                }
-                _ => break,
+            match take(&mut registered, before) {
+                Some(taken) => run.push_front(taken),
+                None => break,
             }
         }
         loop {
@@ -122,13 +129,9 @@ impl<D: DataIo> CoalescingWrites<D> {
                 .range((end, 0)..(end + 1, 0))
                 .next()
                 .map(|(k, _)| *k);
-            match after {
-                Some(k) if total + registered[&k].len <= MERGED_BYTES_MAX => {
-                    let w = registered.remove(&k).expect("present");
-                    total += w.len;
-                    run.push_back((k, w));
-                }
-                _ => break,
+            match take(&mut registered, after) {
+                Some(taken) => run.push_back(taken),
+                None => break,
             }
         }
         run.into()

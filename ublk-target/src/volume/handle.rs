@@ -79,25 +79,19 @@ impl<D: DataIo> VolumeHandle<D> {
                     },
                 )
                 .map_err(target_error)?;
-            return match bad {
-                None => Ok(out),
-                Some(vblock) => Err(TargetError::Io(format!(
-                    "corrupt map item at volume offset {}",
-                    vblock * BLOCK_BYTES
-                ))),
-            };
+        } else {
+            let start = map::map_key(v.volume_id, first);
+            let end = map::map_key(v.volume_id, first + count - 1);
+            v.pool
+                .range_with(&start, &end, &mut |key, value| {
+                    match Mapping::decode(value) {
+                        Some(m) => out[(key.lo - first) as usize] = Some(m),
+                        None => bad = Some(key.lo),
+                    }
+                    bad.is_none()
+                })
+                .map_err(target_error)?;
         }
-        let start = map::map_key(v.volume_id, first);
-        let end = map::map_key(v.volume_id, first + count - 1);
-        v.pool
-            .range_with(&start, &end, &mut |key, value| {
-                match Mapping::decode(value) {
-                    Some(m) => out[(key.lo - first) as usize] = Some(m),
-                    None => bad = Some(key.lo),
-                }
-                bad.is_none()
-            })
-            .map_err(target_error)?;
         if let Some(vblock) = bad {
             return Err(TargetError::Io(format!(
                 "corrupt map item at volume offset {}",
@@ -120,31 +114,11 @@ impl<D: DataIo> VolumeHandle<D> {
         maps: &[Option<Mapping>],
         buf: &mut [u8],
     ) -> TargetResult<Vec<usize>> {
-        // One run of contiguous mapped blocks (every small read, and large
-        // reads of sequentially written data): one I/O, no bookkeeping.
-        if let Some(Some(m)) = maps.first() {
-            let contiguous = maps
-                .iter()
-                .enumerate()
-                .all(|(i, n)| n.is_some_and(|n| n.pblock == m.pblock + i as u64));
-            if contiguous {
-                self.io
-                    .read_at(m.pblock * BLOCK_BYTES, buf)
-                    .await
-                    .map_err(|e| {
-                        TargetError::Io(format!(
-                            "data read at volume offset {}: {e}",
-                            first * BLOCK_BYTES
-                        ))
-                    })?;
-                return Ok(mismatches(maps, buf));
-            }
-        }
         // Split the buffer into one slice per run of physically contiguous
         // mapped blocks (zeroing the unmapped gaps), then read the runs
         // concurrently: a fragmented chunk must not cost one I/O latency
         // per block.
-        let mut runs = Vec::new();
+        let mut runs: smallvec::SmallVec<[(usize, u64, &mut [u8]); 1]> = smallvec::SmallVec::new();
         let mut rest: &mut [u8] = buf;
         let mut i = 0;
         while i < maps.len() {
@@ -166,22 +140,48 @@ impl<D: DataIo> VolumeHandle<D> {
             rest = tail;
             i += run;
         }
-        let reads = runs.into_iter().map(|(i, pblock, span)| async move {
-            self.io
-                .read_at(pblock * BLOCK_BYTES, span)
-                .await
-                .map_err(|e| {
-                    TargetError::Io(format!(
-                        "data read at volume offset {}: {e}",
-                        (first + i as u64) * BLOCK_BYTES
-                    ))
-                })
-        });
-        futures::stream::iter(reads)
-            .buffer_unordered(RUNS_IN_FLIGHT_MAX)
-            .try_collect::<Vec<()>>()
-            .await?;
+        if runs.len() == 1 {
+            // One run (every small read, and large reads of sequentially
+            // written data): no stream machinery.
+            let (i, pblock, span) = runs.pop().expect("one run");
+            drop(runs);
+            self.read_run(first + i as u64, pblock, span).await?;
+        } else {
+            let reads = runs
+                .into_iter()
+                .map(|(i, pblock, span)| self.read_run(first + i as u64, pblock, span));
+            futures::stream::iter(reads)
+                .buffer_unordered(RUNS_IN_FLIGHT_MAX)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
         Ok(mismatches(maps, buf))
+    }
+
+    /// Reads the run of data blocks from `pblock` holding volume block `vblock` on.
+    async fn read_run(&self, vblock: u64, pblock: u64, span: &mut [u8]) -> TargetResult<()> {
+        self.io
+            .read_at(pblock * BLOCK_BYTES, span)
+            .await
+            .map_err(|e| {
+                TargetError::Io(format!(
+                    "data read at volume offset {}: {e}",
+                    vblock * BLOCK_BYTES
+                ))
+            })
+    }
+
+    /// Writes `span` to the data blocks from `pblock`, for volume block `vblock` on.
+    async fn write_run(&self, vblock: u64, pblock: u64, span: &[u8]) -> TargetResult<()> {
+        self.io
+            .write_at(pblock * BLOCK_BYTES, span)
+            .await
+            .map_err(|e| {
+                TargetError::Io(format!(
+                    "data write at volume offset {}: {e}",
+                    vblock * BLOCK_BYTES
+                ))
+            })
     }
 
     /// A block whose checksum did not match: wait out a racing writer and
@@ -392,30 +392,13 @@ impl<D: DataIo> VolumeHandle<D> {
         }
         if let [(0, run)] = runs[..] {
             debug_assert_eq!(run, targets.len());
-            return self
-                .io
-                .write_at(targets[0] * BLOCK_BYTES, buf)
-                .await
-                .map_err(|e| {
-                    TargetError::Io(format!(
-                        "data write at volume offset {}: {e}",
-                        first * BLOCK_BYTES
-                    ))
-                });
+            return self.write_run(first, targets[0], buf).await;
         }
         // Concurrently, as for reads: fresh blocks on a fragmented pool are
         // not contiguous.
-        let writes = runs.into_iter().map(|(i, run)| async move {
+        let writes = runs.into_iter().map(|(i, run)| {
             let span = &buf[i * BLOCK_BYTES as usize..(i + run) * BLOCK_BYTES as usize];
-            self.io
-                .write_at(targets[i] * BLOCK_BYTES, span)
-                .await
-                .map_err(|e| {
-                    TargetError::Io(format!(
-                        "data write at volume offset {}: {e}",
-                        (first + i as u64) * BLOCK_BYTES
-                    ))
-                })
+            self.write_run(first + i as u64, targets[i], span)
         });
         futures::stream::iter(writes)
             .buffer_unordered(RUNS_IN_FLIGHT_MAX)
