@@ -231,6 +231,12 @@ impl BlockStore {
         self.cache.slot(id)
     }
 
+    /// Slot addresses, for prefetching only.
+    #[inline]
+    pub(crate) fn slot_addresses(&self) -> super::cache::SlotAddresses {
+        self.cache.slot_addresses()
+    }
+
     /// The `ChildIndex` of the cached internal node in slot `id`, built on
     /// the slot's `INDEX_AFTER_HITS`th request (cold nodes are not worth
     /// the build) from the node after checking it with `verify` if the

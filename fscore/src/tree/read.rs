@@ -90,6 +90,7 @@ impl Tree {
                 }
                 return Ok(());
             }
+            let slots = store.slot_addresses();
             let next = match store.child_index(id)? {
                 Some(index) => {
                     let position = index.position(key).ok_or_else(|| {
@@ -97,12 +98,18 @@ impl Tree {
                     })?;
                     let child = index.child(position);
                     let bytes = child.bytes.get();
+                    let child_slot = child.slot.get();
+                    // The child's slot (checked next) and, for a leaf, its
+                    // hash line are independent loads: start both now.
+                    if child_slot != NO_SLOT {
+                        prefetch(slots.of(child_slot));
+                    }
                     if level == 1 && bytes != 0 {
                         prefetch(
                             bytes + HEADER_BYTES + NodeAccessor::leaf_home_slot_at(payload, key),
                         );
                     }
-                    (child.r, child.slot.get(), Some((id, position)))
+                    (child.r, child_slot, Some((id, position)))
                 }
                 None => {
                     let node = accessor(store.slot(id).bytes(), r.blkno)?;
