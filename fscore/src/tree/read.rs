@@ -4,6 +4,7 @@
 //! needs sibling pointers, which copy-on-write could not keep up to date.
 
 use super::path::{accessor, child_for, node_at, Tree};
+use crate::block::index::{ChildIndex, SEARCH_HEAD_BYTES};
 use crate::block::{BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
 use crate::btree::node::NodeAccessor;
 use crate::error::{Error, Result};
@@ -91,7 +92,7 @@ impl Tree {
                 return Ok(());
             }
             let slots = store.slot_addresses();
-            let next = match store.child_index(id)? {
+            let (next, index_address) = match store.child_index(id)? {
                 Some(index) => {
                     let position = index.position(key).ok_or_else(|| {
                         Error::corrupt(r.blkno, "key beyond the last child's bound")
@@ -99,8 +100,10 @@ impl Tree {
                     let child = index.child(position);
                     let bytes = child.bytes.get();
                     let child_slot = child.slot.get();
-                    // The child's slot (checked next) and, for a leaf, its
-                    // hash line are independent loads: start both now.
+                    // What the next level reads first are independent loads
+                    // whose addresses are known now: the child's slot, then
+                    // for a leaf its hash line, for an internal node the
+                    // head of its index. Start them all.
                     if child_slot != NO_SLOT {
                         prefetch(slots.of(child_slot));
                     }
@@ -109,13 +112,23 @@ impl Tree {
                             bytes + HEADER_BYTES + NodeAccessor::leaf_home_slot_at(payload, key),
                         );
                     }
-                    (child.r, child_slot, Some((id, position)))
+                    let child_index = child.index.get();
+                    if level > 1 && child_index != 0 {
+                        for line in (0..SEARCH_HEAD_BYTES).step_by(64) {
+                            prefetch(child_index + line);
+                        }
+                    }
+                    let address = index as *const ChildIndex as usize;
+                    ((child.r, child_slot, Some((id, position))), address)
                 }
                 None => {
                     let node = accessor(store.slot(id).bytes(), r.blkno)?;
-                    (child_for(&node, key, r.blkno)?.1, NO_SLOT, None)
+                    ((child_for(&node, key, r.blkno)?.1, NO_SLOT, None), 0)
                 }
             };
+            if let Some((parent, position)) = parent {
+                store.remember_child_index(parent, position, index_address);
+            }
             (r, hint, parent) = next;
             level -= 1;
         }
