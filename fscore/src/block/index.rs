@@ -99,6 +99,17 @@ impl ChildIndex {
         // the answer is in the next group. Branch-free counts.
         let below = |bounds: &[u128]| bounds.iter().map(|b| (*b < want) as usize).sum::<usize>();
         let start = below(&self.summary) * GROUP;
+        // The answer's entry is one of this group's children: fetch their
+        // lines while the group's bounds are compared.
+        if let Some(children) = self
+            .children
+            .get(start..(start + GROUP).min(self.children.len()))
+        {
+            let (first, bytes) = (children.as_ptr() as usize, std::mem::size_of_val(children));
+            for line in (0..bytes).step_by(64) {
+                crate::block::prefetch(first + line);
+            }
+        }
         let group = self
             .bounds
             .get(start..(start + GROUP).min(self.bounds.len()))?;

@@ -5,7 +5,7 @@
 
 use super::path::{accessor, child_for, node_at, Tree};
 use crate::block::index::{ChildIndex, SEARCH_HEAD_BYTES};
-use crate::block::{BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
+use crate::block::{prefetch, BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
 use crate::btree::node::NodeAccessor;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -16,19 +16,6 @@ struct LeafAt {
     r: BlockRef,
     lower: Option<Key>,
     upper: Key,
-}
-
-/// A prefetch hint for the cache line at `address` (never dereferenced, so
-/// a stale address is harmless).
-#[inline]
-fn prefetch(address: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; it cannot fault or change memory.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(address as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 impl Tree {
