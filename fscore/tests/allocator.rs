@@ -22,6 +22,9 @@ fn busy_blocks_are_never_handed_out_before_commit() {
     let mut allocated: Vec<Extent> = Vec::new();
     let mut allocated_blocks = BTreeSet::new();
     let mut busy_blocks = BTreeSet::new();
+    // Freed by the last commit and not handed out since: freeing it again
+    // must be refused whether or not it was merged into the free set yet.
+    let mut freed_by_commit: Vec<Extent> = Vec::new();
     for step in 0..40_000 {
         match rng.gen_range(0..100) {
             0..=44 => {
@@ -33,6 +36,8 @@ fn busy_blocks_are_never_handed_out_before_commit() {
                 };
                 match result {
                     Ok(extent) => {
+                        freed_by_commit
+                            .retain(|f| f.end() <= extent.start || f.start >= extent.end());
                         for block in extent.start..extent.end() {
                             assert!(
                                 block >= FIRST && block < END,
@@ -84,7 +89,17 @@ fn busy_blocks_are_never_handed_out_before_commit() {
             }
             90..=94 => {
                 allocator.commit_done();
+                freed_by_commit = busy_blocks.iter().map(|b| Extent::new(*b, 1)).collect();
                 busy_blocks.clear();
+            }
+            95..=96 => allocator.absorb_freed(),
+            97 if !freed_by_commit.is_empty() => {
+                let extent = freed_by_commit[rng.gen_range(0..freed_by_commit.len())];
+                assert!(
+                    matches!(allocator.free(extent), Err(Error::Invalid(_))),
+                    "seed {seed} step {step}: free of free block {} accepted",
+                    extent.start
+                );
             }
             _ => {}
         }

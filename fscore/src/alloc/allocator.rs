@@ -6,6 +6,13 @@
 //! the last durable superblock may still reference it. When the transaction
 //! is durable, `commit_done` moves every busy extent into the free set.
 //!
+//! Moving them costs a few ordered-map operations per extent, which adds
+//! up when a commit frees thousands of scattered blocks. So `end_commit`
+//! only sets them aside as *freed* (free, but not yet in the free set's
+//! indexes), and the pool merges them with `absorb_freed` while its next
+//! commit's writes are in flight. An allocation that finds the free set
+//! short merges them first, so they are never out of reach.
+//!
 //! When only busy space is left, `alloc` returns `Error::NoSpace` and the
 //! caller decides: the pool reports NoSpace to its caller, who may commit
 //! (which turns busy space free) and retry. Allocating never forces a commit
@@ -31,6 +38,9 @@ pub struct Allocator {
     /// Busy space of a transaction whose commit is being written (see
     /// `begin_commit`): still not allocatable, free once that commit is durable.
     committing: Runs,
+    /// Freed by a durable commit and not yet merged into `free`: free space
+    /// that `absorb_freed` (or an allocation that needs it) makes allocatable.
+    freed: Runs,
 }
 
 impl Allocator {
@@ -43,6 +53,7 @@ impl Allocator {
             busy: Runs::default(),
             allocated: Runs::default(),
             committing: Runs::default(),
+            freed: Runs::default(),
         }
     }
 
@@ -58,7 +69,7 @@ impl Allocator {
     }
 
     pub fn free_blocks(&self) -> u64 {
-        self.free.blocks()
+        self.free.blocks() + self.freed.blocks()
     }
     /// Blocks not allocatable until a commit is durable: freed in the open
     /// transaction, or in one whose commit is being written.
@@ -78,6 +89,9 @@ impl Allocator {
     /// insert than first fit, which refills the scattered single-block
     /// holes copy-on-write leaves behind). Never a busy block.
     pub fn alloc_one(&mut self) -> Result<u64> {
+        if self.free.extent_count() == 0 {
+            self.absorb_freed();
+        }
         let blkno = self.free.take_one_from_largest().ok_or(Error::NoSpace)?;
         self.allocated.insert(Extent::new(blkno, 1));
         Ok(blkno)
@@ -87,6 +101,9 @@ impl Allocator {
     pub fn alloc(&mut self, want: u64) -> Result<Extent> {
         if want == 0 {
             return Err(Error::Invalid("allocation of zero blocks".into()));
+        }
+        if self.free.largest_len() < want {
+            self.absorb_freed();
         }
         let extent = self.free.take_best_fit(want).ok_or(Error::NoSpace)?;
         self.allocated.insert(extent);
@@ -120,6 +137,7 @@ impl Allocator {
     /// Replays a logged allocation (when rebuilding state from disk): the
     /// extent must lie inside one free extent.
     pub(crate) fn mark_allocated(&mut self, extent: Extent) -> Result<()> {
+        self.absorb_freed();
         if extent.len == 0 || !self.free.remove_within(extent) {
             return Err(Error::Invalid(format!(
                 "logged allocation {}+{} is not free space",
@@ -143,6 +161,7 @@ impl Allocator {
 
     /// Adds a free extent (used when rebuilding state from disk).
     pub(crate) fn mark_free(&mut self, extent: Extent) -> Result<()> {
+        self.absorb_freed();
         if extent.len == 0
             || extent.start < self.first_block
             || extent.end() > self.end_block
@@ -171,7 +190,7 @@ impl Allocator {
             )));
         }
         let busy = self.busy.overlaps(extent) || self.committing.overlaps(extent);
-        if busy || self.free.overlaps(extent) {
+        if busy || self.free.overlaps(extent) || self.freed.overlaps(extent) {
             return Err(Error::Invalid(format!(
                 "extent {}+{} freed twice",
                 extent.start, extent.len
@@ -195,10 +214,26 @@ impl Allocator {
         self.allocated.clear();
     }
 
-    /// That commit is durable: the space it freed becomes free.
+    /// That commit is durable: the space it freed becomes free (set aside
+    /// as `freed`, merged by `absorb_freed`).
     pub(crate) fn end_commit(&mut self) {
-        let committing = std::mem::take(&mut self.committing);
-        self.free.absorb(committing.as_map());
+        // At most one commit's worth waits: an older one is merged now.
+        self.absorb_freed();
+        self.freed = std::mem::take(&mut self.committing);
+    }
+
+    /// Extents freed by durable commits and not yet merged into the free
+    /// set: the work `absorb_freed` would do.
+    pub(crate) fn freed_extents(&self) -> usize {
+        self.freed.len()
+    }
+
+    /// Merges the space freed by durable commits into the free set.
+    pub fn absorb_freed(&mut self) {
+        if !self.freed.is_empty() {
+            let freed = std::mem::take(&mut self.freed);
+            self.free.absorb(freed.as_map());
+        }
     }
 
     /// What is free once the open transaction is durable: free and busy
@@ -209,6 +244,7 @@ impl Allocator {
             .iter()
             .chain(self.busy.iter())
             .chain(self.committing.iter())
+            .chain(self.freed.iter())
             .collect();
         all.sort_unstable_by_key(|extent| extent.start);
         let mut out: Vec<Extent> = Vec::with_capacity(all.len());
@@ -223,7 +259,7 @@ impl Allocator {
 
     /// Upper bound of `free_after_commit().len()`, in O(1).
     pub(crate) fn free_after_commit_extents_max(&self) -> usize {
-        self.free.extent_count() + self.busy.len() + self.committing.len()
+        self.free.extent_count() + self.busy.len() + self.committing.len() + self.freed.len()
     }
 
     /// Checks both indexes of the free set and that busy extents are
@@ -243,6 +279,15 @@ impl Allocator {
                     "committing extent {}+{} overlaps",
                     run.start, run.len
                 ));
+            }
+        }
+        for run in self.freed.iter() {
+            let overlaps = self.free.overlaps(run)
+                || self.busy.overlaps(run)
+                || self.committing.overlaps(run)
+                || self.allocated.overlaps(run);
+            if overlaps {
+                return Err(format!("freed extent {}+{} overlaps", run.start, run.len));
             }
         }
         if let Some(run) = self.allocated.iter().find(|run| self.free.overlaps(*run)) {

@@ -35,6 +35,11 @@ impl ExtentSet {
         self.by_start.len()
     }
 
+    /// Length of the largest extent (0 when empty).
+    pub(crate) fn largest_len(&self) -> u64 {
+        self.by_size.last().map_or(0, |(len, _)| *len)
+    }
+
     pub(crate) fn iter(&self) -> impl Iterator<Item = Extent> + '_ {
         self.by_start
             .iter()

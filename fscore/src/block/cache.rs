@@ -22,6 +22,27 @@ pub(crate) const NO_SLOT: SlotId = SlotId::MAX;
 /// One cached block and what is known of it. Aligned to a cache line: a
 /// lookup reads a slot's first fields and then the block.
 #[repr(align(64))]
+/// The slot array's address and length at one moment: enough to compute a
+/// slot's address for a prefetch (never dereferenced, so staleness is
+/// harmless).
+#[derive(Clone, Copy)]
+pub(crate) struct SlotAddresses {
+    base: usize,
+    count: usize,
+}
+
+impl SlotAddresses {
+    /// Address of slot `id`, or 0 when out of range.
+    #[inline]
+    pub(crate) fn of(&self, id: SlotId) -> usize {
+        if (id as usize) < self.count {
+            self.base + id as usize * std::mem::size_of::<Slot>()
+        } else {
+            0
+        }
+    }
+}
+
 pub(crate) struct Slot {
     /// 0 = empty slot (block 0 is never a metadata block).
     pub(crate) blkno: u64,
@@ -120,6 +141,15 @@ impl BlockCache {
         }
         slot.touch();
         Some(slot)
+    }
+
+    /// Where slot addresses are computed from, for prefetch hints only.
+    #[inline]
+    pub(crate) fn slot_addresses(&self) -> SlotAddresses {
+        SlotAddresses {
+            base: self.slots.as_ptr() as usize,
+            count: self.slots.len(),
+        }
     }
 
     #[inline]

@@ -26,16 +26,30 @@ pub(crate) struct Child {
     /// Address of the child's bytes when it was last found: only ever
     /// used to prefetch (a stale address costs nothing), never read.
     pub(crate) bytes: Cell<usize>,
+    /// Address of the child's own `ChildIndex` when it was last used (0 if
+    /// none): prefetched with the slot, like `bytes`, never read.
+    pub(crate) index: Cell<usize>,
 }
 
 /// Bounds per group of the summary: 8 x 16 bytes = two cache lines.
 const GROUP: usize = 8;
 
+/// Summary entries kept inside the `ChildIndex` itself: enough for a 4 KiB
+/// node's children (larger blocks spill to the heap).
+const SUMMARY_INLINE: usize = 16;
+
+/// Bytes from the start of a `ChildIndex` that a search reads first (the
+/// struct with its inline summary): what a parent prefetches.
+pub(crate) const SEARCH_HEAD_BYTES: usize = 64 + SUMMARY_INLINE * 16;
+
+// The summary comes first, so one address covers what a search reads first.
+#[repr(C)]
 pub(crate) struct ChildIndex {
+    /// The last bound of each group of `GROUP` bounds, inline: a search
+    /// reads it without another pointer to follow.
+    summary: smallvec::SmallVec<[u128; SUMMARY_INLINE]>,
     /// Upper bound of each child's key range, ascending, as `key_ord`.
     bounds: Box<[u128]>,
-    /// The last bound of each group of `GROUP` bounds.
-    summary: Box<[u128]>,
     children: Box<[Child]>,
 }
 
@@ -59,6 +73,7 @@ impl ChildIndex {
                 r,
                 slot: Cell::new(NO_SLOT),
                 bytes: Cell::new(0),
+                index: Cell::new(0),
             });
         }
         if bounds.is_empty() || bounds.len() != count || !bounds.is_sorted() {
@@ -84,6 +99,17 @@ impl ChildIndex {
         // the answer is in the next group. Branch-free counts.
         let below = |bounds: &[u128]| bounds.iter().map(|b| (*b < want) as usize).sum::<usize>();
         let start = below(&self.summary) * GROUP;
+        // The answer's entry is one of this group's children: fetch their
+        // lines while the group's bounds are compared.
+        if let Some(children) = self
+            .children
+            .get(start..(start + GROUP).min(self.children.len()))
+        {
+            let (first, bytes) = (children.as_ptr() as usize, std::mem::size_of_val(children));
+            for line in (0..bytes).step_by(64) {
+                crate::block::prefetch(first + line);
+            }
+        }
         let group = self
             .bounds
             .get(start..(start + GROUP).min(self.bounds.len()))?;

@@ -231,6 +231,12 @@ impl BlockStore {
         self.cache.slot(id)
     }
 
+    /// Slot addresses, for prefetching only.
+    #[inline]
+    pub(crate) fn slot_addresses(&self) -> super::cache::SlotAddresses {
+        self.cache.slot_addresses()
+    }
+
     /// The `ChildIndex` of the cached internal node in slot `id`, built on
     /// the slot's `INDEX_AFTER_HITS`th request (cold nodes are not worth
     /// the build) from the node after checking it with `verify` if the
@@ -267,6 +273,22 @@ impl BlockStore {
     /// evicted meanwhile this may mark another node's child, which then
     /// fails the check in `clean_node` and costs nothing.
     #[inline]
+    /// Remembers in the parent's index where the child's own index is (0:
+    /// none), for the next descent to prefetch. A hint, like
+    /// `remember_child`; written only when it changed, so a hot path does
+    /// not dirty the parent's cache line every time.
+    #[inline]
+    pub(crate) fn remember_child_index(&self, parent: SlotId, position: usize, address: usize) {
+        let Some(index) = self.cache.slot(parent).index.as_deref() else {
+            return;
+        };
+        if let Some(entry) = index.get(position) {
+            if entry.index.get() != address {
+                entry.index.set(address);
+            }
+        }
+    }
+
     pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
         let Some(index) = self.cache.slot(parent).index.as_deref() else {
             return;

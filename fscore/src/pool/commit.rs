@@ -172,6 +172,18 @@ impl PoolState {
         Ok(())
     }
 
+    /// Extents freed by durable commits that `absorb_freed` would merge.
+    pub(crate) fn freed_extents(&self) -> usize {
+        self.store.alloc.freed_extents() + self.data_alloc.freed_extents()
+    }
+
+    /// Makes the space durable commits freed allocatable (merged into the
+    /// free-space indexes; see `Allocator::absorb_freed`).
+    pub(crate) fn absorb_freed(&mut self) {
+        self.store.alloc.absorb_freed();
+        self.data_alloc.absorb_freed();
+    }
+
     fn nothing_to_write(&self) -> bool {
         self.store.dirty_bytes() == 0
             && self.store.alloc.busy_blocks() == 0

@@ -40,12 +40,40 @@ pub struct PendingCommit<'a> {
     _one_at_a_time: MutexGuard<'a, ()>,
 }
 
+/// Below this many freed extents, merging them into the free space costs
+/// less than a thread to overlap the merge with a commit's writes.
+const OVERLAPPED_ABSORB_EXTENTS_MIN: usize = 256;
+
 impl PendingCommit<'_> {
     /// Writes the commit and makes it durable (see docs/format.md).
+    ///
+    /// While a writer thread waits for the device, this thread merges the
+    /// space earlier commits freed into the allocators' free space (at 10M
+    /// items, thousands of scattered blocks per commit: ~10% of an insert's
+    /// CPU, formerly spent after the commit's own flushes).
     pub fn finish(mut self) -> Result<()> {
         let job = self.job.take().expect("finished once");
-        let written = self.io.write(&job);
-        self.pool.lock().end_commit(job, written)
+        let io = &self.io;
+        let pool = self.pool;
+        let written = if pool.lock().freed_extents() < OVERLAPPED_ABSORB_EXTENTS_MIN {
+            pool.lock().absorb_freed();
+            io.write(&job)
+        } else {
+            std::thread::scope(|scope| {
+                let writer = std::thread::Builder::new()
+                    .name("fscore-commit".into())
+                    .spawn_scoped(scope, || io.write(&job));
+                pool.lock().absorb_freed();
+                match writer {
+                    Ok(writer) => writer.join().unwrap_or_else(|_| {
+                        Err(Error::Io(std::io::Error::other("commit writer panicked")))
+                    }),
+                    // No thread to be had: write from this one.
+                    Err(_) => io.write(&job),
+                }
+            })
+        };
+        pool.lock().end_commit(job, written)
     }
 }
 

@@ -4,7 +4,8 @@
 //! needs sibling pointers, which copy-on-write could not keep up to date.
 
 use super::path::{accessor, child_for, node_at, Tree};
-use crate::block::{BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
+use crate::block::index::{ChildIndex, SEARCH_HEAD_BYTES};
+use crate::block::{prefetch, BlockKind, BlockRef, BlockStore, SlotId, HEADER_BYTES, NO_SLOT};
 use crate::btree::node::NodeAccessor;
 use crate::error::{Error, Result};
 use crate::key::Key;
@@ -15,19 +16,6 @@ struct LeafAt {
     r: BlockRef,
     lower: Option<Key>,
     upper: Key,
-}
-
-/// A prefetch hint for the cache line at `address` (never dereferenced, so
-/// a stale address is harmless).
-#[inline]
-fn prefetch(address: usize) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; it cannot fault or change memory.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(address as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = address;
 }
 
 impl Tree {
@@ -90,25 +78,44 @@ impl Tree {
                 }
                 return Ok(());
             }
-            let next = match store.child_index(id)? {
+            let slots = store.slot_addresses();
+            let (next, index_address) = match store.child_index(id)? {
                 Some(index) => {
                     let position = index.position(key).ok_or_else(|| {
                         Error::corrupt(r.blkno, "key beyond the last child's bound")
                     })?;
                     let child = index.child(position);
                     let bytes = child.bytes.get();
+                    let child_slot = child.slot.get();
+                    // What the next level reads first are independent loads
+                    // whose addresses are known now: the child's slot, then
+                    // for a leaf its hash line, for an internal node the
+                    // head of its index. Start them all.
+                    if child_slot != NO_SLOT {
+                        prefetch(slots.of(child_slot));
+                    }
                     if level == 1 && bytes != 0 {
                         prefetch(
                             bytes + HEADER_BYTES + NodeAccessor::leaf_home_slot_at(payload, key),
                         );
                     }
-                    (child.r, child.slot.get(), Some((id, position)))
+                    let child_index = child.index.get();
+                    if level > 1 && child_index != 0 {
+                        for line in (0..SEARCH_HEAD_BYTES).step_by(64) {
+                            prefetch(child_index + line);
+                        }
+                    }
+                    let address = index as *const ChildIndex as usize;
+                    ((child.r, child_slot, Some((id, position))), address)
                 }
                 None => {
                     let node = accessor(store.slot(id).bytes(), r.blkno)?;
-                    (child_for(&node, key, r.blkno)?.1, NO_SLOT, None)
+                    ((child_for(&node, key, r.blkno)?.1, NO_SLOT, None), 0)
                 }
             };
+            if let Some((parent, position)) = parent {
+                store.remember_child_index(parent, position, index_address);
+            }
             (r, hint, parent) = next;
             level -= 1;
         }
