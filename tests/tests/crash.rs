@@ -155,6 +155,9 @@ fn kill_9_during_writes_keeps_every_flushed_write() {
         let mut client = NbdClient::connect(&d.socket).unwrap();
         verify(&mut client, &mut model, round, seed);
         let mut fio = Command::new("fio")
+            // Threads, not forked job processes: killing fio below then
+            // ends the whole job instead of orphaning its workers.
+            .arg("--thread")
             .arg(fio_job)
             // fio writes its verify state files into the working directory.
             .current_dir(pool.dir.path())

@@ -277,6 +277,44 @@ fn a_crash_keeps_flushed_writes_and_unflushed_blocks_are_old_or_new() {
     crash_after_fua.check_clean();
 }
 
+/// A flush with nothing changed since the last commit is answered without
+/// a commit; any change (a write, a discard) makes the next flush commit,
+/// and a crash after it keeps the change.
+#[test]
+fn a_flush_commits_only_what_changed_since_the_last_commit() {
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    let seq = || volume.pool_info().seq;
+    let start = seq();
+    block_on(h.flush()).unwrap();
+    assert_eq!(seq(), start, "nothing to commit");
+    block_on(h.write(4096, &[0x11; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap();
+    let after_write = seq();
+    assert!(after_write > start, "the write was committed");
+    block_on(h.flush()).unwrap();
+    block_on(h.flush()).unwrap();
+    assert_eq!(seq(), after_write, "flushes with no change commit nothing");
+    block_on(h.discard(4096, 4096)).unwrap();
+    block_on(h.write(8192, &[0x22; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap();
+    assert!(seq() > after_write, "the discard and write were committed");
+    let crash = pool.snapshot();
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+
+    let v = crash.open();
+    let c = file_handle(&v);
+    assert_eq!(read(&c, 4096, 4096), vec![0u8; 4096]);
+    assert_eq!(read(&c, 8192, 4096), vec![0x22; 4096]);
+    drop(c);
+    v.close().unwrap();
+    drop(v);
+    crash.check_clean();
+}
+
 #[test]
 fn a_full_pool_gives_enospc_and_stays_usable() {
     // 4 MiB of data blocks for a 16 MiB volume; 1 MiB of it is the reserve.

@@ -36,6 +36,9 @@ pub const DISCARD_CHUNK_BLOCKS: u64 = 4096;
 /// physical runs: enough to hide latency, and with the NBD in-flight bound
 /// it stays within what an io_uring absorbs.
 pub const RUNS_IN_FLIGHT_MAX: usize = 16;
+/// Allocations of at least this many blocks that find no free extent large
+/// enough ask for a commit when that much space is busy.
+pub const FRAGMENTED_COMMIT_BLOCKS: u64 = 64;
 /// Times a read re-checks a block whose checksum did not match while a
 /// writer was changing it, before calling it corrupt.
 pub const READ_RETRIES_MAX: u32 = 16;
@@ -359,6 +362,15 @@ impl<D: DataIo> VolumeHandle<D> {
         while have < blocks {
             match self.volume.pool.alloc_data(blocks - have) {
                 Ok(extent) => {
+                    if got.is_empty() && extent.len < blocks && blocks >= FRAGMENTED_COMMIT_BLOCKS {
+                        // No free extent holds this write. Space freed by
+                        // earlier overwrites may (a sequential overwrite
+                        // frees whole runs), but it is busy until a commit:
+                        // ask for one so later writes find it.
+                        if self.volume.pool.info().data_busy_blocks >= blocks {
+                            self.volume.commit_soon();
+                        }
+                    }
                     have += extent.len;
                     got.push(extent);
                 }

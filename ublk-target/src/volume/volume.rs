@@ -6,7 +6,8 @@
 //! Commits run on one thread: on a flush (which waits for it), on a timer
 //! (`commit_interval_ms`), and when the open transaction's dirty metadata
 //! passes `dirty_bytes_max` (which does not wait). Flushes that arrive while
-//! a commit runs are answered together by the next one (group commit).
+//! a commit runs are answered together by the next one (group commit), or
+//! by the running one when nothing changed since it began.
 
 use super::gate::Gate;
 use super::handle::VolumeHandle;
@@ -72,7 +73,13 @@ type CommitResult = Result<(), String>;
 struct CommitQueue {
     requested: bool,
     stopping: bool,
+    /// Flushes waiting for the next commit.
     waiters: Vec<oneshot::Sender<CommitResult>>,
+    /// A commit is between draining the writers and its end.
+    running: bool,
+    /// Flushes answered by the running commit: nothing changed since it
+    /// began, so it makes everything they cover durable.
+    riders: Vec<oneshot::Sender<CommitResult>>,
 }
 
 pub struct Volume {
@@ -213,7 +220,10 @@ impl Volume {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Asks for a commit and waits for one that began after this call.
+    /// Makes every change acknowledged before this call durable: asks for a
+    /// commit and waits for one that began after this call; with no change
+    /// since the last commit began, waits for that one only (answered at
+    /// once when it has finished).
     pub(crate) async fn commit_and_wait(&self) -> Result<(), TargetError> {
         let (done, waiting) = oneshot::channel();
         {
@@ -221,13 +231,25 @@ impl Volume {
             if queue.stopping {
                 return Err(TargetError::Io("volume is closing".into()));
             }
-            if queue.waiters.len() >= FLUSH_WAITERS_MAX {
+            if queue.waiters.len() + queue.riders.len() >= FLUSH_WAITERS_MAX {
                 return Err(TargetError::Io("too many flushes waiting".into()));
             }
-            queue.waiters.push(done);
-            queue.requested = true;
+            // Every change counts itself before it is acknowledged, and a
+            // commit sets `running` before it takes the count (under this
+            // lock for `running`). No change since: the last commit, or the
+            // running one, holds every acknowledged write.
+            if self.changes.load(Ordering::SeqCst) == 0 {
+                if !queue.running {
+                    return Ok(());
+                }
+                queue.riders.push(done);
+            } else {
+                queue.waiters.push(done);
+                queue.requested = true;
+                drop(queue);
+                self.wake_committer.notify_all();
+            }
         }
-        self.wake_committer.notify_all();
         match waiting.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(TargetError::Io(format!("commit failed: {e}"))),
@@ -247,7 +269,7 @@ impl Volume {
     /// turns the busy space free before writers run out and have to wait
     /// for one.
     pub(crate) fn note_change(&self) {
-        self.changes.fetch_add(1, Ordering::Relaxed);
+        self.changes.fetch_add(1, Ordering::SeqCst);
         let info = self.pool.info();
         if self.pool.dirty_bytes() > self.opts.dirty_bytes_max
             || info.data_busy_blocks > info.data_free_blocks
@@ -290,7 +312,22 @@ impl Volume {
     /// transaction while it is written (fscore's `begin_commit`).
     fn commit_now(&self) -> CommitResult {
         self.gate.close_and_drain();
-        if self.changes.swap(0, Ordering::Relaxed) == 0 {
+        self.queue().running = true;
+        let result = self.commit_drained();
+        let riders = {
+            let mut queue = self.queue();
+            queue.running = false;
+            std::mem::take(&mut queue.riders)
+        };
+        for rider in riders {
+            let _ = rider.send(result.clone());
+        }
+        result
+    }
+
+    /// `commit_now` once the writers are drained and `running` is set.
+    fn commit_drained(&self) -> CommitResult {
+        if self.changes.swap(0, Ordering::SeqCst) == 0 {
             self.gate.reopen();
             return Ok(());
         }
@@ -303,7 +340,7 @@ impl Volume {
         if result.is_err() {
             // Keep the changes pending: every later flush must fail too
             // (the pool is poisoned) rather than report success.
-            self.changes.fetch_add(1, Ordering::Relaxed);
+            self.changes.fetch_add(1, Ordering::SeqCst);
         }
         result
     }
