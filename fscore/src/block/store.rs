@@ -268,11 +268,6 @@ impl BlockStore {
         Ok(self.cache.slot(id).index.as_deref())
     }
 
-    /// Remembers in the index of the node in slot `parent` that its child
-    /// at `position` is in slot `child`. A hint only: if `parent` was
-    /// evicted meanwhile this may mark another node's child, which then
-    /// fails the check in `clean_node` and costs nothing.
-    #[inline]
     /// Remembers in the parent's index where the child's own index is (0:
     /// none), for the next descent to prefetch. A hint, like
     /// `remember_child`; written only when it changed, so a hot path does
@@ -289,6 +284,11 @@ impl BlockStore {
         }
     }
 
+    /// Remembers in the index of the node in slot `parent` that its child
+    /// at `position` is in slot `child`. A hint only: if `parent` was
+    /// evicted meanwhile this may mark another node's child, which then
+    /// fails the check in `clean_node` and costs nothing.
+    #[inline]
     pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
         let Some(index) = self.cache.slot(parent).index.as_deref() else {
             return;
