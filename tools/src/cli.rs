@@ -76,7 +76,10 @@ pub struct PoolArgs {
 pub struct MkfsArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
-    /// Volume size (e.g. 2G, 512M). Files that do not exist are created at this size.
+    /// Volume size (e.g. 2G, 512M). A data file that does not exist is
+    /// created sparse at this size plus 1/4 copy-on-write slack, a metadata
+    /// file at 1/8 of it (at least 64M). Without --size the volume is what
+    /// an existing data device holds beyond that slack.
     #[arg(long)]
     pub size: Option<String>,
 }
