@@ -82,4 +82,6 @@ pub struct PoolInfo {
     /// The free-space log appended since that chain: blocks and entries.
     pub freelog_blocks: u64,
     pub freelog_entries: u64,
+    /// Bytes of metadata the next commit will write (`Pool::dirty_bytes`).
+    pub dirty_bytes: u64,
 }

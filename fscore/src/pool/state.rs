@@ -262,6 +262,7 @@ impl PoolState {
             freelist_extents: self.sb.meta_free_extents + self.sb.data_free_extents,
             freelog_blocks: self.sb.freelog_blocks,
             freelog_entries: self.sb.freelog_entries,
+            dirty_bytes: self.store.dirty_bytes(),
         }
     }
 

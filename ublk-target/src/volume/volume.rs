@@ -271,7 +271,7 @@ impl Volume {
     pub(crate) fn note_change(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         let info = self.pool.info();
-        if self.pool.dirty_bytes() > self.opts.dirty_bytes_max
+        if info.dirty_bytes > self.opts.dirty_bytes_max
             || info.data_busy_blocks > info.data_free_blocks
         {
             self.commit_soon();
