@@ -147,6 +147,9 @@ test_recover() {
         --sync=1 --rw=randwrite --bs=64k --iodepth=16 --size=48M --verify=crc32c \
         --verify_fatal=1 >/tmp/fio-recover.log 2>&1 &
     fio_pid=$!
+    # A daemon that dies holding every tag of a queue is noticed only when
+    # a request times out: the daemon sets 5 s instead of the kernel's 30.
+    [ "$(cat /sys/block/ublkb0/queue/io_timeout)" = 5000 ]
     sleep 1
     alive $fio_pid
     daemon=$(daemon_pid 0)

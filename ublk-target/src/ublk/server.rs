@@ -5,7 +5,9 @@
 //! that were in flight), so when the daemon dies the kernel keeps
 //! /dev/ublkbN and holds its I/O until `recover` starts a new daemon.
 //! What `recover` needs to reopen the pool is stored with the device in
-//! libublk's per-device JSON file (`target_data`).
+//! libublk's per-device JSON file (`target_data`). The kernel notices a
+//! dead daemon within `REQUEST_TIMEOUT_MS` even when it died holding every
+//! tag of a queue (see there).
 
 use super::data_io::{QueueDataIo, DATA_FIXED_FILE};
 use super::error::{FrontEndError, FrontEndResult};
@@ -135,7 +137,11 @@ where
         let target = make_target(qid, QueueDataIo::new());
         run_queue(qid, dev, target);
     };
-    let device_fn = move |ctrl: &UblkCtrl| started(ctrl.dev_info().dev_id);
+    let device_fn = move |ctrl: &UblkCtrl| {
+        let dev_id = ctrl.dev_info().dev_id;
+        shorten_request_timeout(dev_id);
+        started(dev_id)
+    };
     let result = ctrl.run_target(target_init, queue_fn, device_fn);
     drop(data_file);
     result.map_err(|e| FrontEndError::ublk("serving the device", e))?;
@@ -145,6 +151,25 @@ where
         log::debug!("ublk: deleting device {dev_id} after stop: {e:?}");
     }
     Ok(dev_id)
+}
+
+/// Block-layer timeout of a request on the device, in milliseconds. For a
+/// live daemon the driver only re-arms the timer when it fires (6.12's
+/// `ublk_timeout` returns BLK_EH_RESET_TIMER), so it never fails a slow
+/// request. It matters when the daemon dies holding every tag of a queue:
+/// no uring_cmd is then left for io_uring's cancel path to notice, and only
+/// this timeout hands the queue over for recovery. With the kernel's
+/// default of 30 s, `recover` waited ~31 s in those cases (the VM's kill -9
+/// test, about one run in four); 5 s bounds that wait.
+pub const REQUEST_TIMEOUT_MS: u32 = 5_000;
+
+/// Sets `REQUEST_TIMEOUT_MS` on /dev/ublkbN (sysfs `queue/io_timeout`).
+/// Failing to is not fatal: only recovery after a crash is slower.
+fn shorten_request_timeout(dev_id: u32) {
+    let path = format!("/sys/block/ublkb{dev_id}/queue/io_timeout");
+    if let Err(e) = std::fs::write(&path, REQUEST_TIMEOUT_MS.to_string()) {
+        log::warn!("ublk: setting {path}: {e}; a dead daemon may go unnoticed for 30 s");
+    }
 }
 
 fn check_config(config: &ServeConfig) -> FrontEndResult<()> {
