@@ -6,7 +6,7 @@
 use super::cache::{BlockBuf, BlockCache, CachedInfo, Slot, SlotId};
 use super::hash::BlockMap;
 use super::header::{self, BlockKind, BlockRef, HEADER_BYTES};
-use super::index::ChildIndex;
+use super::index::{Child, ChildIndex};
 use super::mem::BlockArena;
 use crate::alloc::{Allocator, Extent};
 use crate::btree::node::{NodeAccessor, NodeError};
@@ -268,32 +268,33 @@ impl BlockStore {
         Ok(self.cache.slot(id).index.as_deref())
     }
 
+    /// The entry of the child at `position` in the index of the node in
+    /// slot `parent`, if that slot holds an indexed node. It is a hint: if
+    /// `parent` was evicted meanwhile this names another node's child,
+    /// whose hints then fail their checks and cost nothing.
+    #[inline]
+    fn child_entry(&self, parent: SlotId, position: usize) -> Option<&Child> {
+        self.cache.slot(parent).index.as_deref()?.get(position)
+    }
+
     /// Remembers in the parent's index where the child's own index is (0:
-    /// none), for the next descent to prefetch. A hint, like
-    /// `remember_child`; written only when it changed, so a hot path does
-    /// not dirty the parent's cache line every time.
+    /// none), for the next descent to prefetch. Written only when it
+    /// changed, so a hot path does not dirty the parent's cache line every
+    /// time.
     #[inline]
     pub(crate) fn remember_child_index(&self, parent: SlotId, position: usize, address: usize) {
-        let Some(index) = self.cache.slot(parent).index.as_deref() else {
-            return;
-        };
-        if let Some(entry) = index.get(position) {
+        if let Some(entry) = self.child_entry(parent, position) {
             if entry.index.get() != address {
                 entry.index.set(address);
             }
         }
     }
 
-    /// Remembers in the index of the node in slot `parent` that its child
-    /// at `position` is in slot `child`. A hint only: if `parent` was
-    /// evicted meanwhile this may mark another node's child, which then
-    /// fails the check in `clean_node` and costs nothing.
+    /// Remembers in the parent's index that its child at `position` is in
+    /// slot `child` (checked in `clean_node` before use).
     #[inline]
     pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
-        let Some(index) = self.cache.slot(parent).index.as_deref() else {
-            return;
-        };
-        if let Some(entry) = index.get(position) {
+        if let Some(entry) = self.child_entry(parent, position) {
             entry.slot.set(child);
             entry
                 .bytes

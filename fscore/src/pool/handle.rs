@@ -41,7 +41,8 @@ pub struct PendingCommit<'a> {
 }
 
 /// Below this many freed extents, merging them into the free space costs
-/// less than a thread to overlap the merge with a commit's writes.
+/// less than a thread to overlap the merge with a commit's writes; they are
+/// then merged by `end_commit` as before.
 const OVERLAPPED_ABSORB_EXTENTS_MIN: usize = 256;
 
 impl PendingCommit<'_> {
@@ -56,7 +57,6 @@ impl PendingCommit<'_> {
         let io = &self.io;
         let pool = self.pool;
         let written = if pool.lock().freed_extents() < OVERLAPPED_ABSORB_EXTENTS_MIN {
-            pool.lock().absorb_freed();
             io.write(&job)
         } else {
             std::thread::scope(|scope| {

@@ -240,6 +240,13 @@ impl FileStorage {
         self.run(&entries, &expected)
     }
 
+    /// An fdatasync of the device (what `flush` and `flush_begin` submit).
+    fn datasync(&self) -> io_uring::squeue::Entry {
+        opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
+            .flags(types::FsyncFlags::DATASYNC)
+            .build()
+    }
+
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
         if offset as usize % DIRECT_ALIGN_BYTES != 0 && self.direct {
             return Err(io::Error::new(
@@ -321,10 +328,7 @@ impl Storage for FileStorage {
         if self.flush_in_flight {
             return Err(io::Error::other("a flush is already in flight"));
         }
-        let entry = opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(FLUSH_BEGUN);
+        let entry = self.datasync().user_data(FLUSH_BEGUN);
         // SAFETY: an fsync holds no buffer.
         unsafe { self.ring.submission().push(&entry) }
             .map_err(|_| io::Error::other("io_uring queue full"))?;
@@ -351,11 +355,7 @@ impl Storage for FileStorage {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        let fd = types::Fd(self.file.as_raw_fd());
-        let entry = opcode::Fsync::new(fd)
-            .flags(types::FsyncFlags::DATASYNC)
-            .build()
-            .user_data(0);
+        let entry = self.datasync().user_data(0);
         self.run(&[entry], &[0])
     }
 }

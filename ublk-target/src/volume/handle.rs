@@ -163,28 +163,14 @@ impl<D: DataIo> VolumeHandle<D> {
 
     /// Reads the run of data blocks from `pblock` holding volume block `vblock` on.
     async fn read_run(&self, vblock: u64, pblock: u64, span: &mut [u8]) -> TargetResult<()> {
-        self.io
-            .read_at(pblock * BLOCK_BYTES, span)
-            .await
-            .map_err(|e| {
-                TargetError::Io(format!(
-                    "data read at volume offset {}: {e}",
-                    vblock * BLOCK_BYTES
-                ))
-            })
+        let read = self.io.read_at(pblock * BLOCK_BYTES, span).await;
+        read.map_err(|e| data_error("read", vblock, e))
     }
 
     /// Writes `span` to the data blocks from `pblock`, for volume block `vblock` on.
     async fn write_run(&self, vblock: u64, pblock: u64, span: &[u8]) -> TargetResult<()> {
-        self.io
-            .write_at(pblock * BLOCK_BYTES, span)
-            .await
-            .map_err(|e| {
-                TargetError::Io(format!(
-                    "data write at volume offset {}: {e}",
-                    vblock * BLOCK_BYTES
-                ))
-            })
+        let written = self.io.write_at(pblock * BLOCK_BYTES, span).await;
+        written.map_err(|e| data_error("write", vblock, e))
     }
 
     /// A block whose checksum did not match: wait out a racing writer and
@@ -496,6 +482,15 @@ impl<D: DataIo> VolumeHandle<D> {
         }
         Ok(())
     }
+}
+
+/// A failed data-device `what` ("read", "write") for volume block
+/// `vblock`, reported with its volume offset.
+fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
+    TargetError::Io(format!(
+        "data {what} at volume offset {}: {e}",
+        vblock * BLOCK_BYTES
+    ))
 }
 
 /// Mappings of a chunk's blocks; a small request's fit inline.
