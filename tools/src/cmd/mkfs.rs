@@ -40,6 +40,22 @@ pub fn slack(volume_bytes: u64) -> u64 {
     (volume_bytes / DATA_SLACK_FRACTION / BLOCK_BYTES * BLOCK_BYTES).max(DATA_SLACK_BYTES_MIN)
 }
 
+/// The largest volume (whole blocks) that fits a data device of `have`
+/// bytes with its slack: the inverse of `--size`, so a device made for
+/// `--size S` holds a volume of S again. None when nothing fits.
+fn volume_for_device(have: u64) -> Option<u64> {
+    let fraction = DATA_SLACK_FRACTION;
+    // A few blocks above the answer (the divisions round down), then down
+    // to the first volume whose slack fits.
+    let estimate = (have / (fraction + 1) * fraction + 2 * BLOCK_BYTES)
+        .min(have.checked_sub(DATA_SLACK_BYTES_MIN)?);
+    let mut volume = estimate / BLOCK_BYTES * BLOCK_BYTES;
+    while volume > 0 && volume + slack(volume) > have {
+        volume -= BLOCK_BYTES;
+    }
+    (volume > 0).then_some(volume)
+}
+
 /// Size of an existing file or block device.
 fn device_bytes(path: &Path) -> Result<Option<u64>> {
     use std::io::{Seek, SeekFrom};
@@ -66,8 +82,10 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
             (size, have)
         }
         (Some(size), _) => (size, size + slack(size)),
-        (None, Some(have)) if have > slack(have) => (have - slack(have), have),
-        (None, Some(have)) => bail!("{} holds only {have} bytes", data.display()),
+        (None, Some(have)) => match volume_for_device(have) {
+            Some(volume) => (volume, have),
+            None => bail!("{} holds only {have} bytes", data.display()),
+        },
         (None, None) => bail!("{} does not exist: give --size", data.display()),
     };
     let volume_bytes = volume_bytes / BLOCK_BYTES * BLOCK_BYTES;
@@ -99,4 +117,27 @@ fn is_regular(path: &Path) -> bool {
     std::fs::metadata(path)
         .map(|m| m.is_file())
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_made_for_a_size_holds_that_size_again() {
+        for size in [
+            1u64 << 20,
+            64 << 20,
+            1 << 30,
+            10 << 30,
+            (3 << 30) + 4096 * 7,
+        ] {
+            let have = size + slack(size);
+            assert_eq!(volume_for_device(have), Some(size), "size {size}");
+            // One byte short: the volume must shrink to keep its slack.
+            let smaller = volume_for_device(have - 1).unwrap();
+            assert!(smaller < size && smaller + slack(smaller) < have);
+        }
+        assert_eq!(volume_for_device(DATA_SLACK_BYTES_MIN), None);
+    }
 }
