@@ -146,3 +146,20 @@ fn best_fit_finds_large_runs_and_partial_when_none_is_long_enough() {
     );
     allocator.verify().unwrap();
 }
+
+/// Single blocks come from one extent until it is used up, even when
+/// another free extent is as large: a commit then writes them as one run
+/// (alternating between two extents once cut the runs to a few blocks).
+#[test]
+fn single_blocks_continue_below_the_last_one_until_the_extent_is_used_up() {
+    let mut allocator = Allocator::all_free(FIRST, END);
+    let all = allocator.alloc(END - FIRST).unwrap();
+    assert_eq!(all, Extent::new(FIRST, END - FIRST));
+    allocator.free(Extent::new(100, 100)).unwrap();
+    allocator.free(Extent::new(300, 100)).unwrap();
+    allocator.commit_done();
+    let blocks: Vec<u64> = (0..200).map(|_| allocator.alloc_one().unwrap()).collect();
+    let expected: Vec<u64> = (300..400).rev().chain((100..200).rev()).collect();
+    assert_eq!(blocks, expected);
+    assert!(matches!(allocator.alloc_one(), Err(Error::NoSpace)));
+}

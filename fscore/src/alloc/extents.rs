@@ -142,6 +142,23 @@ impl ExtentSet {
         Some(start + len - 1)
     }
 
+    /// The last block of the extent that ends at `end`, if one does.
+    pub(crate) fn take_one_ending_at(&mut self, end: u64) -> Option<u64> {
+        let (&start, &len) = self.by_start.range(..end).next_back()?;
+        if start + len != end {
+            return None;
+        }
+        self.by_size.remove(&(len, start));
+        self.blocks -= 1;
+        if len == 1 {
+            self.by_start.remove(&start);
+        } else {
+            self.by_start.insert(start, len - 1);
+            self.by_size.insert((len - 1, start));
+        }
+        Some(end - 1)
+    }
+
     /// Moves every extent of `other` into self.
     pub(crate) fn absorb(&mut self, other: &BTreeMap<u64, u64>) {
         for (start, len) in other {
