@@ -194,7 +194,14 @@ impl BlockCache {
         let id = if let Some(id) = self.free.pop() {
             id
         } else if self.slots.len() < self.capacity_blocks {
+            let capacity = self.slots.capacity();
             self.slots.push(Slot::empty());
+            if self.slots.capacity() != capacity {
+                super::mem::advise_huge_pages(
+                    self.slots.as_ptr().cast(),
+                    self.slots.capacity() * std::mem::size_of::<Slot>(),
+                );
+            }
             (self.slots.len() - 1) as SlotId
         } else {
             self.evict()

@@ -144,6 +144,19 @@ fn map_chunk(data_bytes: usize, header_bytes: usize) -> (Chunk, usize) {
     (chunk, start)
 }
 
+/// Advises the whole huge pages inside `[ptr, ptr + bytes)` for
+/// transparent huge pages: for large heap arrays that lookups index at
+/// random (the cache's slots), whose 4 KiB pages would each cost a TLB
+/// miss. Advice on a heap range is harmless if ignored.
+pub(crate) fn advise_huge_pages(ptr: *const u8, bytes: usize) {
+    let start = (ptr as usize).next_multiple_of(HUGE_PAGE_BYTES);
+    let end = (ptr as usize + bytes) / HUGE_PAGE_BYTES * HUGE_PAGE_BYTES;
+    if end > start {
+        // SAFETY: advice only, on pages the caller's allocation owns.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
 impl Drop for ArenaInner {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
