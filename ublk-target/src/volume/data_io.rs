@@ -117,9 +117,13 @@ struct Shared {
 }
 
 /// An io_uring on the current thread, its completions signalled through an
-/// eventfd that a local reaper task watches. Operations queued while other
-/// tasks run are submitted together by a local submitter task, which runs
-/// after the tasks already ready (one io_uring_enter for many requests).
+/// eventfd that a local reaper task watches. Each operation is submitted
+/// as it is made (one io_uring_enter each): on the virtual disk measured,
+/// requests gathered and submitted together were served slower than the
+/// same requests submitted as they came (fio on the raw file, 4k randread
+/// QD32: 62k IOPS one by one, 51k in batches of 32; the NBD export's
+/// randread went from 57k to 62-64k when it stopped batching). A local
+/// submitter task retries a submission that failed.
 /// Must be created inside a tokio `LocalSet`.
 pub struct UringDataIo {
     file: File,
@@ -252,13 +256,18 @@ impl std::future::Future for Op<'_> {
                     return Poll::Ready(-e.raw_os_error().unwrap_or(libc::EIO));
                 }
             }
+            let submitted = ring.ring.submit();
             drop(ring);
+            self.key = Some(key);
+            if submitted.is_ok() {
+                return Poll::Pending;
+            }
+            // Still queued: the submitter task retries.
             if !self.shared.unsubmitted.replace(true) {
                 if let Some(submitter) = self.shared.submitter.borrow_mut().take() {
                     submitter.wake();
                 }
             }
-            self.key = Some(key);
             return Poll::Pending;
         }
         let key = self.key.expect("polled after submission");
