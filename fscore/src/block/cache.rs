@@ -131,6 +131,13 @@ impl BlockCache {
         Some(id)
     }
 
+    /// The slot holding `blkno`, without marking it referenced (for hints
+    /// that do not use the block now).
+    #[inline]
+    pub(crate) fn peek(&self, blkno: u64) -> Option<SlotId> {
+        self.map.get(&blkno).copied()
+    }
+
     /// The slot `id` if it holds `blkno` (a remembered slot is checked this
     /// way before use), marked referenced.
     #[inline]

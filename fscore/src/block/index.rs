@@ -122,6 +122,10 @@ impl ChildIndex {
         &self.children[position]
     }
 
+    pub(crate) fn children(&self) -> &[Child] {
+        &self.children
+    }
+
     pub(crate) fn get(&self, position: usize) -> Option<&Child> {
         self.children.get(position)
     }

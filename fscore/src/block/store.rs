@@ -261,11 +261,31 @@ impl BlockStore {
                 node.verify().map_err(|error| node_error(blkno, error))?;
             }
             let index = ChildIndex::build(&node).map(Box::new);
+            if let Some(index) = &index {
+                self.seed_child_hints(index);
+            }
             let slot = self.cache.slot_mut(id);
             slot.verified = true;
             slot.index = index;
         }
         Ok(self.cache.slot(id).index.as_deref())
+    }
+
+    /// Fills a new index's hints with where its cached children are now.
+    /// Without this each child's first descent through the new index went
+    /// through the block map (a dependent miss, and no prefetch of the
+    /// child's hash line): after a run of inserts most nodes are new
+    /// copies, so at 10M items a quarter of the next 1M lookups did.
+    /// The probes here are independent of each other.
+    fn seed_child_hints(&self, index: &ChildIndex) {
+        for child in index.children() {
+            if let Some(id) = self.cache.peek(child.r.blkno) {
+                child.slot.set(id);
+                child
+                    .bytes
+                    .set(self.cache.slot(id).bytes().as_ptr() as usize);
+            }
+        }
     }
 
     /// The entry of the child at `position` in the index of the node in
