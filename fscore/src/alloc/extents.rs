@@ -132,14 +132,7 @@ impl ExtentSet {
     /// start, so only its length changes in the indexes.
     pub(crate) fn take_one_from_largest(&mut self) -> Option<u64> {
         let (len, start) = self.by_size.pop_last()?;
-        self.blocks -= 1;
-        if len == 1 {
-            self.by_start.remove(&start);
-        } else {
-            self.by_start.insert(start, len - 1);
-            self.by_size.insert((len - 1, start));
-        }
-        Some(start + len - 1)
+        Some(self.take_last_block(start, len))
     }
 
     /// The last block of the extent that ends at `end`, if one does.
@@ -149,6 +142,12 @@ impl ExtentSet {
             return None;
         }
         self.by_size.remove(&(len, start));
+        Some(self.take_last_block(start, len))
+    }
+
+    /// Takes the last block of the extent `start`+`len`, already removed
+    /// from `by_size`; the rest keeps its start, so only its length changes.
+    fn take_last_block(&mut self, start: u64, len: u64) -> u64 {
         self.blocks -= 1;
         if len == 1 {
             self.by_start.remove(&start);
@@ -156,7 +155,7 @@ impl ExtentSet {
             self.by_start.insert(start, len - 1);
             self.by_size.insert((len - 1, start));
         }
-        Some(end - 1)
+        start + len - 1
     }
 
     /// Moves every extent of `other` into self.
