@@ -319,12 +319,6 @@ impl Pool {
         })
     }
 
-    /// Bytes of metadata the next commit will write (dirty blocks); the
-    /// caller commits at its own limit.
-    pub fn dirty_bytes(&self) -> u64 {
-        self.lock().store.dirty_bytes()
-    }
-
     /// Checks the in-memory state of this handle (the open transaction
     /// included): tree invariants and allocator indexes. For tests.
     pub fn verify(&self) -> Result<()> {

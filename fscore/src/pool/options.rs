@@ -82,6 +82,7 @@ pub struct PoolInfo {
     /// The free-space log appended since that chain: blocks and entries.
     pub freelog_blocks: u64,
     pub freelog_entries: u64,
-    /// Bytes of metadata the next commit will write (`Pool::dirty_bytes`).
+    /// Bytes of metadata the next commit will write (dirty blocks); the
+    /// caller commits at its own limit.
     pub dirty_bytes: u64,
 }
