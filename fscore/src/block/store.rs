@@ -280,12 +280,19 @@ impl BlockStore {
     fn seed_child_hints(&self, index: &ChildIndex) {
         for child in index.children() {
             if let Some(id) = self.cache.peek(child.r.blkno) {
-                child.slot.set(id);
-                child
-                    .bytes
-                    .set(self.cache.slot(id).bytes().as_ptr() as usize);
+                self.point_at(child, id);
             }
         }
+    }
+
+    /// Records in `entry` that its child is in slot `id`, and where the
+    /// child's bytes are (for prefetching).
+    #[inline]
+    fn point_at(&self, entry: &Child, id: SlotId) {
+        entry.slot.set(id);
+        entry
+            .bytes
+            .set(self.cache.slot(id).bytes().as_ptr() as usize);
     }
 
     /// The entry of the child at `position` in the index of the node in
@@ -315,10 +322,7 @@ impl BlockStore {
     #[inline]
     pub(crate) fn remember_child(&self, parent: SlotId, position: usize, child: SlotId) {
         if let Some(entry) = self.child_entry(parent, position) {
-            entry.slot.set(child);
-            entry
-                .bytes
-                .set(self.cache.slot(child).bytes().as_ptr() as usize);
+            self.point_at(entry, child);
         }
     }
 
