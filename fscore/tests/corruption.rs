@@ -26,7 +26,9 @@ fn build(seed: u64) -> (SimDisk, SimDisk, Model) {
     workload.keys_max = 3000;
     workload.run(&pool, 4000).unwrap();
     workload.commit(&pool).unwrap();
-    // Changes made while that commit was written are in the next one.
+    // Changes made while that commit was written are in the next one,
+    // with every in-flight allocation referenced or freed.
+    workload.land_all_in_flight(&pool).unwrap();
     pool.commit().unwrap();
     let model = workload.model.clone();
     drop(pool);

@@ -306,3 +306,51 @@ fn space_freed_by_a_commit_is_merged_while_the_next_commit_writes() {
     assert_eq!(got, total - 1000);
     pool.verify().unwrap();
 }
+
+/// A data allocation carried across a commit (a write still in flight) is
+/// free in that commit, so a crash right after it leaks nothing; it stays
+/// allocated in the live pool, and the next commit records it allocated
+/// once it is referenced.
+#[test]
+fn an_allocation_carried_across_a_commit_is_free_in_it_and_allocated_after() {
+    let (meta, data) = support::new_pool(1 << 20, 64 * 4096, 4096);
+    let pool = support::open(&meta, &data).unwrap();
+    let free_at_start = pool.info().data_free_blocks;
+    let in_flight = pool.alloc_data(4).unwrap();
+    pool.insert(&Key::new(0, 1), b"other change").unwrap();
+    pool.begin_commit_carrying(&[in_flight])
+        .unwrap()
+        .finish()
+        .unwrap();
+    let after_carry = SimDisk::from_image(meta.durable_image());
+
+    // Still allocated here: nothing else is handed its blocks.
+    for _ in 0..(free_at_start - 4) {
+        let extent = pool.alloc_data(1).unwrap();
+        assert!(extent.end() <= in_flight.start || extent.start >= in_flight.end());
+    }
+    assert!(matches!(pool.alloc_data(1), Err(Error::NoSpace)));
+    // The write lands: referenced, and the next commit records it.
+    let key = Key::new(support::DATA_KEY_HI, 7);
+    pool.insert(&key, &support::encode_extent(in_flight))
+        .unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+
+    let crashed = support::open(&after_carry, &data).unwrap();
+    assert_eq!(crashed.info().data_free_blocks, free_at_start);
+    drop(crashed);
+    let report = Pool::check_on(
+        Box::new(after_carry.clone()),
+        Box::new(data.clone()),
+        Some(&support::data_refs),
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    let reopened = support::open(&meta, &data).unwrap();
+    assert_eq!(
+        reopened.get(&key).unwrap(),
+        Some(support::encode_extent(in_flight))
+    );
+    assert_eq!(reopened.info().data_free_blocks, 0);
+}

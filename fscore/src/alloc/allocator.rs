@@ -149,6 +149,15 @@ impl Allocator {
         Ok(())
     }
 
+    /// Allocates exactly `extent`, which must be free: how an allocation
+    /// carried across a commit (`PoolState::begin_commit`) is taken back by
+    /// the next transaction.
+    pub(crate) fn claim(&mut self, extent: Extent) -> Result<()> {
+        self.mark_allocated(extent)?;
+        self.allocated.insert(extent);
+        Ok(())
+    }
+
     /// Replays a logged allocation (when rebuilding state from disk): the
     /// extent must lie inside one free extent.
     pub(crate) fn mark_allocated(&mut self, extent: Extent) -> Result<()> {

@@ -95,7 +95,7 @@ impl CommitIo {
 impl PoolState {
     /// A whole commit, holding the state throughout.
     pub(crate) fn commit(&mut self) -> Result<()> {
-        let job = self.begin_commit()?;
+        let job = self.begin_commit(&[])?;
         let result = self.commit_io().write(&job);
         self.end_commit(job, result)
     }
@@ -111,8 +111,32 @@ impl PoolState {
     /// commit's writes (readable from memory until it is durable) and the
     /// next transaction opens, so changes can go on while `CommitIo::write`
     /// runs. `end_commit` must follow, with the write's result.
-    pub(crate) fn begin_commit(&mut self) -> Result<CommitJob> {
+    ///
+    /// `in_flight`: data extents allocated and not yet referenced
+    /// (`Pool::begin_commit_carrying`). They are given back before the free
+    /// space is persisted and claimed again by the next transaction: this
+    /// commit records them free, the next one allocated.
+    pub(crate) fn begin_commit(&mut self, in_flight: &[Extent]) -> Result<CommitJob> {
         self.store.check_writable()?;
+        let job = in_flight
+            .iter()
+            .try_for_each(|&extent| self.data_alloc.free_unreferenced(extent))
+            .and_then(|()| self.seal_transaction());
+        // Claimed back even when nothing was written: nothing else can have
+        // taken them, as the pool's lock is held throughout.
+        let claimed = in_flight
+            .iter()
+            .try_for_each(|&extent| self.data_alloc.claim(extent));
+        if let Err(error) = claimed {
+            // The caller named an extent it had not allocated.
+            self.store.poisoned = true;
+            return Err(error);
+        }
+        job
+    }
+
+    /// `begin_commit` once the in-flight extents are free.
+    fn seal_transaction(&mut self) -> Result<CommitJob> {
         if self.nothing_to_write() {
             return Ok(CommitJob { work: None });
         }

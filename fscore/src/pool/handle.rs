@@ -305,12 +305,24 @@ impl Pool {
     /// thread, belong to the next transaction. Waits for a commit begun
     /// earlier to finish.
     pub fn begin_commit(&self) -> Result<PendingCommit<'_>> {
+        self.begin_commit_carrying(&[])
+    }
+
+    /// `begin_commit` for a caller with data allocations in flight: data
+    /// extents it allocated (in the open transaction, or carried into it by
+    /// an earlier call) that nothing references yet, because the data being
+    /// written into them has not landed. The commit persists them as free,
+    /// so a crash leaks nothing, and they stay allocated in the next
+    /// transaction, whose commit persists them as allocated once the caller
+    /// references them (or frees them). So a commit need not wait for
+    /// writes in flight (docs/format.md, "Commit").
+    pub fn begin_commit_carrying(&self, in_flight: &[Extent]) -> Result<PendingCommit<'_>> {
         let one_at_a_time = self
             .committing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = &mut *self.lock();
-        let job = state.begin_commit()?;
+        let job = state.begin_commit(in_flight)?;
         Ok(PendingCommit {
             pool: self,
             job: Some(job),

@@ -76,6 +76,11 @@ pub struct Workload {
     pub commit_every_max: u32,
     /// Changes made while a commit is being written (see `commit`).
     pub overlap_ops_max: u32,
+    /// Data extents allocated and not referenced yet, as a volume's writes
+    /// whose data is still in flight: commits carry them
+    /// (`begin_commit_carrying`) until they are referenced or freed.
+    pub in_flight: Vec<Extent>,
+    pub in_flight_max: usize,
 }
 
 impl Workload {
@@ -89,6 +94,8 @@ impl Workload {
             keys_max: 400,
             commit_every_max: 40,
             overlap_ops_max: 3,
+            in_flight: Vec::new(),
+            in_flight_max: 4,
         }
     }
 
@@ -111,6 +118,8 @@ impl Workload {
             50..=74 => self.delete(pool),
             75..=84 => self.alloc_data(pool),
             85..=92 => self.free_data(pool),
+            93..=95 => self.start_in_flight(pool),
+            96..=98 => self.land_in_flight(pool),
             _ => Ok(()),
         };
         match result {
@@ -124,7 +133,7 @@ impl Workload {
     /// next transaction and must not show up in this commit after a crash.
     pub fn commit(&mut self, pool: &Pool) -> Result<(), Error> {
         self.by_seq.insert(pool.info().seq + 1, self.model.clone());
-        let pending = pool.begin_commit()?;
+        let pending = pool.begin_commit_carrying(&self.in_flight)?;
         for _ in 0..self.rng.gen_range(0..=self.overlap_ops_max) {
             self.step(pool)?;
         }
@@ -158,6 +167,11 @@ impl Workload {
 
     fn alloc_data(&mut self, pool: &Pool) -> Result<(), Error> {
         let extent = pool.alloc_data(self.rng.gen_range(1..=8))?;
+        self.reference(pool, extent)
+    }
+
+    /// Inserts an item referencing a newly allocated data extent.
+    fn reference(&mut self, pool: &Pool, extent: Extent) -> Result<(), Error> {
         let key = Key::new(DATA_KEY_HI, self.rng.gen());
         let value = encode_extent(extent);
         match pool.insert(&key, &value) {
@@ -169,6 +183,38 @@ impl Workload {
         }
         self.model.insert(key, value);
         Ok(())
+    }
+
+    /// Allocates data space for a write whose data is not there yet.
+    fn start_in_flight(&mut self, pool: &Pool) -> Result<(), Error> {
+        if self.in_flight.len() < self.in_flight_max {
+            let extent = pool.alloc_data(self.rng.gen_range(1..=8))?;
+            self.in_flight.push(extent);
+        }
+        Ok(())
+    }
+
+    /// Lands every in-flight allocation (before a plain `Pool::commit`).
+    pub fn land_all_in_flight(&mut self, pool: &Pool) -> Result<(), Error> {
+        while !self.in_flight.is_empty() {
+            self.land_in_flight(pool)?;
+        }
+        Ok(())
+    }
+
+    /// The data of an in-flight allocation landed: reference it (or, one
+    /// time in four, the write failed: free it).
+    fn land_in_flight(&mut self, pool: &Pool) -> Result<(), Error> {
+        if self.in_flight.is_empty() {
+            return Ok(());
+        }
+        let extent = self
+            .in_flight
+            .swap_remove(self.rng.gen_range(0..self.in_flight.len()));
+        if self.rng.gen_ratio(1, 4) {
+            return pool.free_data(extent);
+        }
+        self.reference(pool, extent)
     }
 
     fn free_data(&mut self, pool: &Pool) -> Result<(), Error> {
