@@ -277,6 +277,95 @@ fn a_crash_keeps_flushed_writes_and_unflushed_blocks_are_old_or_new() {
     crash_after_fua.check_clean();
 }
 
+/// Data I/O whose writes wait, on the writing thread, until released.
+struct HeldWrites {
+    inner: FileDataIo,
+    started: std::sync::mpsc::Sender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl DataIo for HeldWrites {
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf).await
+    }
+    async fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        let _ = self.started.send(());
+        let _ = self.release.lock().unwrap().recv();
+        self.inner.write_at(offset, buf).await
+    }
+    async fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync().await
+    }
+}
+
+/// A flush does not wait for a copy-on-write write whose data is still on
+/// its way (it is not acknowledged, so the flush need not cover it): the
+/// commit carries the write's new block, so a crash right after it finds
+/// the block free and the old data in place, and checks clean; once the
+/// write lands, the next flush makes it durable.
+#[test]
+fn a_flush_does_not_wait_for_a_copy_on_write_write_in_flight() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &vec![0xaa; 8192], false)).unwrap();
+    block_on(h.flush()).unwrap();
+
+    let (started, write_started) = mpsc::channel();
+    let (release, released) = mpsc::channel();
+    let held = HeldWrites {
+        inner: FileDataIo::open(volume.data_path()).unwrap(),
+        started,
+        release: std::sync::Mutex::new(released),
+    };
+    let writer = {
+        let volume = volume.clone();
+        std::thread::spawn(move || block_on(volume.handle(held).write(0, &[0xbb; 4096], false)))
+    };
+    write_started.recv_timeout(Duration::from_secs(10)).unwrap();
+    block_on(h.write(MIB, &vec![0xcc; 4096], false)).unwrap();
+    let (flushed, flush_done) = mpsc::channel();
+    let flusher = {
+        let volume = volume.clone();
+        std::thread::spawn(move || {
+            let _ = flushed.send(block_on(file_handle(&volume).flush()));
+        })
+    };
+    let flush = flush_done.recv_timeout(Duration::from_secs(10));
+    let crash_while_in_flight = pool.snapshot();
+    release.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+    flusher.join().unwrap();
+    let flush = flush.expect("the flush waited for the write in flight");
+    flush.unwrap();
+    block_on(h.flush()).unwrap();
+    let crash_after_landing = pool.snapshot();
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+
+    let v = crash_while_in_flight.open();
+    let c = file_handle(&v);
+    assert_eq!(read(&c, 0, 8192), vec![0xaa; 8192]);
+    assert_eq!(read(&c, MIB, 4096), vec![0xcc; 4096]);
+    drop(c);
+    v.close().unwrap();
+    drop(v);
+    crash_while_in_flight.check_clean();
+
+    let v = crash_after_landing.open();
+    let c = file_handle(&v);
+    let mut expect = vec![0xaa; 8192];
+    expect[..4096].fill(0xbb);
+    assert_eq!(read(&c, 0, 8192), expect);
+    drop(c);
+    v.close().unwrap();
+    drop(v);
+    crash_after_landing.check_clean();
+}
+
 /// A flush with nothing changed since the last commit is answered without
 /// a commit; any change (a write, a discard) makes the next flush commit,
 /// and a crash after it keeps the change.

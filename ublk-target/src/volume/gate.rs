@@ -1,13 +1,17 @@
-//! The transaction gate. Writers (writes, discards, write-zeroes) hold a
-//! shared pass from their first allocation to their last map update; a
-//! commit closes the gate, waits for the passes to drain, commits, and
-//! reopens it. So no commit ever sees a block allocated but not yet mapped
-//! (which a crash would leave as leaked space), and a block's "allocated in
-//! the open transaction" status cannot change under a writer that is
-//! overwriting it in place. Readers never touch the gate.
+//! The transaction gate. A commit closes the gate, waits for the passes
+//! to drain, ends the transaction, and reopens it. Writers (writes,
+//! discards, write-zeroes) hold a shared pass while they allocate and
+//! register new blocks as in flight, and again while they map them (or free
+//! them); a write that overwrites blocks of the open transaction in place
+//! holds its pass across its data I/O too, since that transaction's commit
+//! must not seal a block half written. So every commit sees an exact set of
+//! blocks allocated but not yet mapped (which it carries into the next
+//! transaction: `InFlightAllocations`), and a block's "allocated in the open
+//! transaction" status cannot change under a writer that is overwriting it
+//! in place. Readers never touch the gate.
 //!
-//! The pass is held across data I/O, but it is shared: writers never wait
-//! for each other here, only for a commit.
+//! Passes are shared: writers never wait for each other here, only for a
+//! commit; and a commit waits for copy-on-write data I/O no more.
 
 use std::future::Future;
 use std::pin::Pin;

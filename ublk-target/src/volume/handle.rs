@@ -2,13 +2,15 @@
 //! thread, each with its own `DataIo`; they share the `Volume`.
 //!
 //! Write path for each chunk of at most `CHUNK_BLOCKS` blocks:
-//! 1. enter the transaction gate, lock the chunk's virtual blocks;
-//! 2. look the blocks up; a block mapped by the open transaction is
-//!    overwritten in place, any other gets a newly allocated block
-//!    (copy-on-write: the last commit's data is never touched);
-//! 3. partial blocks at the edges are read (checksum verified) and merged;
+//! 1. lock the chunk's virtual blocks and look them up;
+//! 2. partial blocks at the edges are read (checksum verified) and merged;
+//! 3. under a transaction gate pass: a block mapped by the open transaction
+//!    is overwritten in place, any other gets a newly allocated block
+//!    (copy-on-write: the last commit's data is never touched), registered
+//!    as in flight; without in-place blocks the pass is let go;
 //! 4. data is written in runs of contiguous physical blocks;
-//! 5. map items are inserted with each block's crc32c, replaced blocks freed.
+//! 5. under a pass, map items are inserted with each block's crc32c,
+//!    replaced blocks freed, and the new blocks are no longer in flight.
 //!
 //! Reads take no lock: they look up the chunk, read mapped runs, verify each
 //! block's crc32c, and fill unmapped blocks with zeros without I/O. A
@@ -230,15 +232,19 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// Writes bytes `data` at `offset`, all inside one chunk of blocks.
+    ///
+    /// Lock order: the chunk's block range, then a gate pass. A pass is
+    /// never held while waiting for a range lock: a commit waits for every
+    /// pass, and a range-lock holder may be waiting for the gate.
     async fn write_chunk(&self, offset: u64, data: &[u8]) -> TargetResult<()> {
         let v = &*self.volume;
         let first = offset / BLOCK_BYTES;
         let last = (offset + data.len() as u64 - 1) / BLOCK_BYTES;
         let count = last - first + 1;
         debug_assert!(count <= CHUNK_BLOCKS);
-        let _pass = v.gate.enter().await;
         let _locked = v.locks.lock(first, last).await;
-        let open_txn = v.open_txn.load(Ordering::Acquire);
+        // Only writers and discards change mappings, under the range lock:
+        // these stay valid until it is released.
         let old = self.lookup(first, count)?;
 
         let head = (offset % BLOCK_BYTES) as usize;
@@ -263,7 +269,9 @@ impl<D: DataIo> VolumeHandle<D> {
         };
         let buf: &[u8] = merged.as_deref().unwrap_or(data);
 
+        let pass = v.gate.enter().await;
         // In place for blocks the open transaction allocated; new ones else.
+        let open_txn = v.open_txn.load(Ordering::Acquire);
         let in_place: Vec<Option<u64>> = old
             .iter()
             .map(|m| m.filter(|m| m.txn == open_txn).map(|m| m.pblock))
@@ -275,16 +283,57 @@ impl<D: DataIo> VolumeHandle<D> {
             return Err(TargetError::NoSpace);
         }
         let fresh = self.allocate(needed)?;
+        v.in_flight.register(&fresh);
         let mut fresh_blocks = fresh.iter().flat_map(|e| e.start..e.end());
         let targets: Vec<u64> = in_place
             .iter()
             .map(|p| p.unwrap_or_else(|| fresh_blocks.next().expect("allocated enough")))
             .collect();
 
-        if let Err(e) = self.write_runs(first, &targets, buf).await {
-            self.free_all(&fresh);
-            return Err(e);
-        }
+        // A block overwritten in place belongs to the open transaction, so
+        // its commit must wait for the write: keep the pass. New blocks are
+        // carried by commits meanwhile (`InFlightAllocations`): let go.
+        let pass = if in_place.iter().any(Option::is_some) {
+            Some(pass)
+        } else {
+            drop(pass);
+            None
+        };
+        let written = self.write_runs(first, &targets, buf).await;
+        let _pass = match pass {
+            Some(pass) => pass,
+            None => v.gate.enter().await,
+        };
+        let mapped = match written {
+            Ok(()) => self.map_written(first, &old, &targets, &in_place, buf),
+            Err(e) => {
+                self.free_all(&fresh);
+                Err(e)
+            }
+        };
+        // Under the same pass as the mapping: no commit sees them both
+        // mapped and in flight.
+        v.in_flight.unregister(&fresh);
+        mapped?;
+        v.note_change();
+        Ok(())
+    }
+
+    /// Maps the blocks of a chunk whose data is written (`targets`: the
+    /// physical block of each) with their checksums, and frees the blocks
+    /// they replace. Called under a gate pass.
+    fn map_written(
+        &self,
+        first: u64,
+        old: &[Option<Mapping>],
+        targets: &[u64],
+        in_place: &[Option<u64>],
+        buf: &[u8],
+    ) -> TargetResult<()> {
+        let v = &*self.volume;
+        // New blocks belong to the transaction open now: allocated in it,
+        // or carried into it by the commits since the allocation.
+        let open_txn = v.open_txn.load(Ordering::Acquire);
         for (i, &pblock) in targets.iter().enumerate() {
             let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
             let txn = match old[i] {
@@ -316,7 +365,6 @@ impl<D: DataIo> VolumeHandle<D> {
                     .map_err(target_error)?;
             }
         }
-        v.note_change();
         Ok(())
     }
 
@@ -447,8 +495,9 @@ impl<D: DataIo> VolumeHandle<D> {
         let mut at = first;
         while at <= last {
             let end = last.min(at + DISCARD_CHUNK_BLOCKS - 1);
-            let _pass = v.gate.enter().await;
+            // Range lock, then pass: the order of `write_chunk`.
             let _locked = v.locks.lock(at, end).await;
+            let _pass = v.gate.enter().await;
             let start = map::map_key(v.volume_id, at);
             let stop = map::map_key(v.volume_id, end);
             let mapped = v

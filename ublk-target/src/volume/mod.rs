@@ -5,6 +5,7 @@ mod coalesce;
 mod data_io;
 mod gate;
 mod handle;
+mod in_flight;
 mod locks;
 mod map;
 #[allow(clippy::module_inception)]

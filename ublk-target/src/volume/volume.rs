@@ -11,6 +11,7 @@
 
 use super::gate::Gate;
 use super::handle::VolumeHandle;
+use super::in_flight::InFlightAllocations;
 use super::locks::RangeLocks;
 use super::map::{self, BLOCK_BYTES};
 use crate::target::TargetError;
@@ -90,6 +91,8 @@ pub struct Volume {
     /// it was allocated in the open transaction and may be overwritten in place.
     pub(crate) open_txn: AtomicU64,
     pub(crate) gate: Gate,
+    /// New data blocks of writes in flight, carried across commits.
+    pub(crate) in_flight: InFlightAllocations,
     pub(crate) locks: RangeLocks,
     /// Writes, discards and zeroings since the last commit began.
     pub(crate) changes: AtomicU64,
@@ -144,6 +147,7 @@ impl Volume {
             volume_id: VOLUME_ID,
             size_bytes,
             gate: Gate::default(),
+            in_flight: InFlightAllocations::default(),
             locks: RangeLocks::default(),
             changes: AtomicU64::new(0),
             data_path: data.to_path_buf(),
@@ -306,10 +310,12 @@ impl Volume {
         }
     }
 
-    /// One commit: drain the writers, end the pool's transaction and
-    /// advance the open txn with the gate closed, then write the commit
-    /// with the gate open again: writers and readers go on with the next
-    /// transaction while it is written (fscore's `begin_commit`).
+    /// One commit: drain the passes (writers between allocation and
+    /// registration, or mapping, and in-place writers), end the pool's
+    /// transaction carrying the in-flight writes' new blocks and advance the
+    /// open txn with the gate closed, then write the commit with the gate
+    /// open again: writers and readers go on with the next transaction
+    /// while it is written (fscore's `begin_commit_carrying`).
     fn commit_now(&self) -> CommitResult {
         self.gate.close_and_drain();
         self.queue().running = true;
@@ -331,7 +337,9 @@ impl Volume {
             self.gate.reopen();
             return Ok(());
         }
-        let pending = self.pool.begin_commit();
+        // Exact: writers change it only under a pass, and none is held now.
+        let in_flight = self.in_flight.snapshot();
+        let pending = self.pool.begin_commit_carrying(&in_flight);
         self.open_txn.store(self.pool.txn_seq(), Ordering::Release);
         self.gate.reopen();
         let result = pending
