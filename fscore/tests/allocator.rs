@@ -40,7 +40,7 @@ fn busy_blocks_are_never_handed_out_before_commit() {
                             .retain(|f| f.end() <= extent.start || f.start >= extent.end());
                         for block in extent.start..extent.end() {
                             assert!(
-                                block >= FIRST && block < END,
+                                (FIRST..END).contains(&block),
                                 "seed {seed} step {step}: block {block} out of range"
                             );
                             assert!(

@@ -139,7 +139,8 @@ impl Drop for AlignedBuf {
 
 /// True when `buf` can go to O_DIRECT as is: address and length 4096-aligned.
 pub fn is_block_aligned(buf: &[u8]) -> bool {
-    buf.as_ptr() as usize % BUF_ALIGN_BYTES == 0 && buf.len() % BUF_ALIGN_BYTES == 0
+    (buf.as_ptr() as usize).is_multiple_of(BUF_ALIGN_BYTES)
+        && buf.len().is_multiple_of(BUF_ALIGN_BYTES)
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub trait BlockTarget {
 
 /// Checks a request's alignment and range against a device of `size_bytes`.
 pub fn check_range(size_bytes: u64, offset: u64, len: u64) -> TargetResult<()> {
-    if offset % SECTOR_BYTES != 0 || len % SECTOR_BYTES != 0 {
+    if !offset.is_multiple_of(SECTOR_BYTES) || !len.is_multiple_of(SECTOR_BYTES) {
         return Err(TargetError::Invalid(format!(
             "offset {offset} or length {len} is not a multiple of {SECTOR_BYTES}"
         )));

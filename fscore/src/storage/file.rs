@@ -248,7 +248,7 @@ impl FileStorage {
     }
 
     fn check_range(&self, offset: u64, len: usize) -> io::Result<()> {
-        if offset as usize % DIRECT_ALIGN_BYTES != 0 && self.direct {
+        if !(offset as usize).is_multiple_of(DIRECT_ALIGN_BYTES) && self.direct {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "unaligned offset",

@@ -86,7 +86,7 @@ impl SimDisk {
                 1 => {}
                 _ => {
                     for (index, sector) in bytes.chunks(SECTOR_BYTES).enumerate() {
-                        if random() % 2 == 0 {
+                        if random().is_multiple_of(2) {
                             let at = offset + index * SECTOR_BYTES;
                             image[at..at + sector.len()].copy_from_slice(sector);
                         }

@@ -166,7 +166,7 @@ async fn run_job<T: BlockTarget>(
             if job.write {
                 target.write(offset, &buf, false).await?;
                 writes.set(writes.get() + 1);
-                if job.flush_every > 0 && writes.get() % job.flush_every == 0 {
+                if job.flush_every > 0 && writes.get().is_multiple_of(job.flush_every) {
                     target.flush().await?;
                 }
             } else {

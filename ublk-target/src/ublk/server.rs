@@ -183,7 +183,7 @@ fn check_config(config: &ServeConfig) -> FrontEndResult<()> {
             "depth must be 1..={DEPTH_MAX}"
         )));
     }
-    if config.size_bytes == 0 || config.size_bytes % 4096 != 0 {
+    if config.size_bytes == 0 || !config.size_bytes.is_multiple_of(4096) {
         return Err(FrontEndError::Invalid(format!(
             "device size {} is not a positive multiple of 4096",
             config.size_bytes

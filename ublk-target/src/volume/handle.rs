@@ -581,7 +581,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> TargetResult<()> {
         check_range(self.volume.size_bytes, offset, buf.len() as u64)?;
         // Whole blocks into an aligned buffer: read straight into it.
-        let direct = offset % BLOCK_BYTES == 0 && is_block_aligned(buf);
+        let direct = offset.is_multiple_of(BLOCK_BYTES) && is_block_aligned(buf);
         let mut done = 0usize;
         for (at, n) in chunks(offset, buf.len() as u64) {
             let first = at / BLOCK_BYTES;

@@ -113,7 +113,7 @@ impl Volume {
         size_bytes: u64,
         mkfs: &MkfsOptions,
     ) -> Result<PoolInfo, VolumeError> {
-        if size_bytes == 0 || size_bytes % BLOCK_BYTES != 0 {
+        if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
             return Err(VolumeError::BadSize(size_bytes));
         }
         Pool::mkfs(meta, data, mkfs)?;
