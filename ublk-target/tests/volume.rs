@@ -7,8 +7,8 @@
 
 use futures::executor::block_on;
 use rand::{Rng, SeedableRng};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use ublk_target::volume::{DataIo, FileDataIo, UringDataIo, Volume, VolumeOptions};
 use ublk_target::{AlignedBuf, BlockTarget, TargetError};
@@ -43,6 +43,17 @@ impl Pool {
         std::fs::copy(self.meta(), copy.path().join("meta")).unwrap();
         std::fs::copy(self.data(), copy.path().join("data")).unwrap();
         Pool { dir: copy }
+    }
+    /// Opens the pool as a restart after a crash would, runs `inspect` on
+    /// a handle, closes it, and checks the pool clean.
+    fn recover(&self, inspect: impl FnOnce(&ublk_target::VolumeHandle<FileDataIo>)) {
+        let v = self.open();
+        let c = file_handle(&v);
+        inspect(&c);
+        drop(c);
+        v.close().unwrap();
+        drop(v);
+        self.check_clean();
     }
     fn check_clean(&self) -> fscore::CheckReport {
         let report = Volume::check(&self.meta(), &self.data()).unwrap();
@@ -136,18 +147,31 @@ fn random_operations_match_a_model_across_reopen() {
     pool.check_clean();
 }
 
-/// Counts data reads, to prove unwritten blocks cost none.
-struct CountingIo {
+/// File data I/O that runs a hook before each read and each write (on the
+/// calling thread): counts reads, or holds writes.
+struct HookedIo {
     inner: FileDataIo,
-    reads: Cell<u64>,
+    before_read: Box<dyn Fn() + Send>,
+    before_write: Box<dyn Fn() + Send>,
 }
 
-impl DataIo for CountingIo {
+impl HookedIo {
+    fn new(data: &Path) -> HookedIo {
+        HookedIo {
+            inner: FileDataIo::open(data).unwrap(),
+            before_read: Box::new(|| {}),
+            before_write: Box::new(|| {}),
+        }
+    }
+}
+
+impl DataIo for HookedIo {
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.reads.set(self.reads.get() + 1);
+        (self.before_read)();
         self.inner.read_at(offset, buf).await
     }
     async fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        (self.before_write)();
         self.inner.write_at(offset, buf).await
     }
     async fn sync(&self) -> std::io::Result<()> {
@@ -159,30 +183,26 @@ impl DataIo for CountingIo {
 fn unwritten_blocks_read_as_zeros_without_data_io() {
     let pool = Pool::new(64 * MIB, 16 * MIB);
     let volume = pool.open();
-    let h = volume.handle(CountingIo {
-        inner: FileDataIo::open(&pool.data()).unwrap(),
-        reads: Cell::new(0),
+    let reads = Arc::new(AtomicU64::new(0));
+    let counted = reads.clone();
+    let h = volume.handle(HookedIo {
+        before_read: Box::new(move || {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }),
+        ..HookedIo::new(&pool.data())
     });
+    let io_reads = || reads.load(Ordering::Relaxed);
     assert_eq!(read(&h, 0, 4 * MIB as usize), vec![0u8; 4 * MIB as usize]);
     assert_eq!(read(&h, 63 * MIB + 512, 1536), vec![0u8; 1536]);
-    assert_eq!(h.io_reads(), 0);
+    assert_eq!(io_reads(), 0);
     // Two adjacent written blocks are read with one I/O; the rest costs none.
     block_on(h.write(MIB, &[7u8; 8192], false)).unwrap();
     let got = read(&h, 0, 4 * MIB as usize);
-    assert_eq!(h.io_reads(), 1);
+    assert_eq!(io_reads(), 1);
     assert!(got[MIB as usize..MIB as usize + 8192]
         .iter()
         .all(|&b| b == 7));
     assert_eq!(got.iter().filter(|&&b| b != 0).count(), 8192);
-}
-
-trait Reads {
-    fn io_reads(&self) -> u64;
-}
-impl Reads for ublk_target::VolumeHandle<CountingIo> {
-    fn io_reads(&self) -> u64 {
-        self.io().reads.get()
-    }
 }
 
 #[test]
@@ -251,51 +271,22 @@ fn a_crash_keeps_flushed_writes_and_unflushed_blocks_are_old_or_new() {
     let crash_after_fua = pool.snapshot();
 
     // Before the flush: exactly the last committed contents.
-    let v = crash_before_flush.open();
-    let c = file_handle(&v);
-    assert_eq!(read(&c, 0, 256 * 1024), vec![0xaa; 256 * 1024]);
-    assert_eq!(read(&c, MIB, 64 * 1024), vec![0u8; 64 * 1024]);
-    drop(c);
-    v.close().unwrap();
-    drop(v);
-    crash_before_flush.check_clean();
+    crash_before_flush.recover(|c| {
+        assert_eq!(read(c, 0, 256 * 1024), vec![0xaa; 256 * 1024]);
+        assert_eq!(read(c, MIB, 64 * 1024), vec![0u8; 64 * 1024]);
+    });
 
     // After the FUA write: it and everything before it survived.
-    let v = crash_after_fua.open();
-    let c = file_handle(&v);
-    let mut expect = vec![0xaa; 256 * 1024];
-    expect[..128 * 1024].fill(0xbb);
-    expect[192 * 1024..].fill(0);
-    assert_eq!(read(&c, 0, 256 * 1024), expect);
-    assert_eq!(read(&c, MIB, 64 * 1024), vec![0xdd; 64 * 1024]);
-    let mut fua = vec![0u8; 2048];
-    fua[512..1536].fill(0xee);
-    assert_eq!(read(&c, 2 * MIB, 2048), fua);
-    drop(c);
-    v.close().unwrap();
-    drop(v);
-    crash_after_fua.check_clean();
-}
-
-/// Data I/O whose writes wait, on the writing thread, until released.
-struct HeldWrites {
-    inner: FileDataIo,
-    started: std::sync::mpsc::Sender<()>,
-    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
-}
-
-impl DataIo for HeldWrites {
-    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(offset, buf).await
-    }
-    async fn write_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
-        let _ = self.started.send(());
-        let _ = self.release.lock().unwrap().recv();
-        self.inner.write_at(offset, buf).await
-    }
-    async fn sync(&self) -> std::io::Result<()> {
-        self.inner.sync().await
-    }
+    crash_after_fua.recover(|c| {
+        let mut expect = vec![0xaa; 256 * 1024];
+        expect[..128 * 1024].fill(0xbb);
+        expect[192 * 1024..].fill(0);
+        assert_eq!(read(c, 0, 256 * 1024), expect);
+        assert_eq!(read(c, MIB, 64 * 1024), vec![0xdd; 64 * 1024]);
+        let mut fua = vec![0u8; 2048];
+        fua[512..1536].fill(0xee);
+        assert_eq!(read(c, 2 * MIB, 2048), fua);
+    });
 }
 
 /// A flush does not wait for a copy-on-write write whose data is still on
@@ -315,10 +306,14 @@ fn a_flush_does_not_wait_for_a_copy_on_write_write_in_flight() {
 
     let (started, write_started) = mpsc::channel();
     let (release, released) = mpsc::channel();
-    let held = HeldWrites {
-        inner: FileDataIo::open(volume.data_path()).unwrap(),
-        started,
-        release: std::sync::Mutex::new(released),
+    let released = std::sync::Mutex::new(released);
+    // The writer's data write waits, on its thread, until released.
+    let held = HookedIo {
+        before_write: Box::new(move || {
+            let _ = started.send(());
+            let _ = released.lock().unwrap().recv();
+        }),
+        ..HookedIo::new(volume.data_path())
     };
     let writer = {
         let volume = volume.clone();
@@ -346,24 +341,16 @@ fn a_flush_does_not_wait_for_a_copy_on_write_write_in_flight() {
     volume.close().unwrap();
     drop(volume);
 
-    let v = crash_while_in_flight.open();
-    let c = file_handle(&v);
-    assert_eq!(read(&c, 0, 8192), vec![0xaa; 8192]);
-    assert_eq!(read(&c, MIB, 4096), vec![0xcc; 4096]);
-    drop(c);
-    v.close().unwrap();
-    drop(v);
-    crash_while_in_flight.check_clean();
+    crash_while_in_flight.recover(|c| {
+        assert_eq!(read(c, 0, 8192), vec![0xaa; 8192]);
+        assert_eq!(read(c, MIB, 4096), vec![0xcc; 4096]);
+    });
 
-    let v = crash_after_landing.open();
-    let c = file_handle(&v);
-    let mut expect = vec![0xaa; 8192];
-    expect[..4096].fill(0xbb);
-    assert_eq!(read(&c, 0, 8192), expect);
-    drop(c);
-    v.close().unwrap();
-    drop(v);
-    crash_after_landing.check_clean();
+    crash_after_landing.recover(|c| {
+        let mut expect = vec![0xaa; 8192];
+        expect[..4096].fill(0xbb);
+        assert_eq!(read(c, 0, 8192), expect);
+    });
 }
 
 /// A flush with nothing changed since the last commit is answered without
@@ -394,14 +381,10 @@ fn a_flush_commits_only_what_changed_since_the_last_commit() {
     volume.close().unwrap();
     drop(volume);
 
-    let v = crash.open();
-    let c = file_handle(&v);
-    assert_eq!(read(&c, 4096, 4096), vec![0u8; 4096]);
-    assert_eq!(read(&c, 8192, 4096), vec![0x22; 4096]);
-    drop(c);
-    v.close().unwrap();
-    drop(v);
-    crash.check_clean();
+    crash.recover(|c| {
+        assert_eq!(read(c, 4096, 4096), vec![0u8; 4096]);
+        assert_eq!(read(c, 8192, 4096), vec![0x22; 4096]);
+    });
 }
 
 #[test]
