@@ -73,28 +73,29 @@ impl<D: DataIo> VolumeHandle<D> {
         let v = &self.volume;
         let mut out: Mappings = smallvec::smallvec![None; count as usize];
         let mut bad = None;
+        // Records one item; false (stop) at a corrupt one.
+        let mut found = |vblock: u64, value: &[u8]| match Mapping::decode(value) {
+            Some(m) => {
+                out[(vblock - first) as usize] = Some(m);
+                true
+            }
+            None => {
+                bad = Some(vblock);
+                false
+            }
+        };
         if count == 1 {
             // One block: an exact-key lookup (the leaf's hash table), no scan.
             v.pool
-                .get_with(
-                    &map::map_key(v.volume_id, first),
-                    &mut |value| match Mapping::decode(value) {
-                        Some(m) => out[0] = Some(m),
-                        None => bad = Some(first),
-                    },
-                )
+                .get_with(&map::map_key(v.volume_id, first), &mut |value| {
+                    found(first, value);
+                })
                 .map_err(target_error)?;
         } else {
             let start = map::map_key(v.volume_id, first);
             let end = map::map_key(v.volume_id, first + count - 1);
             v.pool
-                .range_with(&start, &end, &mut |key, value| {
-                    match Mapping::decode(value) {
-                        Some(m) => out[(key.lo - first) as usize] = Some(m),
-                        None => bad = Some(key.lo),
-                    }
-                    bad.is_none()
-                })
+                .range_with(&start, &end, &mut |key, value| found(key.lo, value))
                 .map_err(target_error)?;
         }
         if let Some(vblock) = bad {
