@@ -5,6 +5,7 @@
 mod support;
 
 use fscore::{Error, Extent, Key, MkfsOptions, OpenOptions, Pool, SimDisk};
+use rand::SeedableRng;
 use std::collections::BTreeMap;
 
 const META_BYTES: u64 = 64 << 20;
@@ -353,4 +354,34 @@ fn an_allocation_carried_across_a_commit_is_free_in_it_and_allocated_after() {
         Some(support::encode_extent(in_flight))
     );
     assert_eq!(reopened.info().data_free_blocks, 0);
+}
+
+/// Keys inserted in ascending order (a volume written from start to end)
+/// leave nearly full leaves: a full node whose insert lands at its right end
+/// splits off only the new key. Random order leaves the usual ~70%.
+#[test]
+fn ascending_inserts_pack_leaves_fuller_than_random_ones() {
+    const ITEMS: u64 = 20_000;
+    let leaf_fill = |keys: &[u64]| {
+        let (meta, data) = support::new_pool(16 << 20, 64 * 4096, 4096);
+        let pool = support::open(&meta, &data).unwrap();
+        for &lo in keys {
+            pool.insert(&Key::new(0, lo), &[0x5a; 20]).unwrap();
+        }
+        pool.verify().unwrap();
+        let shape = pool.tree_shape().unwrap();
+        let leaves = shape.last().unwrap();
+        assert_eq!(leaves.level, 0);
+        assert_eq!(leaves.items, ITEMS);
+        leaves.items as f64 / leaves.nodes as f64
+    };
+    let ascending: Vec<u64> = (0..ITEMS).collect();
+    let mut shuffled = ascending.clone();
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+    rand::seq::SliceRandom::shuffle(&mut shuffled[..], &mut rng);
+    let (packed, random) = (leaf_fill(&ascending), leaf_fill(&shuffled));
+    assert!(
+        packed > 1.25 * random,
+        "items per leaf: ascending {packed:.1}, random {random:.1}"
+    );
 }

@@ -157,7 +157,9 @@ impl Tree {
 }
 
 /// Splits dirty node `step` (full) into itself and a new right node, then
-/// inserts the item into the half whose range holds it.
+/// inserts the item into the half whose range holds it. An insert at the
+/// node's right end moves at most one item (`split_at_end_for`), else the
+/// node splits in half.
 fn split_and_insert(
     store: &mut BlockStore,
     step: Step,
@@ -171,7 +173,9 @@ fn split_and_insert(
     let result = (|| -> Result<(Key, Option<usize>)> {
         let mut left_node = editor(&mut left_block, step.r.blkno)?;
         let mut right_node = NodeMut::init(&mut right_block[HEADER_BYTES..], level as u8);
-        left_node.split_into(&mut right_node);
+        if !left_node.split_at_end_for(&mut right_node, key) {
+            left_node.split_into(&mut right_node);
+        }
         let (left_last, _) = left_node
             .accessor()
             .last()

@@ -179,6 +179,36 @@ impl<'a> NodeMut<'a> {
     /// half an item, and either half has room for a maximal item. A node of
     /// fewer than two items is left alone (it always has room).
     pub(crate) fn split_into(&mut self, right: &mut NodeMut<'_>) {
+        let order = Order::of(self.buf);
+        let split = self.split_index(order.as_slice());
+        self.move_upper_into(right, order, split);
+    }
+
+    /// The split for an insert of `key` at the right end of this node
+    /// (above every key but the last): the items from the key's place on,
+    /// at most one, move into `right`, and the key goes there. Ascending
+    /// inserts (a volume written from start to end) then leave full nodes
+    /// behind instead of half-full ones; a random insert lands here about
+    /// twice per node's worth of items. Returns false, changing nothing,
+    /// when the key's place is further left (split in half instead).
+    pub(crate) fn split_at_end_for(&mut self, right: &mut NodeMut<'_>, key: &Key) -> bool {
+        let order = Order::of(self.buf);
+        let keys = order.as_slice();
+        let count = keys.len();
+        let place = keys
+            .iter()
+            .rposition(|&item| item_key(self.buf, item as usize) < *key)
+            .map_or(0, |below| below + 1);
+        // The left part keeps at least one item.
+        if count < 2 || place + 1 < count || place == 0 {
+            return false;
+        }
+        self.move_upper_into(right, order, place);
+        true
+    }
+
+    /// Moves the items from key-order position `split` on into `right`.
+    fn move_upper_into(&mut self, right: &mut NodeMut<'_>, mut order: Order, split: usize) {
         assert_eq!(
             right.accessor().item_count(),
             0,
@@ -194,9 +224,7 @@ impl<'a> NodeMut<'a> {
             self.buf.len(),
             "split across payload sizes"
         );
-        let mut order = Order::of(self.buf);
         let count = order.as_slice().len();
-        let split = self.split_index(order.as_slice());
         if split == count {
             return;
         }

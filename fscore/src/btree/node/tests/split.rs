@@ -1,6 +1,7 @@
 //! Proves that `split_into` and `refill_from` preserve contents and key order
 //! across the pair, leave both nodes valid, balance a split by bytes, and
-//! leave room for a maximal insert in either half.
+//! leave room for a maximal insert in either half; and that the split for an
+//! insert at a node's right end moves at most its last item, and only then.
 
 use super::super::{NodeAccessor, NodeMut};
 use super::support::{check, fill, Model, PAYLOADS};
@@ -47,6 +48,55 @@ proptest! {
         // Whichever half receives the insert that overflowed has room for it.
         prop_assert!(l.has_room(l.value_len_max()));
         prop_assert!(r.has_room(r.value_len_max()));
+    }
+
+    #[test]
+    fn an_insert_at_the_right_end_splits_off_at_most_one_item(payload in 0..PAYLOADS.len(), level in 0u8..2,
+                                                             seed in any::<u64>()) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let payload = PAYLOADS[payload];
+        let mut left_buf = vec![0u8; payload];
+        let model = fill(&mut left_buf, level, &mut rng, 64);
+        prop_assume!(model.len() >= 3);
+        let keys: Vec<Key> = model.keys().copied().collect();
+        let (second_last, last) = (keys[keys.len() - 2], keys[keys.len() - 1]);
+        let just_below_last = Key::new(last.hi, last.lo.wrapping_sub(1));
+        prop_assume!(second_last < just_below_last && just_below_last < last);
+
+        // Further left: no end split, nothing changes.
+        let mut right_buf = vec![0u8; payload];
+        let mut left = NodeMut::open(&mut left_buf).unwrap();
+        let mut right = NodeMut::init(&mut right_buf, level);
+        prop_assert!(!left.split_at_end_for(&mut right, &Key::new(0, 0)));
+        prop_assert!(!left.split_at_end_for(&mut right, &keys[keys.len() / 2]));
+        prop_assert_eq!(contents(&left.accessor()), model.clone());
+        prop_assert_eq!(right.accessor().item_count(), 0);
+
+        // Above every key: nothing moves, the new key starts the right node.
+        let mut above_buf = left_buf.clone();
+        let mut above = NodeMut::open(&mut above_buf).unwrap();
+        let mut right = NodeMut::init(&mut right_buf, level);
+        prop_assert!(above.split_at_end_for(&mut right, &Key::new(9, 0)));
+        prop_assert_eq!(contents(&above.accessor()), model.clone());
+        prop_assert_eq!(right.accessor().item_count(), 0);
+        right.insert(&Key::new(9, 0), b"appended").unwrap();
+        right.accessor().verify().unwrap();
+
+        // Between the last two keys: the last item moves, the key joins it.
+        let mut left = NodeMut::open(&mut left_buf).unwrap();
+        let mut right = NodeMut::init(&mut right_buf, level);
+        prop_assert!(left.split_at_end_for(&mut right, &just_below_last));
+        let (l, r) = (left.accessor(), right.accessor());
+        l.verify().unwrap();
+        r.verify().unwrap();
+        let mut kept = model.clone();
+        let moved = kept.split_off(&last);
+        prop_assert_eq!(contents(&l), kept.clone());
+        prop_assert_eq!(contents(&r), moved.clone());
+        check(&l, &kept);
+        check(&r, &moved);
+        right.insert(&just_below_last, b"inserted").unwrap();
+        right.accessor().verify().unwrap();
     }
 
     #[test]
