@@ -153,7 +153,16 @@ impl Allocator {
     /// carried across a commit (`PoolState::begin_commit`) is taken back by
     /// the next transaction.
     pub(crate) fn claim(&mut self, extent: Extent) -> Result<()> {
-        self.mark_allocated(extent)?;
+        // Given back with `free_unreferenced` just before, so it lies in
+        // `free` itself: no need to merge the freed runs first (which
+        // `mark_allocated` does, and which would put that work inside the
+        // caller's commit).
+        if extent.len == 0 || !self.free.remove_within(extent) {
+            return Err(Error::Invalid(format!(
+                "claimed extent {}+{} is not free space",
+                extent.start, extent.len
+            )));
+        }
         self.allocated.insert(extent);
         Ok(())
     }
