@@ -195,14 +195,16 @@ impl<'a> NodeMut<'a> {
         let order = Order::of(self.buf);
         let keys = order.as_slice();
         let count = keys.len();
-        let place = keys
-            .iter()
-            .rposition(|&item| item_key(self.buf, item as usize) < *key)
-            .map_or(0, |below| below + 1);
-        // The left part keeps at least one item.
-        if count < 2 || place + 1 < count || place == 0 {
+        let key_at = |position: usize| item_key(self.buf, keys[position] as usize);
+        // Only the last two keys decide; the left part keeps at least one item.
+        if count < 2 || *key <= key_at(count - 2) {
             return false;
         }
+        let place = if *key > key_at(count - 1) {
+            count
+        } else {
+            count - 1
+        };
         self.move_upper_into(right, order, place);
         true
     }
