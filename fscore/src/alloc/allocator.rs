@@ -157,12 +157,7 @@ impl Allocator {
         // `free` itself: no need to merge the freed runs first (which
         // `mark_allocated` does, and which would put that work inside the
         // caller's commit).
-        if extent.len == 0 || !self.free.remove_within(extent) {
-            return Err(Error::Invalid(format!(
-                "claimed extent {}+{} is not free space",
-                extent.start, extent.len
-            )));
-        }
+        self.take_exactly(extent, "claimed extent")?;
         self.allocated.insert(extent);
         Ok(())
     }
@@ -171,9 +166,15 @@ impl Allocator {
     /// extent must lie inside one free extent.
     pub(crate) fn mark_allocated(&mut self, extent: Extent) -> Result<()> {
         self.absorb_freed();
+        self.take_exactly(extent, "logged allocation")
+    }
+
+    /// Removes `extent` from the free set; it must lie inside one free
+    /// extent (`what` names it in the error).
+    fn take_exactly(&mut self, extent: Extent, what: &str) -> Result<()> {
         if extent.len == 0 || !self.free.remove_within(extent) {
             return Err(Error::Invalid(format!(
-                "logged allocation {}+{} is not free space",
+                "{what} {}+{} is not free space",
                 extent.start, extent.len
             )));
         }
