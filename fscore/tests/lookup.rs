@@ -34,7 +34,10 @@ fn run(block_bytes: u32, cache_bytes: u64, keys: u64, seed: u64) {
     let pool = Pool::open_on(
         Box::new(meta.clone()),
         Box::new(data.clone()),
-        &OpenOptions { cache_bytes },
+        &OpenOptions {
+            cache_bytes,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
     let mut rng = SmallRng::seed_from_u64(seed);
@@ -73,7 +76,10 @@ fn run_reopened(
     let pool = Pool::open_on(
         Box::new(meta.clone()),
         Box::new(data.clone()),
-        &OpenOptions { cache_bytes },
+        &OpenOptions {
+            cache_bytes,
+            ..OpenOptions::default()
+        },
     )
     .unwrap();
     check_all(&pool, model, keys, 3);

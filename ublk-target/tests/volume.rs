@@ -44,16 +44,23 @@ impl Pool {
         std::fs::copy(self.data(), copy.path().join("data")).unwrap();
         Pool { dir: copy }
     }
-    /// Opens the pool as a restart after a crash would, runs `inspect` on
-    /// a handle, closes it, and checks the pool clean.
+    /// Checks the pool clean as a crash left it (the last commit, with the
+    /// journal region accounted), opens it as a restart would (applying
+    /// the journal), runs `inspect` on a handle, closes it, and checks the
+    /// pool clean again.
     fn recover(&self, inspect: impl FnOnce(&ublk_target::VolumeHandle<FileDataIo>)) {
+        self.check_clean();
         let v = self.open();
         let c = file_handle(&v);
         inspect(&c);
         drop(c);
         v.close().unwrap();
         drop(v);
-        self.check_clean();
+        let closed = self.check_clean();
+        assert_eq!(
+            closed.journal_records, 0,
+            "close commits what syncs made durable"
+        );
     }
     fn check_clean(&self) -> fscore::CheckReport {
         let report = Volume::check(&self.meta(), &self.data()).unwrap();
@@ -353,37 +360,107 @@ fn a_flush_does_not_wait_for_a_copy_on_write_write_in_flight() {
     });
 }
 
-/// A flush with nothing changed since the last commit is answered without
-/// a commit; any change (a write, a discard) makes the next flush commit,
-/// and a crash after it keeps the change.
+/// A flush with nothing changed since the last sync is answered without
+/// one; any change (a write, a discard) makes the next flush sync it to the
+/// journal (no commit: the superblock's seq stays), and a crash after it
+/// keeps the change (the journal is applied again at open). A handle's
+/// first sync is a commit (it gives the journal its region).
 #[test]
-fn a_flush_commits_only_what_changed_since_the_last_commit() {
+fn a_flush_syncs_only_what_changed_since_the_last_sync() {
     let pool = Pool::new(64 * MIB, 32 * MIB);
     let volume = pool.open();
     let h = file_handle(&volume);
-    let seq = || volume.pool_info().seq;
-    let start = seq();
+    // (superblock seq, journal blocks written): moves at each sync.
+    let point = || {
+        let info = volume.pool_info();
+        (info.seq, info.journal_used_blocks)
+    };
+    let start = point();
     block_on(h.flush()).unwrap();
-    assert_eq!(seq(), start, "nothing to commit");
+    assert_eq!(point(), start, "nothing to sync");
+    block_on(h.write(0, &[0x10; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap();
+    let first = point();
+    assert!(first.0 > start.0, "the first sync of a handle is a commit");
+    assert!(
+        volume.pool_info().journal_blocks > 0,
+        "which gives a journal"
+    );
     block_on(h.write(4096, &[0x11; 4096], false)).unwrap();
     block_on(h.flush()).unwrap();
-    let after_write = seq();
-    assert!(after_write > start, "the write was committed");
+    let after_write = point();
+    assert_eq!(after_write.0, first.0, "a sync, not a commit");
+    assert!(after_write.1 > first.1, "the write was synced");
     block_on(h.flush()).unwrap();
     block_on(h.flush()).unwrap();
-    assert_eq!(seq(), after_write, "flushes with no change commit nothing");
+    assert_eq!(point(), after_write, "flushes with no change sync nothing");
     block_on(h.discard(4096, 4096)).unwrap();
     block_on(h.write(8192, &[0x22; 4096], false)).unwrap();
     block_on(h.flush()).unwrap();
-    assert!(seq() > after_write, "the discard and write were committed");
+    assert_eq!(point().0, first.0, "still no commit");
+    assert!(
+        point().1 > after_write.1,
+        "the discard and write were synced"
+    );
     let crash = pool.snapshot();
     drop(h);
     volume.close().unwrap();
     drop(volume);
 
     crash.recover(|c| {
+        assert_eq!(read(c, 0, 4096), vec![0x10; 4096]);
         assert_eq!(read(c, 4096, 4096), vec![0u8; 4096]);
         assert_eq!(read(c, 8192, 4096), vec![0x22; 4096]);
+    });
+}
+
+/// A sync's journal block and the data its records point at reach the
+/// device in any order before its flush: a crash can leave the block
+/// without the data. Open then drops that whole sync (never acknowledged)
+/// instead of mapping blocks whose checksum fails; earlier syncs stay.
+#[test]
+fn a_last_sync_whose_data_did_not_land_is_dropped_whole() {
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &[0xa1; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap(); // the handle's first: a commit
+    block_on(h.write(4096, &[0xb2; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap(); // sync 1
+    block_on(h.write(8192, &[0xc3; 4096], false)).unwrap();
+    block_on(h.write(4096, &[0xd4; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap(); // sync 2
+    assert_eq!(volume.pool_info().seq, 3, "syncs 1 and 2 were not commits");
+    let whole = pool.snapshot();
+    let torn = pool.snapshot();
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+
+    // Both syncs intact: everything is there.
+    whole.recover(|c| {
+        assert!(read(c, 0, 4096) == [0xa1; 4096], "block at 0");
+        assert!(read(c, 4096, 4096) == [0xd4; 4096], "block at 4096");
+        assert!(read(c, 8192, 4096) == [0xc3; 4096], "block at 8192");
+    });
+    // Sync 2's data block for 0xc3 never landed (zeros where it was).
+    let data = std::fs::read(torn.data()).unwrap();
+    let at = data
+        .chunks(4096)
+        .position(|block| block == [0xc3; 4096])
+        .expect("the data block of sync 2");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(torn.data())
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0; 4096], at as u64 * 4096).unwrap();
+    torn.recover(|c| {
+        assert!(read(c, 0, 4096) == [0xa1; 4096], "block at 0");
+        assert!(
+            read(c, 4096, 4096) == [0xb2; 4096],
+            "sync 1 stays, sync 2 is dropped"
+        );
+        assert!(read(c, 8192, 4096) == [0u8; 4096], "block at 8192");
     });
 }
 
@@ -401,7 +478,10 @@ fn a_full_pool_gives_enospc_and_stays_usable() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(written, 3 * MIB);
+    // The journal region (a sixteenth of this small device) is data space too.
+    let journal_bytes = volume.pool_info().journal_blocks * 4096;
+    assert!(journal_bytes > 0);
+    assert_eq!(written + journal_bytes, 3 * MIB);
     block_on(h.flush()).unwrap();
     assert_eq!(read(&h, 0, written as usize), vec![0x33; written as usize]);
     assert_eq!(
@@ -421,7 +501,7 @@ fn a_full_pool_gives_enospc_and_stays_usable() {
     volume.close().unwrap();
     drop(volume);
     let report = pool.check_clean();
-    assert_eq!(report.data_blocks_referenced, (3 * MIB) / 4096);
+    assert_eq!(report.data_blocks_referenced, written / 4096);
 }
 
 #[test]

@@ -29,6 +29,8 @@ pub(crate) enum BlockKind {
     FreeList = 2,
     /// A block of the free-space log (`pool::freelog`).
     FreeLog = 3,
+    /// A block of the journal (`pool::journal`).
+    Journal = 4,
 }
 
 /// What a parent (or the superblock) records about a block: where it is and

@@ -41,9 +41,13 @@ pub struct CheckReport {
     pub meta_blocks_free: u64,
     pub data_blocks_referenced: u64,
     pub data_blocks_free: u64,
-    /// Every metadata block the superblock reaches (tree nodes and
-    /// free-list blocks), sorted.
+    /// Every metadata block the superblock reaches (tree nodes, free-list
+    /// and free-space log blocks), sorted.
     pub referenced_meta_blocks: Vec<u64>,
+    /// Records in the journal, not yet covered by a commit: the caller
+    /// applies them at its next open. The state checked is the commit's,
+    /// without them.
+    pub journal_records: u64,
 }
 
 impl CheckReport {
@@ -71,6 +75,7 @@ impl Pool {
     ) -> Result<CheckReport> {
         let opts = OpenOptions {
             cache_bytes: CHECK_CACHE_BYTES,
+            ..OpenOptions::default()
         };
         let mut state = match PoolState::open(meta, data, &opts) {
             Ok(state) => state,
@@ -179,9 +184,14 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
             .iter()
             .map(|r| (Extent::new(r.blkno, 1), "a free-space log block")),
     );
-    report.meta_blocks_referenced = owned.len() as u64;
     report.referenced_meta_blocks = owned.iter().map(|(extent, _)| extent.start).collect();
     report.referenced_meta_blocks.sort_unstable();
+    report.journal_records = state
+        .journal
+        .replay
+        .as_ref()
+        .map_or(0, |r| r.records.len() as u64);
+    report.meta_blocks_referenced = owned.len() as u64;
     let meta_free = state.store.alloc.free_after_commit();
     report.meta_blocks_free = meta_free.iter().map(|extent| extent.len).sum();
     owned.extend(meta_free.iter().map(|extent| (*extent, "free")));
@@ -204,6 +214,10 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
             .iter()
             .map(|extent| (*extent, "referenced"))
             .collect();
+        let journal = state.journal.region;
+        if journal.len > 0 {
+            owned.push((journal, "the journal"));
+        }
         owned.extend(data_free.iter().map(|extent| (*extent, "free")));
         let (first, end) = state.data_alloc.range();
         account(Device::Data, first, end, owned, &mut walk.problems);

@@ -19,12 +19,13 @@
 
 use super::freelist;
 use super::freelog::{self, LogEntry};
+use super::journal::{JOURNAL_BLOCKS_MAX, JOURNAL_DEVICE_FRACTION};
 use super::state::PoolState;
 use super::superblock::Superblock;
 use crate::alloc::Extent;
 use crate::block::store::{lock_storage, SharedStorage};
 use crate::block::{BlockBuf, BlockKind, BlockRef};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The log is compacted once it would hold more entries than the base
 /// chain, but never while it holds fewer than this many blocks' worth:
@@ -92,6 +93,20 @@ impl CommitIo {
     }
 }
 
+impl CommitIo {
+    /// A sync: the journal blocks written to the data device, then one
+    /// flush makes them and the data they point at durable together.
+    pub(crate) fn write_journal(&self, blocks: &[(u64, Vec<u8>)]) -> Result<()> {
+        let writes: Vec<(u64, &[u8])> = blocks.iter().map(|(o, b)| (*o, &b[..])).collect();
+        let mut data = lock_storage(&self.data);
+        if !writes.is_empty() {
+            data.write_batch(&writes)?;
+        }
+        data.flush()?;
+        Ok(())
+    }
+}
+
 impl PoolState {
     /// A whole commit, holding the state throughout.
     pub(crate) fn commit(&mut self) -> Result<()> {
@@ -118,6 +133,19 @@ impl PoolState {
     /// commit records them free, the next one allocated.
     pub(crate) fn begin_commit(&mut self, in_flight: &[Extent]) -> Result<CommitJob> {
         self.store.check_writable()?;
+        if self.journal.replay.is_some() {
+            return Err(Error::Invalid(
+                "the journal's records were not applied again (Pool::take_journal)".into(),
+            ));
+        }
+        // The next journal region comes out of the data space while the
+        // in-flight extents are still allocated: it must not take them.
+        if !self.nothing_to_write() {
+            if let Err(error) = self.renew_journal_region() {
+                self.store.poisoned = true;
+                return Err(error);
+            }
+        }
         let job = in_flight
             .iter()
             .try_for_each(|&extent| self.data_alloc.free_unreferenced(extent))
@@ -164,6 +192,8 @@ impl PoolState {
                 .unwrap_or_default(),
             freelog_blocks: free_space.freelog_chain.len() as u64,
             freelog_entries: free_space.freelog_entries,
+            journal: self.journal.region,
+            journal_nonce: self.journal.nonce,
             ..self.sb.clone()
         };
         let blocks = self.store.begin_commit();
@@ -208,6 +238,32 @@ impl PoolState {
         self.data_alloc.absorb_freed();
     }
 
+    /// The commit covers every record logged so far: the next transaction
+    /// gets an empty journal in a new region of the data device, and the
+    /// old region is freed (busy until this commit is durable: a crash
+    /// before then replays it). The region is as large as the handle's
+    /// `journal_blocks_max` and `JOURNAL_BLOCKS_MAX` allow, a sixteenth of
+    /// the device, a quarter of the free space, or one free extent; none
+    /// for a handle that does not journal.
+    fn renew_journal_region(&mut self) -> Result<()> {
+        let old = self.journal.region;
+        if old.len > 0 {
+            self.data_alloc.free(old)?;
+        }
+        let want = self
+            .journal_blocks_max
+            .min(JOURNAL_BLOCKS_MAX)
+            .min(self.sb.data_blocks / JOURNAL_DEVICE_FRACTION)
+            .min(self.data_alloc.free_blocks() / 4);
+        let region = if want == 0 {
+            Extent::default()
+        } else {
+            self.data_alloc.alloc(want)?
+        };
+        self.journal.restart(region, super::state::random_u64());
+        Ok(())
+    }
+
     fn nothing_to_write(&self) -> bool {
         self.store.dirty_bytes() == 0
             && self.store.alloc.busy_blocks() == 0
@@ -215,6 +271,8 @@ impl PoolState {
             && self.store.alloc.change_count() == 0
             && self.data_alloc.change_count() == 0
             && self.sb.seq > 0
+            && !self.journal.has_pending()
+            && self.journal.used == 0
     }
 
     fn log_is_due_for_compaction(&self) -> bool {

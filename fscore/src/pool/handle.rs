@@ -1,6 +1,7 @@
 //! `Pool`: the public handle. One open transaction behind a mutex; every
 //! method takes `&self`.
 
+use super::journal::JournalReplay;
 use super::options::{MkfsOptions, OpenOptions, PoolInfo};
 use super::state::PoolState;
 use crate::alloc::Extent;
@@ -74,6 +75,66 @@ impl PendingCommit<'_> {
             })
         };
         pool.lock().end_commit(job, written)
+    }
+}
+
+/// A sync begun by `Pool::begin_sync`: the journal blocks to write, or,
+/// when the journal had no room, a commit. Dropping it unfinished poisons
+/// the pool.
+pub struct PendingSync<'a> {
+    kind: SyncKind<'a>,
+}
+
+enum SyncKind<'a> {
+    Journal(JournalWrite<'a>),
+    // Boxed: a commit's job is large, and syncs are the common case.
+    Commit(Box<PendingCommit<'a>>),
+}
+
+/// The journal blocks of a sync, written by `PendingSync::finish`.
+struct JournalWrite<'a> {
+    pool: &'a Pool,
+    blocks: Option<Vec<(u64, Vec<u8>)>>,
+    io: super::commit::CommitIo,
+    _one_at_a_time: MutexGuard<'a, ()>,
+}
+
+impl<'a> From<PendingCommit<'a>> for PendingSync<'a> {
+    fn from(commit: PendingCommit<'a>) -> PendingSync<'a> {
+        PendingSync {
+            kind: SyncKind::Commit(Box::new(commit)),
+        }
+    }
+}
+
+impl PendingSync<'_> {
+    /// Whether this sync is a commit (the journal had no room).
+    pub fn is_commit(&self) -> bool {
+        matches!(self.kind, SyncKind::Commit(_))
+    }
+
+    /// Makes the records durable: data flush, journal write, metadata
+    /// flush (or the commit's writes).
+    pub fn finish(self) -> Result<()> {
+        match self.kind {
+            SyncKind::Commit(commit) => commit.finish(),
+            SyncKind::Journal(mut write) => {
+                let blocks = write.blocks.take().expect("finished once");
+                let written = write.io.write_journal(&blocks);
+                if written.is_err() {
+                    write.pool.lock().store.poisoned = true;
+                }
+                written
+            }
+        }
+    }
+}
+
+impl Drop for JournalWrite<'_> {
+    fn drop(&mut self) {
+        if self.blocks.is_some() {
+            self.pool.lock().store.poisoned = true;
+        }
     }
 }
 
@@ -329,6 +390,95 @@ impl Pool {
             io: state.commit_io(),
             _one_at_a_time: one_at_a_time,
         })
+    }
+
+    /// Adds a record to the journal of the open transaction (at most
+    /// `JOURNAL_RECORD_BYTES_MAX` bytes): durable at the next sync or
+    /// commit, returned by `take_journal_records` after a crash before the
+    /// next commit. See `journal` for what a caller that logs must do.
+    pub fn log(&self, record: &[u8]) -> Result<()> {
+        let state = &mut *self.lock();
+        state.store.check_writable()?;
+        state.journal.log(record)
+    }
+
+    /// Like `begin_commit_carrying`, but when the journal has room for the
+    /// records logged since the last sync, only those are written: the
+    /// open transaction goes on. Everything the caller changed since the
+    /// last commit must be described by logged records.
+    pub fn begin_sync(&self, in_flight: &[Extent]) -> Result<PendingSync<'_>> {
+        let one_at_a_time = self
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = &mut *self.lock();
+        state.store.check_writable()?;
+        let (pool_id, seq) = (state.sb.pool_id, state.store.txn_seq);
+        if !state.journal.has_pending() {
+            // Nothing logged since the last sync: the data device only
+            // (a write that changed no metadata, as in-place ones do not).
+            return Ok(PendingSync {
+                kind: SyncKind::Journal(JournalWrite {
+                    pool: self,
+                    blocks: Some(Vec::new()),
+                    io: state.commit_io(),
+                    _one_at_a_time: one_at_a_time,
+                }),
+            });
+        }
+        match state.journal.encode_sync(pool_id, seq) {
+            Some(blocks) => Ok(PendingSync {
+                kind: SyncKind::Journal(JournalWrite {
+                    pool: self,
+                    blocks: Some(blocks),
+                    io: state.commit_io(),
+                    _one_at_a_time: one_at_a_time,
+                }),
+            }),
+            None => {
+                let job = state.begin_commit(in_flight)?;
+                Ok(PendingSync {
+                    kind: SyncKind::Commit(Box::new(PendingCommit {
+                        pool: self,
+                        job: Some(job),
+                        io: state.commit_io(),
+                        _one_at_a_time: one_at_a_time,
+                    })),
+                })
+            }
+        }
+    }
+
+    /// The records found in the journal at open (once; empty after): the
+    /// caller applies them again, in order, before its first commit (the
+    /// last sync's only if the data it points at is intact, see
+    /// `JournalReplay`).
+    pub fn take_journal(&self) -> JournalReplay {
+        self.lock().journal.replay.take().unwrap_or_default()
+    }
+
+    /// `take_journal`'s records, for a caller whose records point at no data.
+    pub fn take_journal_records(&self) -> Vec<Vec<u8>> {
+        self.take_journal().records
+    }
+
+    /// `(txn seq << 20) + syncs in the open transaction` (a region holds
+    /// fewer than 2^20 syncs): grows with every commit and sync, and is
+    /// greater than the generation of any change the last commit holds. A
+    /// caller tags what it changes with it to tell what no durable state
+    /// refers to yet. (After a crash it can repeat values of changes that
+    /// were never committed; those are in no durable state.)
+    pub fn generation(&self) -> u64 {
+        let state = self.lock();
+        state.store.txn_seq << 20 | state.journal.syncs
+    }
+
+    /// Allocates exactly `extent`, which must be free: how a caller applies
+    /// again a journal record that referenced newly allocated data.
+    pub fn claim_data(&self, extent: Extent) -> Result<()> {
+        let state = &mut *self.lock();
+        state.store.check_writable()?;
+        state.data_alloc.claim(extent)
     }
 
     /// Checks the in-memory state of this handle (the open transaction

@@ -50,12 +50,18 @@ impl MkfsOptions {
 pub struct OpenOptions {
     /// Bound of the clean block cache.
     pub cache_bytes: u64,
+    /// Size of the journal region this handle's commits give the next
+    /// transaction (data blocks; further bounded by the device and its free
+    /// space, see docs/format.md "Journal"). 0, the default, for callers
+    /// that never log: no data space is set aside, and a sync is a commit.
+    pub journal_blocks_max: u64,
 }
 
 impl Default for OpenOptions {
     fn default() -> OpenOptions {
         OpenOptions {
             cache_bytes: CACHE_BYTES_DEFAULT,
+            journal_blocks_max: 0,
         }
     }
 }
@@ -85,4 +91,11 @@ pub struct PoolInfo {
     /// Bytes of metadata the next commit will write (dirty blocks); the
     /// caller commits at its own limit.
     pub dirty_bytes: u64,
+    /// The open transaction's journal region: its size, the blocks its
+    /// syncs have written, the bytes of records logged and not yet synced,
+    /// and the room left for records.
+    pub journal_blocks: u64,
+    pub journal_used_blocks: u64,
+    pub journal_pending_bytes: u64,
+    pub journal_free_bytes: u64,
 }

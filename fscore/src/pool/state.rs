@@ -3,6 +3,7 @@
 
 use super::freelist;
 use super::freelog::{self, LogEntry};
+use super::journal::{self, Journal};
 use super::options::{
     valid_meta_block_bytes, MkfsOptions, OpenOptions, PoolInfo, DATA_BLOCK_BYTES,
 };
@@ -35,6 +36,10 @@ pub(crate) struct PoolState {
     /// uncached blocks never wait behind a commit's writes; else the
     /// store's own.
     pub(crate) meta_writer: SharedStorage,
+    /// Records logged in the open transaction, and where its syncs write.
+    pub(crate) journal: Journal,
+    /// `OpenOptions::journal_blocks_max`: the region a commit asks for.
+    pub(crate) journal_blocks_max: u64,
 }
 
 fn value_len_max(block_bytes: u32) -> usize {
@@ -42,7 +47,7 @@ fn value_len_max(block_bytes: u32) -> usize {
     NodeMut::init(&mut scratch, 0).accessor().value_len_max()
 }
 
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     let mut bytes = [0u8; 8];
     // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer.
     let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
@@ -119,6 +124,8 @@ impl PoolState {
             freelog: BlockRef::NONE,
             freelog_blocks: 0,
             freelog_entries: 0,
+            journal: Extent::default(),
+            journal_nonce: 0,
         };
         let meta_writer = store.shared_storage();
         let mut state = PoolState {
@@ -136,6 +143,8 @@ impl PoolState {
             freelog_head: Vec::new(),
             value_len_max: value_len_max(block_bytes),
             meta_writer,
+            journal: Journal::default(),
+            journal_blocks_max: 0,
         };
         state.commit()?;
         Ok(state)
@@ -225,9 +234,11 @@ impl PoolState {
         };
         let value_len_max = value_len_max(sb.meta_block_bytes);
         let store_storage = store.shared_storage();
+        let data: SharedStorage = std::sync::Arc::new(std::sync::Mutex::new(data));
+        let journal = open_journal(&data, &sb)?;
         Ok(PoolState {
             store,
-            data: std::sync::Arc::new(std::sync::Mutex::new(data)),
+            data,
             data_alloc,
             tree,
             sb,
@@ -236,6 +247,8 @@ impl PoolState {
             freelog_head,
             value_len_max,
             meta_writer: store_storage,
+            journal,
+            journal_blocks_max: opts.journal_blocks_max,
         })
     }
 
@@ -263,6 +276,10 @@ impl PoolState {
             freelog_blocks: self.sb.freelog_blocks,
             freelog_entries: self.sb.freelog_entries,
             dirty_bytes: self.store.dirty_bytes(),
+            journal_blocks: self.journal.region.len,
+            journal_used_blocks: self.journal.used,
+            journal_pending_bytes: self.journal.pending_bytes(),
+            journal_free_bytes: self.journal.free_bytes(),
         }
     }
 
@@ -288,6 +305,35 @@ impl PoolState {
         }
         Ok(())
     }
+}
+
+/// The journal of the transaction after `sb`: the records of its intact
+/// syncs, to be applied again by the caller. The region is then marked
+/// full, so this handle's first sync is a commit (which gives a new region
+/// and nonce): the region's blocks must not be written again under the
+/// same seq and nonce, as the intact syncs (which a commit must cover
+/// first) or the remains of a torn one (which could pass for part of a
+/// new sync) may be in any of them.
+fn open_journal(data: &SharedStorage, sb: &Superblock) -> Result<Journal> {
+    let mut journal = Journal::new(sb.journal, sb.journal_nonce);
+    if sb.journal.len == 0 {
+        return Ok(journal);
+    }
+    let found = {
+        let mut data = crate::block::store::lock_storage(data);
+        journal::read_region(
+            &mut **data,
+            sb.journal,
+            sb.journal_nonce,
+            sb.pool_id,
+            sb.seq,
+        )?
+    };
+    journal.used = sb.journal.len;
+    if !found.replay.records.is_empty() {
+        journal.replay = Some(found.replay);
+    }
+    Ok(journal)
 }
 
 /// Splits the chain's extents (metadata first, then data) into the two

@@ -2,6 +2,7 @@
 //! SUPER_BYTES of the metadata device. A commit with seq `s` writes slot
 //! `s % 2`; open takes the valid slot with the greater seq.
 
+use crate::alloc::Extent;
 use crate::block::header::{le_u32, le_u64};
 use crate::block::BlockRef;
 use crate::error::{Error, Result};
@@ -11,12 +12,12 @@ pub(crate) const SUPER_BYTES: usize = 4096;
 pub(crate) const SUPER_MAGIC: u32 = u32::from_le_bytes(*b"FSSB");
 /// Format version: bumped on any incompatible layout change (see the log in
 /// docs/format.md).
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 /// Both slots end here; metadata blocks start at the first block boundary
 /// at or after it.
 pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
 
-/// Superblock, little-endian, zero after byte 160, crc32c over bytes 4..4096:
+/// Superblock, little-endian, zero after byte 184, crc32c over bytes 4..4096:
 ///
 /// ```text
 ///   0 crc u32            4 magic u32 "FSSB"     8 format_version u32   12 meta_block_bytes u32
@@ -26,6 +27,7 @@ pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
 ///  88 meta_free_extents u64   96 data_free_extents u64
 /// 104 meta_free_blocks u64   112 data_free_blocks u64   120 item_count u64
 /// 128 freelog ref {blkno u64, seq u64}   144 freelog_blocks u64   152 freelog_entries u64
+/// 160 journal_start u64   168 journal_blocks u64   176 journal_nonce u64
 /// ```
 /// The extent counts describe the base chain (`freelist`); the block counts
 /// are the free space after the log (`freelog`) is applied to it.
@@ -51,9 +53,14 @@ pub(crate) struct Superblock {
     pub(crate) freelog: BlockRef,
     pub(crate) freelog_blocks: u64,
     pub(crate) freelog_entries: u64,
+    /// The next transaction's journal region (`journal`): data blocks
+    /// `journal.start..journal.end()`, none when `len` is 0; and the nonce
+    /// its blocks carry.
+    pub(crate) journal: Extent,
+    pub(crate) journal_nonce: u64,
 }
 
-const ZERO_FROM: usize = 160;
+const ZERO_FROM: usize = 184;
 
 impl Superblock {
     pub(crate) fn slot_offset(seq: u64) -> u64 {
@@ -82,6 +89,9 @@ impl Superblock {
         put(128, &self.freelog.encode());
         put(144, &self.freelog_blocks.to_le_bytes());
         put(152, &self.freelog_entries.to_le_bytes());
+        put(160, &self.journal.start.to_le_bytes());
+        put(168, &self.journal.len.to_le_bytes());
+        put(176, &self.journal_nonce.to_le_bytes());
         let crc = crc32c::crc32c(&out[4..]);
         out[..4].copy_from_slice(&crc.to_le_bytes());
         out
@@ -135,6 +145,8 @@ impl Superblock {
             freelog: BlockRef::decode(&bytes[128..144], slot)?,
             freelog_blocks: le_u64(bytes, 144),
             freelog_entries: le_u64(bytes, 152),
+            journal: Extent::new(le_u64(bytes, 160), le_u64(bytes, 168)),
+            journal_nonce: le_u64(bytes, 176),
         };
         sb.validate(slot)?;
         Ok(sb)
@@ -158,6 +170,18 @@ impl Superblock {
             return Err(Error::corrupt(
                 slot,
                 "free-space log longer than the device",
+            ));
+        }
+        let journal = self.journal;
+        if journal.len > 0
+            && journal
+                .start
+                .checked_add(journal.len)
+                .is_none_or(|end| end > self.data_blocks)
+        {
+            return Err(Error::corrupt(
+                slot,
+                "journal region outside the data device",
             ));
         }
         if self.meta_free_blocks > self.meta_blocks || self.data_free_blocks > self.data_blocks {

@@ -51,6 +51,7 @@ pub fn new_pool(meta_bytes: u64, data_bytes: u64, block_bytes: u32) -> (SimDisk,
 pub fn open(meta: &SimDisk, data: &SimDisk) -> Result<Pool, Error> {
     let opts = OpenOptions {
         cache_bytes: 64 << 10,
+        ..OpenOptions::default()
     };
     Pool::open_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
 }

@@ -168,6 +168,7 @@ impl Fscore {
             &data,
             &OpenOptions {
                 cache_bytes: CACHE_BYTES,
+                ..OpenOptions::default()
             },
         )
         .expect("open");

@@ -21,6 +21,14 @@ pub fn run(args: &PoolArgs) -> Result<()> {
         report.data_blocks_referenced,
         report.data_blocks_free
     );
+    if report.journal_records > 0 {
+        // The check is of the last commit; the journal holds what flushes
+        // made durable after it, applied by the next `add` (or `dump`).
+        println!(
+            "journal: {} records synced after commit {} (applied at the next open)",
+            report.journal_records, report.seq
+        );
+    }
     for p in &report.problems {
         println!("problem: {:?} block {}: {}", p.device, p.block, p.what);
     }

@@ -1,5 +1,6 @@
 //! `scoutfs-ublk dump`: the superblock's view of a pool, its tree's shape,
-//! and space usage of both devices.
+//! and space usage of both devices. Opening the pool applies its journal
+//! (what flushes made durable after the last commit) and commits it.
 
 use super::size::human;
 use crate::cli::PoolArgs;
@@ -64,6 +65,12 @@ pub fn run(args: &PoolArgs) -> Result<()> {
     println!(
         "free space       base chain of {} extents, log of {} blocks ({} entries)",
         info.freelist_extents, info.freelog_blocks, info.freelog_entries
+    );
+    println!(
+        "journal          region of {} blocks ({}), {} written since the last commit",
+        info.journal_blocks,
+        human(info.journal_blocks * info.meta_block_bytes as u64),
+        info.journal_used_blocks
     );
     println!(
         "volume 0         {} ({} bytes), {} blocks written ({})",

@@ -19,6 +19,7 @@
 
 use super::coalesce::CoalescingWrites;
 use super::data_io::DataIo;
+use super::journal::Record;
 use super::map::{self, Mapping, BLOCK_BYTES};
 use super::volume::{target_error, Volume};
 use crate::aligned::{is_block_aligned, AlignedBuf};
@@ -271,11 +272,12 @@ impl<D: DataIo> VolumeHandle<D> {
         let buf: &[u8] = merged.as_deref().unwrap_or(data);
 
         let pass = v.gate.enter().await;
-        // In place for blocks the open transaction allocated; new ones else.
-        let open_txn = v.open_txn.load(Ordering::Acquire);
+        // In place for blocks mapped since the last sync or commit (no
+        // durable state refers to them); new ones else.
+        let open_gen = v.open_gen.load(Ordering::Acquire);
         let in_place: Vec<Option<u64>> = old
             .iter()
-            .map(|m| m.filter(|m| m.txn == open_txn).map(|m| m.pblock))
+            .map(|m| m.filter(|m| m.txn == open_gen).map(|m| m.pblock))
             .collect();
         let needed = in_place.iter().filter(|p| p.is_none()).count() as u64;
         let unwritten = old.iter().any(|m| m.is_none());
@@ -291,8 +293,8 @@ impl<D: DataIo> VolumeHandle<D> {
             .map(|p| p.unwrap_or_else(|| fresh_blocks.next().expect("allocated enough")))
             .collect();
 
-        // A block overwritten in place belongs to the open transaction, so
-        // its commit must wait for the write: keep the pass. New blocks are
+        // A block overwritten in place is in no durable state yet, and the
+        // next sync or commit must wait for the write: keep the pass. New blocks are
         // carried by commits meanwhile (`InFlightAllocations`): let go.
         let pass = if in_place.iter().any(Option::is_some) {
             Some(pass)
@@ -321,8 +323,9 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// Maps the blocks of a chunk whose data is written (`targets`: the
-    /// physical block of each) with their checksums, and frees the blocks
-    /// they replace. Called under a gate pass.
+    /// physical block of each) with their checksums, frees the blocks they
+    /// replace, and logs each change for the next sync. Called under a
+    /// gate pass.
     fn map_written(
         &self,
         first: u64,
@@ -332,14 +335,14 @@ impl<D: DataIo> VolumeHandle<D> {
         buf: &[u8],
     ) -> TargetResult<()> {
         let v = &*self.volume;
-        // New blocks belong to the transaction open now: allocated in it,
+        // New blocks belong to the generation open now: allocated in it,
         // or carried into it by the commits since the allocation.
-        let open_txn = v.open_txn.load(Ordering::Acquire);
+        let open_gen = v.open_gen.load(Ordering::Acquire);
         for (i, &pblock) in targets.iter().enumerate() {
             let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
             let txn = match old[i] {
                 Some(m) if m.pblock == pblock => m.txn,
-                _ => open_txn,
+                _ => open_gen,
             };
             let mapping = Mapping {
                 pblock,
@@ -360,6 +363,14 @@ impl<D: DataIo> VolumeHandle<D> {
                 self.free_all(&unused);
                 return Err(target_error(e));
             }
+            // Logged with the change it describes, before anything can fail.
+            let record = Record::Map {
+                volume: v.volume_id,
+                vblock: first + i as u64,
+                pblock,
+                crc: mapping.crc,
+            };
+            v.pool.log(&record.encode()).map_err(target_error)?;
             if let Some(replaced) = old[i].filter(|m| m.pblock != pblock) {
                 v.pool
                     .free_data(Extent::new(replaced.pblock, 1))
@@ -513,6 +524,12 @@ impl<D: DataIo> VolumeHandle<D> {
                     ))
                 })?;
                 v.pool.delete(&key).map_err(target_error)?;
+                let record = Record::Unmap {
+                    volume: v.volume_id,
+                    vblock: key.lo,
+                    pblock: m.pblock,
+                };
+                v.pool.log(&record.encode()).map_err(target_error)?;
                 v.pool
                     .free_data(Extent::new(m.pblock, 1))
                     .map_err(target_error)?;
@@ -618,7 +635,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
     }
 
     async fn flush(&self) -> TargetResult<()> {
-        self.volume.commit_and_wait().await
+        self.volume.sync_and_wait().await
     }
 
     async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {

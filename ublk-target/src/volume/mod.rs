@@ -6,6 +6,7 @@ mod data_io;
 mod gate;
 mod handle;
 mod in_flight;
+mod journal;
 mod locks;
 mod map;
 #[allow(clippy::module_inception)]

@@ -3,24 +3,30 @@
 //! `VolumeHandle`s (one per front-end thread, each with its own `DataIo`)
 //! do the reads and writes.
 //!
-//! Commits run on one thread: on a flush (which waits for it), on a timer
-//! (`commit_interval_ms`), and when the open transaction's dirty metadata
-//! passes `dirty_bytes_max` (which does not wait). Flushes that arrive while
-//! a commit runs are answered together by the next one (group commit), or
-//! by the running one when nothing changed since it began.
+//! Durability runs on one thread. A flush waits for a *sync*: every map
+//! change since the last one is a record in fscore's journal (`journal`),
+//! and a sync writes them after a data flush, then flushes the metadata
+//! device (fscore turns it into a commit when the journal region is full).
+//! Commits (every dirty block of the map written, the journal emptied) run
+//! on a timer (`commit_interval_ms`), when the open transaction's dirty
+//! metadata passes `dirty_bytes_max` or its unsynced records outgrow the
+//! journal (which do not wait), and at close. Flushes that arrive while a
+//! sync or commit runs are answered together by the next one (group
+//! commit), or by the running one when nothing changed since it began.
 
 use super::gate::Gate;
 use super::handle::VolumeHandle;
 use super::in_flight::InFlightAllocations;
+use super::journal;
 use super::locks::RangeLocks;
 use super::map::{self, BLOCK_BYTES};
 use crate::target::TargetError;
 use fscore::{CheckReport, MkfsOptions, OpenOptions, Pool, PoolInfo};
 use futures::channel::oneshot;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The one volume of a pool (the map key has room for more).
 pub const VOLUME_ID: u64 = 0;
@@ -36,6 +42,10 @@ pub const CACHE_BYTES_DEFAULT: u64 = 64 << 20;
 /// Flushes waiting for one commit: a bound on memory, far above the number
 /// of requests the front ends allow in flight.
 pub const FLUSH_WAITERS_MAX: usize = 4096;
+/// Journal records waiting for a sync beyond this many bytes ask for a
+/// commit (which covers them): bounds their memory for clients that write
+/// without flushing.
+pub const JOURNAL_PENDING_BYTES_MAX: u64 = 8 << 20;
 /// Data blocks kept back from writes to unwritten blocks, so that on a full
 /// pool an overwrite (copy-on-write needs a new block before the old one is
 /// freed) still finds space. A quarter of a small device at most.
@@ -66,13 +76,18 @@ pub enum VolumeError {
     NoVolume(u64),
     #[error("invalid volume size {0}: must be a positive multiple of 4096")]
     BadSize(u64),
+    #[error("the pool's journal does not fit its map ({0}); nothing was changed")]
+    Journal(String),
 }
 
 type CommitResult = Result<(), String>;
 
 #[derive(Default)]
 struct CommitQueue {
+    /// Flushes wait for a sync.
     requested: bool,
+    /// A commit is due (dirty limit, journal outgrown).
+    commit_wanted: bool,
     stopping: bool,
     /// Flushes waiting for the next commit.
     waiters: Vec<oneshot::Sender<CommitResult>>,
@@ -87,15 +102,20 @@ pub struct Volume {
     pub(crate) pool: Pool,
     pub(crate) volume_id: u64,
     pub(crate) size_bytes: u64,
-    /// Seq the open transaction will commit as: a mapping whose `txn` equals
-    /// it was allocated in the open transaction and may be overwritten in place.
-    pub(crate) open_txn: AtomicU64,
+    /// The pool's generation (`Pool::generation`) since the last commit or
+    /// sync: a mapping whose `txn` equals it was made after both, so no
+    /// durable state (commit or journal) refers to its block, which may be
+    /// overwritten in place.
+    pub(crate) open_gen: AtomicU64,
     pub(crate) gate: Gate,
     /// New data blocks of writes in flight, carried across commits.
     pub(crate) in_flight: InFlightAllocations,
     pub(crate) locks: RangeLocks,
-    /// Writes, discards and zeroings since the last commit began.
+    /// Writes, discards and zeroings since the last sync or commit began.
     pub(crate) changes: AtomicU64,
+    /// Changes made durable by syncs since the last commit (the journal
+    /// holds them): a commit at close or on the timer still writes them.
+    synced_uncommitted: AtomicBool,
     /// Data blocks only copy-on-write overwrites may take (RESERVE_BLOCKS_MAX).
     pub(crate) reserve_blocks: u64,
     data_path: PathBuf,
@@ -134,14 +154,16 @@ impl Volume {
             data,
             &OpenOptions {
                 cache_bytes: opts.cache_bytes,
+                journal_blocks_max: fscore::JOURNAL_BLOCKS_MAX,
             },
         )?;
         let size_bytes = pool
             .get(&map::volume_key(VOLUME_ID))?
             .and_then(|v| map::decode_volume(&v))
             .ok_or(VolumeError::NoVolume(VOLUME_ID))?;
+        apply_journal(&pool, data)?;
         let volume = Arc::new(Volume {
-            open_txn: AtomicU64::new(pool.info().seq + 1),
+            open_gen: AtomicU64::new(pool.generation()),
             reserve_blocks: RESERVE_BLOCKS_MAX.min(pool.info().data_blocks / 4),
             pool,
             volume_id: VOLUME_ID,
@@ -150,6 +172,7 @@ impl Volume {
             in_flight: InFlightAllocations::default(),
             locks: RangeLocks::default(),
             changes: AtomicU64::new(0),
+            synced_uncommitted: AtomicBool::new(false),
             data_path: data.to_path_buf(),
             opts: opts.clone(),
             queue: Mutex::new(CommitQueue::default()),
@@ -210,7 +233,7 @@ impl Volume {
         if let Some(thread) = self.committer.lock().unwrap().take() {
             let _ = thread.join();
         }
-        self.commit_now()
+        self.commit_now(true)
             .map_err(|e| VolumeError::Pool(fscore::Error::Invalid(e)))
     }
 
@@ -225,10 +248,20 @@ impl Volume {
     }
 
     /// Makes every change acknowledged before this call durable: asks for a
-    /// commit and waits for one that began after this call; with no change
-    /// since the last commit began, waits for that one only (answered at
-    /// once when it has finished).
+    /// sync and waits for one that began after this call; with no change
+    /// since the last one began, waits for that one only (answered at once
+    /// when it has finished).
+    pub(crate) async fn sync_and_wait(&self) -> Result<(), TargetError> {
+        self.wait_for(false).await
+    }
+
+    /// Waits for a commit that began after this call: what a writer out of
+    /// space needs (space freed since the last commit is busy until one).
     pub(crate) async fn commit_and_wait(&self) -> Result<(), TargetError> {
+        self.wait_for(true).await
+    }
+
+    async fn wait_for(&self, commit: bool) -> Result<(), TargetError> {
         let (done, waiting) = oneshot::channel();
         {
             let mut queue = self.queue();
@@ -239,10 +272,10 @@ impl Volume {
                 return Err(TargetError::Io("too many flushes waiting".into()));
             }
             // Every change counts itself before it is acknowledged, and a
-            // commit sets `running` before it takes the count (under this
-            // lock for `running`). No change since: the last commit, or the
+            // sync sets `running` before it takes the count (under this
+            // lock for `running`). No change since: the last sync, or the
             // running one, holds every acknowledged write.
-            if self.changes.load(Ordering::SeqCst) == 0 {
+            if !commit && self.changes.load(Ordering::SeqCst) == 0 {
                 if !queue.running {
                     return Ok(());
                 }
@@ -250,6 +283,7 @@ impl Volume {
             } else {
                 queue.waiters.push(done);
                 queue.requested = true;
+                queue.commit_wanted |= commit;
                 drop(queue);
                 self.wake_committer.notify_all();
             }
@@ -263,20 +297,25 @@ impl Volume {
 
     /// Asks for a commit without waiting (dirty limit reached).
     pub(crate) fn commit_soon(&self) {
-        self.queue().requested = true;
+        let mut queue = self.queue();
+        queue.requested = true;
+        queue.commit_wanted = true;
+        drop(queue);
         self.wake_committer.notify_all();
     }
 
-    /// Called after each change: commits early past the dirty limit, and
-    /// when more data space waits for a commit (freed by copy-on-write,
-    /// busy until durable) than is free: on a nearly full pool that commit
-    /// turns the busy space free before writers run out and have to wait
-    /// for one.
+    /// Called after each change: commits early past the dirty limit, when
+    /// the unsynced journal records no longer fit the journal (or pass
+    /// `JOURNAL_PENDING_BYTES_MAX`: memory), and when more data space waits
+    /// for a commit (freed by copy-on-write, busy until durable) than is
+    /// free: on a nearly full pool that commit turns the busy space free
+    /// before writers run out and have to wait for one.
     pub(crate) fn note_change(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         let info = self.pool.info();
         if info.dirty_bytes > self.opts.dirty_bytes_max
             || info.data_busy_blocks > info.data_free_blocks
+            || info.journal_pending_bytes > info.journal_free_bytes.min(JOURNAL_PENDING_BYTES_MAX)
         {
             self.commit_soon();
         }
@@ -284,20 +323,30 @@ impl Volume {
 
     fn commit_loop(&self) {
         let interval = Duration::from_millis(self.opts.commit_interval_ms);
+        let mut last_commit = Instant::now();
         loop {
-            let (waiters, stopping) = {
+            let (waiters, full, stopping) = {
                 let mut queue = self.queue();
                 if !queue.requested && !queue.stopping {
+                    let wait = interval.saturating_sub(last_commit.elapsed());
                     queue = self
                         .wake_committer
-                        .wait_timeout(queue, interval)
+                        .wait_timeout(queue, wait)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
                 }
+                // Commit when asked to, and at least once per interval
+                // (it bounds the journal a restart replays).
+                let full =
+                    queue.commit_wanted || queue.stopping || last_commit.elapsed() >= interval;
                 queue.requested = false;
-                (std::mem::take(&mut queue.waiters), queue.stopping)
+                queue.commit_wanted = false;
+                (std::mem::take(&mut queue.waiters), full, queue.stopping)
             };
-            let result = self.commit_now();
+            let result = self.commit_now(full);
+            if full {
+                last_commit = Instant::now();
+            }
             if let Err(e) = &result {
                 log::error!("volume {}: commit failed: {e}", self.volume_id);
             }
@@ -310,16 +359,16 @@ impl Volume {
         }
     }
 
-    /// One commit: drain the passes (writers between allocation and
-    /// registration, or mapping, and in-place writers), end the pool's
-    /// transaction carrying the in-flight writes' new blocks and advance the
-    /// open txn with the gate closed, then write the commit with the gate
-    /// open again: writers and readers go on with the next transaction
-    /// while it is written (fscore's `begin_commit_carrying`).
-    fn commit_now(&self) -> CommitResult {
+    /// One sync (or commit when `full`): drain the passes (writers between
+    /// allocation and registration, or mapping, and in-place writers), end
+    /// the journal batch (or the pool's transaction, carrying the in-flight
+    /// writes' new blocks) and advance the generation with the gate closed,
+    /// then write with the gate open again: writers and readers go on while
+    /// it is written (fscore's `begin_sync` / `begin_commit_carrying`).
+    fn commit_now(&self, full: bool) -> CommitResult {
         self.gate.close_and_drain();
         self.queue().running = true;
-        let result = self.commit_drained();
+        let result = self.commit_drained(full);
         let riders = {
             let mut queue = self.queue();
             queue.running = false;
@@ -332,18 +381,38 @@ impl Volume {
     }
 
     /// `commit_now` once the writers are drained and `running` is set.
-    fn commit_drained(&self) -> CommitResult {
-        if self.changes.swap(0, Ordering::SeqCst) == 0 {
+    fn commit_drained(&self, full: bool) -> CommitResult {
+        let changed = self.changes.swap(0, Ordering::SeqCst) != 0;
+        // Synced changes are durable but not committed: a commit (at close,
+        // on the timer) still has work when nothing changed since the sync.
+        let uncommitted = changed || self.synced_uncommitted.load(Ordering::SeqCst);
+        if !(changed || full && uncommitted) {
             self.gate.reopen();
             return Ok(());
         }
+        self.synced_uncommitted.store(true, Ordering::SeqCst);
         // Exact: writers change it only under a pass, and none is held now.
         let in_flight = self.in_flight.snapshot();
-        let pending = self.pool.begin_commit_carrying(&in_flight);
-        self.open_txn.store(self.pool.txn_seq(), Ordering::Release);
+        let pending = if full {
+            self.pool
+                .begin_commit_carrying(&in_flight)
+                .map(fscore::PendingSync::from)
+        } else {
+            self.pool.begin_sync(&in_flight)
+        };
+        // Blocks mapped from now on are in no durable state yet: in place.
+        self.open_gen
+            .store(self.pool.generation(), Ordering::Release);
         self.gate.reopen();
         let result = pending
-            .and_then(|pending| pending.finish())
+            .and_then(|pending| {
+                let commit = pending.is_commit();
+                pending.finish()?;
+                if commit {
+                    self.synced_uncommitted.store(false, Ordering::SeqCst);
+                }
+                Ok(())
+            })
             .map_err(|e| e.to_string());
         if result.is_err() {
             // Keep the changes pending: every later flush must fail too
@@ -352,6 +421,36 @@ impl Volume {
         }
         result
     }
+}
+
+/// Applies what syncs made durable after the last commit (the journal)
+/// and commits it, before anything else touches the pool.
+fn apply_journal(pool: &Pool, data: &Path) -> Result<(), VolumeError> {
+    let found = pool.take_journal();
+    if found.records.is_empty() {
+        return Ok(());
+    }
+    let file = std::fs::File::open(data).map_err(fscore::Error::Io)?;
+    let read_block = |pblock: u64, buf: &mut [u8]| {
+        std::os::unix::fs::FileExt::read_exact_at(&file, buf, pblock * BLOCK_BYTES)
+    };
+    let last = &found.records[found.last_sync_from..];
+    let whole = journal::last_sync_is_whole(last, read_block).map_err(VolumeError::Journal)?;
+    let records = if whole {
+        &found.records[..]
+    } else {
+        log::warn!(
+            "volume {VOLUME_ID}: the last journal sync ({} records) lacks data that its \
+             unfinished flush did not make durable: not applied",
+            last.len()
+        );
+        &found.records[..found.last_sync_from]
+    };
+    let applied =
+        journal::replay(pool, records, pool.generation()).map_err(VolumeError::Journal)?;
+    pool.commit()?;
+    log::info!("volume {VOLUME_ID}: applied {applied} journal records after the last commit");
+    Ok(())
 }
 
 /// Turns a pool error into the error a front end reports.

@@ -1,0 +1,240 @@
+//! The volume's journal records: what a flush makes durable without a
+//! commit (fscore's journal, `Pool::log` / `Pool::begin_sync`). Every
+//! change to the map between commits is logged as one record, and
+//! `replay` applies them again at open, so the state after a crash is the
+//! last commit plus every synced change, in order.
+//!
+//! ```text
+//! record (32 bytes)  0 op u8 (1 = map, 2 = unmap)   1..4 zero
+//!                    4 crc32c of the data block u32 (0 for unmap)
+//!                    8 volume id u64   16 virtual block u64
+//!                   24 physical data block u64 (mapped, or unmapped)
+//! ```
+//! A map record whose physical block differs from the block's mapping at
+//! replay took a newly allocated block (claimed again, the old one freed);
+//! one naming the same block is an in-place overwrite (new checksum only).
+
+use super::map::{self, Mapping};
+use fscore::{Extent, Pool};
+
+pub(crate) const RECORD_BYTES: usize = 32;
+const OP_MAP: u8 = 1;
+const OP_UNMAP: u8 = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    Map {
+        volume: u64,
+        vblock: u64,
+        pblock: u64,
+        crc: u32,
+    },
+    Unmap {
+        volume: u64,
+        vblock: u64,
+        pblock: u64,
+    },
+}
+
+impl Record {
+    pub(crate) fn encode(&self) -> [u8; RECORD_BYTES] {
+        let (op, crc, volume, vblock, pblock) = match *self {
+            Record::Map {
+                volume,
+                vblock,
+                pblock,
+                crc,
+            } => (OP_MAP, crc, volume, vblock, pblock),
+            Record::Unmap {
+                volume,
+                vblock,
+                pblock,
+            } => (OP_UNMAP, 0, volume, vblock, pblock),
+        };
+        let mut out = [0u8; RECORD_BYTES];
+        out[0] = op;
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        out[8..16].copy_from_slice(&volume.to_le_bytes());
+        out[16..24].copy_from_slice(&vblock.to_le_bytes());
+        out[24..32].copy_from_slice(&pblock.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Record> {
+        if bytes.len() != RECORD_BYTES || bytes[1..4] != [0; 3] {
+            return None;
+        }
+        let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let crc = u32::from_le_bytes(bytes[4..8].try_into().unwrap());
+        let (volume, vblock, pblock) = (u64_at(8), u64_at(16), u64_at(24));
+        match bytes[0] {
+            OP_MAP => Some(Record::Map {
+                volume,
+                vblock,
+                pblock,
+                crc,
+            }),
+            OP_UNMAP if crc == 0 => Some(Record::Unmap {
+                volume,
+                vblock,
+                pblock,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whether the data the last sync's records leave mapped is on the data
+/// device (`read_block` reads one data block): the sync's journal blocks
+/// and its data reach the device in any order before its flush, so a crash
+/// during that flush can leave the records without their data. Such a sync
+/// was never acknowledged, and is not applied.
+pub(crate) fn last_sync_is_whole(
+    records: &[Vec<u8>],
+    mut read_block: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> Result<bool, String> {
+    // The mapping each volume block is left with: an in-place overwrite in
+    // the same sync supersedes the block's earlier checksum.
+    let mut last = std::collections::BTreeMap::new();
+    for (index, bytes) in records.iter().enumerate() {
+        match Record::decode(bytes).ok_or(format!("journal record {index}: malformed"))? {
+            Record::Map {
+                volume,
+                vblock,
+                pblock,
+                crc,
+            } => last.insert((volume, vblock), Some((pblock, crc))),
+            Record::Unmap { volume, vblock, .. } => last.insert((volume, vblock), None),
+        };
+    }
+    let mut block = vec![0u8; map::BLOCK_BYTES as usize];
+    for (pblock, crc) in last.into_values().flatten() {
+        read_block(pblock, &mut block).map_err(|e| format!("reading data block {pblock}: {e}"))?;
+        if crc32c::crc32c(&block) != crc {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Applies the records found at open to the pool, in order, tagging the
+/// blocks they map with `generation`. Returns how many were applied. A
+/// record that does not fit the map (a claim of a block that is not free,
+/// an unmap of a block not mapped there) means the journal is not this
+/// pool's history: an error, with nothing committed.
+pub(crate) fn replay(pool: &Pool, records: &[Vec<u8>], generation: u64) -> Result<usize, String> {
+    for (index, bytes) in records.iter().enumerate() {
+        let bad = |what: &str| format!("journal record {index}: {what}");
+        let record = Record::decode(bytes).ok_or_else(|| bad("malformed"))?;
+        let (volume, vblock) = match record {
+            Record::Map { volume, vblock, .. } | Record::Unmap { volume, vblock, .. } => {
+                (volume, vblock)
+            }
+        };
+        let key = map::map_key(volume, vblock);
+        let old = match pool.get(&key).map_err(|e| bad(&e.to_string()))? {
+            Some(value) => Some(Mapping::decode(&value).ok_or_else(|| bad("corrupt map item"))?),
+            None => None,
+        };
+        match record {
+            Record::Map { pblock, crc, .. } => {
+                let in_place = old.is_some_and(|m| m.pblock == pblock);
+                if !in_place {
+                    pool.claim_data(Extent::new(pblock, 1))
+                        .map_err(|e| bad(&format!("data block {pblock}: {e}")))?;
+                }
+                let mapping = Mapping {
+                    pblock,
+                    txn: generation,
+                    crc,
+                };
+                pool.insert(&key, &mapping.encode())
+                    .map_err(|e| bad(&e.to_string()))?;
+                if let Some(replaced) = old.filter(|_| !in_place) {
+                    pool.free_data(Extent::new(replaced.pblock, 1))
+                        .map_err(|e| bad(&e.to_string()))?;
+                }
+            }
+            Record::Unmap { pblock, .. } => {
+                if old.map(|m| m.pblock) != Some(pblock) {
+                    return Err(bad(&format!(
+                        "unmaps data block {pblock} from volume block {vblock}, which maps {:?}",
+                        old.map(|m| m.pblock)
+                    )));
+                }
+                pool.delete(&key).map_err(|e| bad(&e.to_string()))?;
+                pool.free_data(Extent::new(pblock, 1))
+                    .map_err(|e| bad(&e.to_string()))?;
+            }
+        }
+    }
+    Ok(records.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_roundtrip_and_garbage_is_refused() {
+        let map = Record::Map {
+            volume: 3,
+            vblock: 1 << 40,
+            pblock: 77,
+            crc: 0xdead_beef,
+        };
+        let unmap = Record::Unmap {
+            volume: 0,
+            vblock: 9,
+            pblock: 12,
+        };
+        assert_eq!(Record::decode(&map.encode()), Some(map));
+        assert_eq!(Record::decode(&unmap.encode()), Some(unmap));
+        assert_eq!(Record::decode(&map.encode()[..31]), None);
+        let mut bad_op = map.encode();
+        bad_op[0] = 3;
+        assert_eq!(Record::decode(&bad_op), None);
+        let mut flagged = unmap.encode();
+        flagged[2] = 1;
+        assert_eq!(Record::decode(&flagged), None);
+    }
+
+    #[test]
+    fn the_last_sync_is_whole_when_the_data_it_leaves_mapped_is_there() {
+        let block = |byte: u8| vec![byte; 4096];
+        let map = |vblock, pblock, byte: u8| {
+            let crc = crc32c::crc32c(&block(byte));
+            Record::Map {
+                volume: 0,
+                vblock,
+                pblock,
+                crc,
+            }
+            .encode()
+            .to_vec()
+        };
+        let unmap = |vblock, pblock| {
+            Record::Unmap {
+                volume: 0,
+                vblock,
+                pblock,
+            }
+            .encode()
+            .to_vec()
+        };
+        // Data block n holds bytes n; block 9 holds bytes 7 (in place).
+        let disk = |pblock: u64, buf: &mut [u8]| {
+            buf.fill(if pblock == 9 { 7 } else { pblock as u8 });
+            Ok(())
+        };
+        // Block 9 overwritten in place: only its last checksum counts.
+        let records = vec![map(1, 5, 5), map(2, 9, 3), map(2, 9, 7)];
+        assert_eq!(last_sync_is_whole(&records, disk), Ok(true));
+        let records = vec![map(1, 5, 5), map(3, 6, 1)];
+        assert_eq!(last_sync_is_whole(&records, disk), Ok(false));
+        // Unmapped again in the same sync: its data does not matter.
+        let records = vec![map(3, 6, 1), unmap(3, 6)];
+        assert_eq!(last_sync_is_whole(&records, disk), Ok(true));
+        assert!(last_sync_is_whole(&[vec![0; 3]], disk).is_err());
+    }
+}
