@@ -117,13 +117,18 @@ struct Shared {
 }
 
 /// An io_uring on the current thread, its completions signalled through an
-/// eventfd that a local reaper task watches. Each operation is submitted
-/// as it is made (one io_uring_enter each): on the virtual disk measured,
-/// requests gathered and submitted together were served slower than the
-/// same requests submitted as they came (fio on the raw file, 4k randread
-/// QD32: 62k IOPS one by one, 51k in batches of 32; the NBD export's
-/// randread went from 57k to 62-64k when it stopped batching). A local
-/// submitter task retries a submission that failed.
+/// eventfd that a local reaper task watches. A read is submitted as it is
+/// made (one io_uring_enter each): on the virtual disk measured, reads
+/// gathered and submitted together were served slower than the same reads
+/// submitted as they came (fio on the raw file, 4k randread QD32: 62k IOPS
+/// one by one, 51k in batches of 32; the NBD export's randread went from
+/// 57k to 62-64k when it stopped batching). A write is queued and left to
+/// the local submitter task, which runs after the other ready tasks of the
+/// thread: the writes of the requests parsed in one pass go out in one
+/// io_uring_enter (and one block-layer plug: one doorbell), which the NBD
+/// thread, CPU-bound under 4k randwrite, measured as 5-10% more IOPS
+/// (alternating runs: 62.0-69.2k against 59.4-62.4k). The submitter also
+/// retries a submission that failed.
 /// Must be created inside a tokio `LocalSet`.
 pub struct UringDataIo {
     file: File,
@@ -172,10 +177,16 @@ impl UringDataIo {
 
     /// Runs one operation and returns its result (bytes moved).
     async fn run(&self, entry: io_uring::squeue::Entry) -> io::Result<usize> {
+        self.run_deferred(entry, false).await
+    }
+
+    /// `run`, with the submission left to the submitter task when `defer`.
+    async fn run_deferred(&self, entry: io_uring::squeue::Entry, defer: bool) -> io::Result<usize> {
         let op = Op {
             shared: &self.shared,
             entry: Some(entry),
             key: None,
+            defer,
         };
         let result = op.await;
         if result < 0 {
@@ -240,6 +251,7 @@ struct Op<'a> {
     shared: &'a Shared,
     entry: Option<io_uring::squeue::Entry>,
     key: Option<usize>,
+    defer: bool,
 }
 
 impl std::future::Future for Op<'_> {
@@ -255,6 +267,16 @@ impl std::future::Future for Op<'_> {
                     ring.slots.remove(key);
                     return Poll::Ready(-e.raw_os_error().unwrap_or(libc::EIO));
                 }
+            }
+            if self.defer {
+                drop(ring);
+                self.key = Some(key);
+                if !self.shared.unsubmitted.replace(true) {
+                    if let Some(submitter) = self.shared.submitter.borrow_mut().take() {
+                        submitter.wake();
+                    }
+                }
+                return Poll::Pending;
             }
             let submitted = ring.ring.submit();
             drop(ring);
@@ -338,7 +360,7 @@ impl DataIo for UringDataIo {
             )
             .offset(offset + done as u64)
             .build();
-            match self.run(entry).await? {
+            match self.run_deferred(entry, true).await? {
                 0 => return Err(io::ErrorKind::WriteZero.into()),
                 n => done += n,
             }
