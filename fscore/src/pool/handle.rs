@@ -232,6 +232,13 @@ impl Pool {
         })
     }
 
+    /// Held by a commit or sync from its beginning to its end: one at a time.
+    fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
+        self.committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn lock(&self) -> MutexGuard<'_, PoolState> {
         // A panic while holding the lock cannot leave a half-written disk
         // (commits poison on error), so a poisoned mutex is still usable.
@@ -378,10 +385,7 @@ impl Pool {
     /// references them (or frees them). So a commit need not wait for
     /// writes in flight (docs/format.md, "Commit").
     pub fn begin_commit_carrying(&self, in_flight: &[Extent]) -> Result<PendingCommit<'_>> {
-        let one_at_a_time = self
-            .committing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let one_at_a_time = self.one_at_a_time();
         let state = &mut *self.lock();
         let job = state.begin_commit(in_flight)?;
         Ok(PendingCommit {
@@ -394,8 +398,8 @@ impl Pool {
 
     /// Adds a record to the journal of the open transaction (at most
     /// `JOURNAL_RECORD_BYTES_MAX` bytes): durable at the next sync or
-    /// commit, returned by `take_journal_records` after a crash before the
-    /// next commit. See `journal` for what a caller that logs must do.
+    /// commit, returned by `take_journal` after a crash before the next
+    /// commit. See `journal` for what a caller that logs must do.
     pub fn log(&self, record: &[u8]) -> Result<()> {
         let state = &mut *self.lock();
         state.store.check_writable()?;
@@ -407,46 +411,33 @@ impl Pool {
     /// open transaction goes on. Everything the caller changed since the
     /// last commit must be described by logged records.
     pub fn begin_sync(&self, in_flight: &[Extent]) -> Result<PendingSync<'_>> {
-        let one_at_a_time = self
-            .committing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let one_at_a_time = self.one_at_a_time();
         let state = &mut *self.lock();
         state.store.check_writable()?;
         let (pool_id, seq) = (state.sb.pool_id, state.store.txn_seq);
-        if !state.journal.has_pending() {
-            // Nothing logged since the last sync: the data device only
-            // (a write that changed no metadata, as in-place ones do not).
-            return Ok(PendingSync {
-                kind: SyncKind::Journal(JournalWrite {
-                    pool: self,
-                    blocks: Some(Vec::new()),
-                    io: state.commit_io(),
-                    _one_at_a_time: one_at_a_time,
-                }),
-            });
-        }
-        match state.journal.encode_sync(pool_id, seq) {
-            Some(blocks) => Ok(PendingSync {
-                kind: SyncKind::Journal(JournalWrite {
-                    pool: self,
-                    blocks: Some(blocks),
-                    io: state.commit_io(),
-                    _one_at_a_time: one_at_a_time,
-                }),
+        // With nothing logged since the last sync, only the data device is
+        // flushed (the caller's data writes are made durable all the same).
+        let blocks = if state.journal.has_pending() {
+            state.journal.encode_sync(pool_id, seq)
+        } else {
+            Some(Vec::new())
+        };
+        let kind = match blocks {
+            Some(blocks) => SyncKind::Journal(JournalWrite {
+                pool: self,
+                blocks: Some(blocks),
+                io: state.commit_io(),
+                _one_at_a_time: one_at_a_time,
             }),
-            None => {
-                let job = state.begin_commit(in_flight)?;
-                Ok(PendingSync {
-                    kind: SyncKind::Commit(Box::new(PendingCommit {
-                        pool: self,
-                        job: Some(job),
-                        io: state.commit_io(),
-                        _one_at_a_time: one_at_a_time,
-                    })),
-                })
-            }
-        }
+            // No room in the region: a commit covers the records instead.
+            None => SyncKind::Commit(Box::new(PendingCommit {
+                pool: self,
+                job: Some(state.begin_commit(in_flight)?),
+                io: state.commit_io(),
+                _one_at_a_time: one_at_a_time,
+            })),
+        };
+        Ok(PendingSync { kind })
     }
 
     /// The records found in the journal at open (once; empty after): the
@@ -455,11 +446,6 @@ impl Pool {
     /// `JournalReplay`).
     pub fn take_journal(&self) -> JournalReplay {
         self.lock().journal.replay.take().unwrap_or_default()
-    }
-
-    /// `take_journal`'s records, for a caller whose records point at no data.
-    pub fn take_journal_records(&self) -> Vec<Vec<u8>> {
-        self.take_journal().records
     }
 
     /// `(txn seq << 20) + syncs in the open transaction` (a region holds

@@ -14,7 +14,7 @@
 //!
 //! fscore does not interpret records. A caller that logs must describe in
 //! them every change it makes to the pool between commits, take the records
-//! found at open (`Pool::take_journal_records`) and apply them again before
+//! found at open (`Pool::take_journal`) and apply them again before
 //! its first commit (a commit refuses until it has).
 //!
 //! Block layout (docs/format.md, "Journal"), 4096 bytes: the common header
