@@ -464,6 +464,56 @@ fn a_last_sync_whose_data_did_not_land_is_dropped_whole() {
     });
 }
 
+/// Writes that are never flushed still log a record each: when the records
+/// waiting for a sync no longer fit the journal's room, the volume commits
+/// on its own (bounding their memory), and what it committed survives a
+/// crash without any flush.
+#[test]
+fn unflushed_records_that_outgrow_the_journal_are_committed() {
+    // 4 MiB of data: a journal region of 64 blocks, ~7,800 records.
+    let pool = Pool::new(16 * MIB, 4 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &[1; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap(); // the handle's first: a commit, a region
+    let region = volume.pool_info().journal_blocks;
+    assert!(region > 0);
+    let seq = volume.pool_info().seq;
+    let mut last = [0u8; 64];
+    let mut round = 0u8;
+    while volume.pool_info().seq == seq {
+        round = round.wrapping_add(1);
+        assert!(
+            round < 200,
+            "no commit after {round} rounds of unflushed writes"
+        );
+        for (block, value) in last.iter_mut().enumerate() {
+            *value = round;
+            block_on(h.write(block as u64 * 4096, &[round; 4096], false)).unwrap();
+        }
+        // The commit thread runs on its own: give it a moment per round.
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    // The commit covered the blocks as they were when it began, after
+    // dozens of rounds: a crash now (no flush since the first) finds each
+    // block with a value of a later round, whole.
+    let crash = pool.snapshot();
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+    crash.recover(|c| {
+        for block in 0..64u64 {
+            let got = read(c, block * 4096, 4096);
+            assert!(got.iter().all(|b| *b == got[0]), "block {block} is whole");
+            assert!(
+                got[0] > 1 && got[0] <= last[block as usize],
+                "block {block}: {}",
+                got[0]
+            );
+        }
+    });
+}
+
 #[test]
 fn a_full_pool_gives_enospc_and_stays_usable() {
     // 4 MiB of data blocks for a 16 MiB volume; 1 MiB of it is the reserve.
