@@ -814,6 +814,16 @@ fn insert_logged(pool: &Pool, key: u64, value: &[u8]) -> Vec<u8> {
     record
 }
 
+/// A small pool with a journal, whose first commit (with key 1 = "one")
+/// gave the journal its region.
+fn committed_pool() -> (SimDisk, SimDisk, Pool) {
+    let (meta, data) = new_pool(512 << 10, 2 << 20, 4096);
+    let pool = open(&meta, &data).unwrap();
+    pool.insert(&Key::new(0, 1), b"one").unwrap();
+    pool.commit().unwrap();
+    (meta, data, pool)
+}
+
 fn model_of(items: &[(u64, &[u8])]) -> Model {
     items
         .iter()
@@ -828,10 +838,7 @@ fn model_of(items: &[(u64, &[u8])]) -> Model {
 /// are taken, and returns them once.
 #[test]
 fn a_sync_keeps_the_commit_and_returns_exactly_its_records() {
-    let (meta, data) = new_pool(512 << 10, 2 << 20, 4096);
-    let pool = open(&meta, &data).unwrap();
-    pool.insert(&Key::new(0, 1), b"one").unwrap();
-    pool.commit().unwrap();
+    let (meta, data, pool) = committed_pool();
     let seq = pool.info().seq;
     let generation = pool.generation();
     let mut synced = vec![
@@ -919,10 +926,7 @@ fn a_sync_keeps_the_commit_and_returns_exactly_its_records() {
 /// data (one flush covers both), which `last_sync_from` tells the caller.
 #[test]
 fn the_data_of_every_sync_but_the_last_is_durable() {
-    let (meta, data) = new_pool(512 << 10, 2 << 20, 4096);
-    let pool = open(&meta, &data).unwrap();
-    pool.insert(&Key::new(0, 1), b"one").unwrap();
-    pool.commit().unwrap();
+    let (meta, data, pool) = committed_pool();
     let mut writer = data.clone();
     let mut write_logged = |key: u64, fill: u8| {
         let extent = pool.alloc_data(1).unwrap();
@@ -978,10 +982,7 @@ fn journal_blocks(image: &[u8], block_bytes: usize, seq: u64) -> Vec<(u64, u32)>
 /// before it (it could have been cut short by a crash).
 #[test]
 fn a_damaged_sync_before_an_intact_one_is_corruption() {
-    let (meta, data) = new_pool(512 << 10, 2 << 20, 4096);
-    let pool = open(&meta, &data).unwrap();
-    pool.insert(&Key::new(0, 1), b"one").unwrap();
-    pool.commit().unwrap();
+    let (meta, data, pool) = committed_pool();
     let txn = pool.info().seq + 1;
     let first = vec![insert_logged(&pool, 2, b"two")];
     pool.begin_sync(&[]).unwrap().finish().unwrap();
