@@ -17,7 +17,9 @@
 
 mod support;
 
-use fscore::{Error, Extent, Key, OpenOptions, Pool, SimDisk, Storage, JOURNAL_BLOCKS_MAX};
+use fscore::{
+    CheckReport, Error, Extent, Key, OpenOptions, Pool, SimDisk, Storage, JOURNAL_BLOCKS_MAX,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -469,6 +471,19 @@ fn recover(
     (pool, records.len())
 }
 
+/// The durable images of both disks, checked clean, with the check's report.
+fn durable_and_clean(meta: &SimDisk, data: &SimDisk) -> (SimDisk, SimDisk, CheckReport) {
+    let (meta, data) = (durable(meta), durable(data));
+    let report = Pool::check_on(
+        Box::new(meta.clone()),
+        Box::new(data.clone()),
+        Some(&no_data_refs),
+    )
+    .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    (meta, data, report)
+}
+
 fn durable(disk: &SimDisk) -> SimDisk {
     SimDisk::from_image(disk.durable_image())
 }
@@ -865,14 +880,7 @@ fn a_sync_keeps_the_commit_and_returns_exactly_its_records() {
     insert_logged(&pool, 4, b"four");
     drop(pool);
 
-    let (meta, data) = (durable(&meta), durable(&data));
-    let report = Pool::check_on(
-        Box::new(meta.clone()),
-        Box::new(data.clone()),
-        Some(&no_data_refs),
-    )
-    .unwrap();
-    assert!(report.is_clean(), "{:?}", report.problems);
+    let (meta, data, report) = durable_and_clean(&meta, &data);
     assert_eq!((report.seq, report.journal_records), (seq, 3));
     // A handle that does not journal itself still finds them.
     let records = support::open(&meta, &data).unwrap().take_journal().records;
@@ -901,15 +909,8 @@ fn a_sync_keeps_the_commit_and_returns_exactly_its_records() {
     assert_eq!(pool.info().seq, seq + 1);
     drop(pool);
 
-    let (meta, data) = (durable(&meta), durable(&data));
-    let report = Pool::check_on(
-        Box::new(meta.clone()),
-        Box::new(data.clone()),
-        Some(&no_data_refs),
-    )
-    .unwrap();
-    assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(report.journal_records, 0);
+    let (meta, data, report) = durable_and_clean(&meta, &data);
+    assert_eq!(report.journal_records, 0, "the commit covered every record");
     let pool = open(&meta, &data).unwrap();
     assert!(
         pool.take_journal().records.is_empty(),
@@ -1072,15 +1073,8 @@ fn a_full_region_turns_the_sync_into_a_commit() {
     assert!(info.journal_blocks > 0 && info.journal_free_bytes > 0);
     drop(pool);
 
-    let (meta, data) = (durable(&meta), durable(&data));
-    let report = Pool::check_on(
-        Box::new(meta.clone()),
-        Box::new(data.clone()),
-        Some(&no_data_refs),
-    )
-    .unwrap();
-    assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(report.journal_records, 0);
+    let (meta, data, report) = durable_and_clean(&meta, &data);
+    assert_eq!(report.journal_records, 0, "the commit covered every record");
     let pool = open(&meta, &data).unwrap();
     assert_eq!(pool.info().seq, seq + 1);
     assert!(
