@@ -91,9 +91,7 @@ impl CommitIo {
         meta.flush()?;
         Ok(())
     }
-}
 
-impl CommitIo {
     /// A sync: the journal blocks written to the data device, then one
     /// flush makes them and the data they point at durable together.
     pub(crate) fn write_journal(&self, blocks: &[(u64, Vec<u8>)]) -> Result<()> {

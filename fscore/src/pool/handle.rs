@@ -113,8 +113,8 @@ impl PendingSync<'_> {
         matches!(self.kind, SyncKind::Commit(_))
     }
 
-    /// Makes the records durable: data flush, journal write, metadata
-    /// flush (or the commit's writes).
+    /// Makes the records durable: the journal blocks written, then one
+    /// flush of the data device (or the commit's writes).
     pub fn finish(self) -> Result<()> {
         match self.kind {
             SyncKind::Commit(commit) => commit.finish(),

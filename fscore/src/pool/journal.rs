@@ -73,11 +73,13 @@ pub(crate) struct Journal {
     /// Region blocks written by this transaction's syncs (or found intact
     /// at open).
     pub(crate) used: u64,
+    /// Found at open: no sync may write into the region until a commit
+    /// gives a new one (see `state::open_journal`).
+    pub(crate) sealed: bool,
     /// Syncs made in this transaction.
     pub(crate) syncs: u64,
     /// Records logged since the last sync, each as `len u8, bytes`.
     pending: Vec<u8>,
-    pending_records: u32,
     /// Records found at open that the caller has not taken yet.
     pub(crate) replay: Option<JournalReplay>,
 }
@@ -111,7 +113,6 @@ impl Journal {
         }
         self.pending.push(record.len() as u8);
         self.pending.extend_from_slice(record);
-        self.pending_records += 1;
         Ok(())
     }
 
@@ -120,12 +121,21 @@ impl Journal {
     }
 
     pub(crate) fn has_pending(&self) -> bool {
-        self.pending_records > 0
+        !self.pending.is_empty()
+    }
+
+    /// Region blocks syncs may still write.
+    fn room(&self) -> u64 {
+        if self.sealed {
+            0
+        } else {
+            self.region.len - self.used
+        }
     }
 
     /// Region bytes left for records.
     pub(crate) fn free_bytes(&self) -> u64 {
-        (self.region.len - self.used) * (JOURNAL_BLOCK_BYTES as usize - BODY_AT) as u64
+        self.room() * (JOURNAL_BLOCK_BYTES as usize - BODY_AT) as u64
     }
 
     /// A commit covers everything logged: the next transaction starts an
@@ -159,7 +169,7 @@ impl Journal {
             }
             blocks.push((from, at, records));
         }
-        if blocks.is_empty() || self.used + blocks.len() as u64 > self.region.len {
+        if blocks.is_empty() || blocks.len() as u64 > self.room() {
             return None;
         }
         let first = self.used;
@@ -183,7 +193,6 @@ impl Journal {
         self.used += blocks.len() as u64;
         self.syncs += 1;
         self.pending.clear();
-        self.pending_records = 0;
         Some(writes)
     }
 }
@@ -394,5 +403,12 @@ mod tests {
         let mut none = Journal::default();
         logged(&mut none, 0, 1, 1);
         assert!(none.encode_sync(POOL, 3).is_none());
+        let mut sealed = Journal {
+            sealed: true,
+            ..Journal::new(Extent::new(10, 16), NONCE)
+        };
+        logged(&mut sealed, 0, 1, 1);
+        assert_eq!(sealed.free_bytes(), 0);
+        assert!(sealed.encode_sync(POOL, 3).is_none());
     }
 }

@@ -91,9 +91,10 @@ pub struct PoolInfo {
     /// Bytes of metadata the next commit will write (dirty blocks); the
     /// caller commits at its own limit.
     pub dirty_bytes: u64,
-    /// The open transaction's journal region: its size, the blocks its
-    /// syncs have written, the bytes of records logged and not yet synced,
-    /// and the room left for records.
+    /// The open transaction's journal region: its size, the blocks syncs
+    /// wrote since the last commit, the bytes of records logged and not yet
+    /// synced, and the room left for records (none in a region found at
+    /// open: the handle's first sync is a commit, which gives a new one).
     pub journal_blocks: u64,
     pub journal_used_blocks: u64,
     pub journal_pending_bytes: u64,

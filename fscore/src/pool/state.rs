@@ -308,12 +308,12 @@ impl PoolState {
 }
 
 /// The journal of the transaction after `sb`: the records of its intact
-/// syncs, to be applied again by the caller. The region is then marked
-/// full, so this handle's first sync is a commit (which gives a new region
-/// and nonce): the region's blocks must not be written again under the
-/// same seq and nonce, as the intact syncs (which a commit must cover
-/// first) or the remains of a torn one (which could pass for part of a
-/// new sync) may be in any of them.
+/// syncs, to be applied again by the caller. The region is then sealed,
+/// so this handle's first sync is a commit (which gives a new region and
+/// nonce): the region's blocks must not be written again under the same
+/// seq and nonce, as the intact syncs (which a commit must cover first) or
+/// the remains of a torn one (which could pass for part of a new sync) may
+/// be in any of them.
 fn open_journal(data: &SharedStorage, sb: &Superblock) -> Result<Journal> {
     let mut journal = Journal::new(sb.journal, sb.journal_nonce);
     if sb.journal.len == 0 {
@@ -329,7 +329,8 @@ fn open_journal(data: &SharedStorage, sb: &Superblock) -> Result<Journal> {
             sb.seq,
         )?
     };
-    journal.used = sb.journal.len;
+    journal.used = found.used;
+    journal.sealed = true;
     if !found.replay.records.is_empty() {
         journal.replay = Some(found.replay);
     }
