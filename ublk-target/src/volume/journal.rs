@@ -118,11 +118,11 @@ pub(crate) fn last_sync_is_whole(
 }
 
 /// Applies the records found at open to the pool, in order, tagging the
-/// blocks they map with `generation`. Returns how many were applied. A
+/// blocks they map with `generation`. A
 /// record that does not fit the map (a claim of a block that is not free,
 /// an unmap of a block not mapped there) means the journal is not this
 /// pool's history: an error, with nothing committed.
-pub(crate) fn replay(pool: &Pool, records: &[Vec<u8>], generation: u64) -> Result<usize, String> {
+pub(crate) fn replay(pool: &Pool, records: &[Vec<u8>], generation: u64) -> Result<(), String> {
     for (index, bytes) in records.iter().enumerate() {
         let bad = |what: &str| format!("journal record {index}: {what}");
         let record = Record::decode(bytes).ok_or_else(|| bad("malformed"))?;
@@ -168,7 +168,7 @@ pub(crate) fn replay(pool: &Pool, records: &[Vec<u8>], generation: u64) -> Resul
             }
         }
     }
-    Ok(records.len())
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //!
 //! Durability runs on one thread. A flush waits for a *sync*: every map
 //! change since the last one is a record in fscore's journal (`journal`),
-//! and a sync writes them after a data flush, then flushes the metadata
-//! device (fscore turns it into a commit when the journal region is full).
+//! and a sync writes them to the journal region on the data device, then
+//! flushes that device (fscore turns it into a commit when the region is
+//! full).
 //! Commits (every dirty block of the map written, the journal emptied) run
 //! on a timer (`commit_interval_ms`), when the open transaction's dirty
 //! metadata passes `dirty_bytes_max` or its unsynced records outgrow the
@@ -24,7 +25,7 @@ use crate::target::TargetError;
 use fscore::{CheckReport, MkfsOptions, OpenOptions, Pool, PoolInfo};
 use futures::channel::oneshot;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,9 +114,6 @@ pub struct Volume {
     pub(crate) locks: RangeLocks,
     /// Writes, discards and zeroings since the last sync or commit began.
     pub(crate) changes: AtomicU64,
-    /// Changes made durable by syncs since the last commit (the journal
-    /// holds them): a commit at close or on the timer still writes them.
-    synced_uncommitted: AtomicBool,
     /// Data blocks only copy-on-write overwrites may take (RESERVE_BLOCKS_MAX).
     pub(crate) reserve_blocks: u64,
     data_path: PathBuf,
@@ -172,7 +170,6 @@ impl Volume {
             in_flight: InFlightAllocations::default(),
             locks: RangeLocks::default(),
             changes: AtomicU64::new(0),
-            synced_uncommitted: AtomicBool::new(false),
             data_path: data.to_path_buf(),
             opts: opts.clone(),
             queue: Mutex::new(CommitQueue::default()),
@@ -383,14 +380,14 @@ impl Volume {
     /// `commit_now` once the writers are drained and `running` is set.
     fn commit_drained(&self, full: bool) -> CommitResult {
         let changed = self.changes.swap(0, Ordering::SeqCst) != 0;
-        // Synced changes are durable but not committed: a commit (at close,
-        // on the timer) still has work when nothing changed since the sync.
-        let uncommitted = changed || self.synced_uncommitted.load(Ordering::SeqCst);
-        if !(changed || full && uncommitted) {
+        // Synced changes are durable but not committed (the journal holds
+        // them): a commit (at close, on the timer) still has work when
+        // nothing changed since the last sync.
+        let synced = self.pool.info().journal_used_blocks > 0;
+        if !(changed || full && synced) {
             self.gate.reopen();
             return Ok(());
         }
-        self.synced_uncommitted.store(true, Ordering::SeqCst);
         // Exact: writers change it only under a pass, and none is held now.
         let in_flight = self.in_flight.snapshot();
         let pending = if full {
@@ -405,14 +402,7 @@ impl Volume {
             .store(self.pool.generation(), Ordering::Release);
         self.gate.reopen();
         let result = pending
-            .and_then(|pending| {
-                let commit = pending.is_commit();
-                pending.finish()?;
-                if commit {
-                    self.synced_uncommitted.store(false, Ordering::SeqCst);
-                }
-                Ok(())
-            })
+            .and_then(|pending| pending.finish())
             .map_err(|e| e.to_string());
         if result.is_err() {
             // Keep the changes pending: every later flush must fail too
@@ -446,10 +436,12 @@ fn apply_journal(pool: &Pool, data: &Path) -> Result<(), VolumeError> {
         );
         &found.records[..found.last_sync_from]
     };
-    let applied =
-        journal::replay(pool, records, pool.generation()).map_err(VolumeError::Journal)?;
+    journal::replay(pool, records, pool.generation()).map_err(VolumeError::Journal)?;
     pool.commit()?;
-    log::info!("volume {VOLUME_ID}: applied {applied} journal records after the last commit");
+    log::info!(
+        "volume {VOLUME_ID}: applied {} journal records after the last commit",
+        records.len()
+    );
     Ok(())
 }
 
