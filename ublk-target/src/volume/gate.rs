@@ -1,17 +1,18 @@
-//! The transaction gate. A commit closes the gate, waits for the passes
-//! to drain, ends the transaction, and reopens it. Writers (writes,
-//! discards, write-zeroes) hold a shared pass while they allocate and
-//! register new blocks as in flight, and again while they map them (or free
-//! them); a write that overwrites blocks of the open transaction in place
-//! holds its pass across its data I/O too, since that transaction's commit
-//! must not seal a block half written. So every commit sees an exact set of
+//! The transaction gate. A sync or commit closes the gate, waits for the
+//! passes to drain, ends the journal batch or the transaction, advances
+//! the generation, and reopens it. Writers (writes, discards,
+//! write-zeroes) hold a shared pass while they allocate and register new
+//! blocks as in flight, and again while they map them, log the change (or
+//! free them); a write that overwrites blocks of the open generation in
+//! place holds its pass across its data I/O too, since no sync or commit
+//! may cover a block half written. So every commit sees an exact set of
 //! blocks allocated but not yet mapped (which it carries into the next
-//! transaction: `InFlightAllocations`), and a block's "allocated in the open
-//! transaction" status cannot change under a writer that is overwriting it
+//! transaction: `InFlightAllocations`), and a block's "mapped in the open
+//! generation" status cannot change under a writer that is overwriting it
 //! in place. Readers never touch the gate.
 //!
 //! Passes are shared: writers never wait for each other here, only for a
-//! commit; and a commit waits for copy-on-write data I/O no more.
+//! sync or commit; and neither waits for copy-on-write data I/O.
 
 use std::future::Future;
 use std::pin::Pin;
