@@ -103,6 +103,11 @@ pub struct AddArgs {
     /// Stay in the foreground instead of starting a daemon.
     #[arg(long)]
     pub foreground: bool,
+    /// NBD: after a data I/O completes, the serving thread keeps polling
+    /// for completions this many microseconds before it sleeps (lower
+    /// latency for a busy CPU while I/O flows); 0 never polls.
+    #[arg(long = "poll-us", default_value_t = ublk_target::volume::POLL_DEFAULT.as_micros() as u64)]
+    pub poll_us: u64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -10,7 +10,7 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use ublk_target::volume::{DataIo, FileDataIo, UringDataIo, Volume, VolumeOptions};
+use ublk_target::volume::{DataIo, FileDataIo, UringDataIo, Volume, VolumeOptions, POLL_DEFAULT};
 use ublk_target::{AlignedBuf, BlockTarget, TargetError};
 
 const MIB: u64 = 1 << 20;
@@ -642,7 +642,8 @@ fn racing_writers_and_readers_lose_nothing_and_see_no_false_errors() {
         .build()
         .unwrap();
     tokio::task::LocalSet::new().block_on(&rt, async {
-        let h = std::rc::Rc::new(volume.handle(UringDataIo::open(&pool.data()).unwrap()));
+        let h =
+            std::rc::Rc::new(volume.handle(UringDataIo::open(&pool.data(), POLL_DEFAULT).unwrap()));
         // Eight 512-byte writes into one block at once: all eight land.
         let writes = (0..8u64).map(|i| {
             let h = h.clone();
@@ -726,7 +727,8 @@ fn crash_images_taken_during_concurrent_copy_on_write_check_clean() {
         .unwrap();
     let snapshots = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
     tokio::task::LocalSet::new().block_on(&rt, async {
-        let h = std::rc::Rc::new(volume.handle(UringDataIo::open(&pool.data()).unwrap()));
+        let h =
+            std::rc::Rc::new(volume.handle(UringDataIo::open(&pool.data(), POLL_DEFAULT).unwrap()));
         let mut tasks = Vec::new();
         for w in 0..8u64 {
             let h = h.clone();

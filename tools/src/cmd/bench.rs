@@ -18,7 +18,7 @@ use std::path::Path;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use ublk_target::target::BlockTarget;
-use ublk_target::volume::{DataIo, UringDataIo, Volume, VolumeOptions, BLOCK_BYTES};
+use ublk_target::volume::{DataIo, UringDataIo, Volume, VolumeOptions, BLOCK_BYTES, POLL_DEFAULT};
 use ublk_target::{AlignedBuf, TargetError};
 
 #[derive(Clone, Copy)]
@@ -238,9 +238,9 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     let rows = local.block_on(&rt, async {
-        let handle = Rc::new(volume.handle(UringDataIo::open(&data)?));
+        let handle = Rc::new(volume.handle(UringDataIo::open(&data, POLL_DEFAULT)?));
         let raw_file = RawFile {
-            io: UringDataIo::open(&raw)?,
+            io: UringDataIo::open(&raw, POLL_DEFAULT)?,
             size_bytes: size,
         };
         let mut rows = Vec::new();

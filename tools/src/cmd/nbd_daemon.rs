@@ -13,6 +13,7 @@ use std::io::{BufRead, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::Duration;
 use ublk_target::nbd::{serve, Address, Export, Listener};
 use ublk_target::volume::{UringDataIo, Volume, VolumeOptions, BLOCK_BYTES};
 
@@ -27,6 +28,8 @@ struct Spec {
     meta: PathBuf,
     data: PathBuf,
     log: PathBuf,
+    /// Polling after each data completion (`UringDataIo`).
+    poll: Duration,
 }
 
 pub fn add(args: &AddArgs) -> Result<()> {
@@ -50,6 +53,7 @@ pub fn add(args: &AddArgs) -> Result<()> {
         meta: args.pool.meta.clone(),
         data: args.pool.data.clone(),
         log: registry::run_dir().join(format!("nbd-{id}.log")),
+        poll: Duration::from_micros(args.poll_us),
     };
     let result = if args.foreground {
         run(&spec, None)
@@ -177,7 +181,7 @@ async fn serve_volume(
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let io = UringDataIo::open(volume.data_path()).context("opening the data device")?;
+    let io = UringDataIo::open(volume.data_path(), spec.poll).context("opening the data device")?;
     let handle = Rc::new(volume.handle(io));
     let listener = Listener::bind(&spec.address)
         .await

@@ -13,7 +13,7 @@ mod map;
 mod volume;
 
 pub use coalesce::{CoalescingWrites, MERGED_BYTES_MAX};
-pub use data_io::{open_data_device, DataIo, FileDataIo, UringDataIo, URING_ENTRIES};
+pub use data_io::{open_data_device, DataIo, FileDataIo, UringDataIo, POLL_DEFAULT, URING_ENTRIES};
 pub use handle::{VolumeHandle, CHUNK_BLOCKS, DISCARD_CHUNK_BLOCKS, READ_RETRIES_MAX};
 pub use map::{Mapping, BLOCK_BYTES};
 pub use volume::{
