@@ -79,9 +79,9 @@ impl DataIo for FileDataIo {
 
 /// How long a `UringDataIo` thread keeps polling after a data completion
 /// before it sleeps. Measured on ci/bench-nbd's 4k jobs (fio nbd engine,
-/// QD32), alternating pairs against no polling: randread 65.2k -> 69.8k
-/// (5 of 5 pairs higher), randwrite 70.3k -> 75.1k (3 of 5), randwrite
-/// with a flush every 32 writes 50.7k -> 58.1k (4 of 4); 1 ms against
+/// QD32), alternating pairs against no polling: randread 70.0k -> 72.9k,
+/// randwrite 69.3k -> 72.8k, randwrite with a flush every 32 writes
+/// 48.6k -> 56.8k, higher in each of four pairs per job; 1 ms against
 /// 200 us: randread 70.1k -> 73.4k, the write rows alike. The price is a
 /// busy CPU while I/O flows, and at most this long after it stops: at
 /// queue depth 1 and 1,000 IOPS the thread would poll about a fifth of
@@ -443,8 +443,13 @@ mod tests {
     use super::*;
     use crate::aligned::AlignedBuf;
 
-    #[test]
-    fn uring_reads_back_what_it_wrote_with_many_in_flight() {
+    /// A 1 MiB file in a fresh directory (kept while the TempDir lives)
+    /// and a current-thread runtime to drive a ring on it.
+    fn scratch_file() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::runtime::Runtime,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("data");
         std::fs::File::create(&path)
@@ -455,6 +460,12 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
+        (dir, path, rt)
+    }
+
+    #[test]
+    fn uring_reads_back_what_it_wrote_with_many_in_flight() {
+        let (_dir, path, rt) = scratch_file();
         tokio::task::LocalSet::new().block_on(&rt, async {
             let io = UringDataIo::open(&path, POLL_DEFAULT).unwrap();
             let writes = (0..64u64).map(|i| {
@@ -485,16 +496,7 @@ mod tests {
     /// one started while it polls) must still complete.
     #[test]
     fn completions_are_reaped_after_polling_stops_and_while_it_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(1 << 20)
-            .unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (_dir, path, rt) = scratch_file();
         for poll in [Duration::ZERO, Duration::from_millis(2)] {
             tokio::task::LocalSet::new().block_on(&rt, async {
                 let io = UringDataIo::open(&path, poll).unwrap();
