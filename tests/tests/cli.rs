@@ -1,5 +1,6 @@
 //! Proves the command line: `--help` for every subcommand, clear errors for
-//! a missing device, a pool in use, a wrong format and a bad size, TCP
+//! a missing device, a pool in use, a wrong format, a bad size and a
+//! polling time past its bound, TCP
 //! serving with the real port in the URI, `list` text and JSON, `dump`,
 //! and `del -a` stopping every daemon cleanly.
 
@@ -53,6 +54,17 @@ fn clear_errors_for_bad_pools() {
             .arg("--data")
             .arg(&missing),
         "unknown unit",
+    );
+    // Polling is bounded: a tenth of a second at most (refused before the
+    // pool is opened; the missing pool would fail otherwise, without
+    // naming the flag).
+    fails_with(
+        pool.cmd()
+            .args(["add", "--poll-us", "100001", "--meta"])
+            .arg(&missing)
+            .arg("--data")
+            .arg(&missing),
+        "--poll-us",
     );
     // In use: a second add and a check both refuse.
     let _d = pool.add();

@@ -84,6 +84,10 @@ pub struct MkfsArgs {
     pub size: Option<String>,
 }
 
+/// Largest `add --poll-us`: polling is for the gaps between completions
+/// of flowing I/O, not a way to keep a CPU busy while the device idles.
+pub const POLL_US_MAX: u64 = 100_000;
+
 #[derive(Args, Debug, Clone)]
 pub struct AddArgs {
     #[command(flatten)]
@@ -105,8 +109,13 @@ pub struct AddArgs {
     pub foreground: bool,
     /// NBD: after a data I/O completes, the serving thread keeps polling
     /// for completions this many microseconds before it sleeps (lower
-    /// latency for a busy CPU while I/O flows); 0 never polls.
-    #[arg(long = "poll-us", default_value_t = ublk_target::volume::POLL_DEFAULT.as_micros() as u64)]
+    /// latency for a busy CPU while I/O flows); 0 never polls, at most
+    /// 100000 (a tenth of a second).
+    #[arg(
+        long = "poll-us",
+        default_value_t = ublk_target::volume::POLL_DEFAULT.as_micros() as u64,
+        value_parser = clap::value_parser!(u64).range(0..=POLL_US_MAX)
+    )]
     pub poll_us: u64,
 }
 
