@@ -184,6 +184,7 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
             .iter()
             .map(|r| (Extent::new(r.blkno, 1), "a free-space log block")),
     );
+    report.meta_blocks_referenced = owned.len() as u64;
     report.referenced_meta_blocks = owned.iter().map(|(extent, _)| extent.start).collect();
     report.referenced_meta_blocks.sort_unstable();
     report.journal_records = state
@@ -191,7 +192,6 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
         .replay
         .as_ref()
         .map_or(0, |r| r.records.len() as u64);
-    report.meta_blocks_referenced = owned.len() as u64;
     let meta_free = state.store.alloc.free_after_commit();
     report.meta_blocks_free = meta_free.iter().map(|extent| extent.len).sum();
     owned.extend(meta_free.iter().map(|extent| (*extent, "free")));

@@ -69,7 +69,7 @@ pub fn run(args: &PoolArgs) -> Result<()> {
     println!(
         "journal          region of {} blocks ({}), {} written since the last commit",
         info.journal_blocks,
-        human(info.journal_blocks * info.meta_block_bytes as u64),
+        human(info.journal_blocks * info.data_block_bytes as u64),
         info.journal_used_blocks
     );
     println!(

@@ -40,7 +40,7 @@ pub const DIRTY_BYTES_MAX_DEFAULT: u64 = 32 << 20;
 /// Block cache of the pool: the map of a 2 GiB volume fits, and the
 /// daemon's RSS stays well under 256 MiB.
 pub const CACHE_BYTES_DEFAULT: u64 = 64 << 20;
-/// Flushes waiting for one commit: a bound on memory, far above the number
+/// Flushes waiting for one sync or commit: a bound on memory, far above the number
 /// of requests the front ends allow in flight.
 pub const FLUSH_WAITERS_MAX: usize = 4096;
 /// Journal records waiting for a sync beyond this many bytes ask for a
@@ -90,7 +90,7 @@ struct CommitQueue {
     /// A commit is due (dirty limit, journal outgrown).
     commit_wanted: bool,
     stopping: bool,
-    /// Flushes waiting for the next commit.
+    /// Flushes (and writers out of space) waiting for the next sync or commit.
     waiters: Vec<oneshot::Sender<CommitResult>>,
     /// A commit is between draining the writers and its end.
     running: bool,
