@@ -240,7 +240,7 @@ impl FileStorage {
         self.run(&entries, &expected)
     }
 
-    /// An fdatasync of the device (what `flush` and `flush_begin` submit).
+    /// An fdatasync of the device (what `flush_begin` submits).
     fn datasync(&self) -> io_uring::squeue::Entry {
         opcode::Fsync::new(types::Fd(self.file.as_raw_fd()))
             .flags(types::FsyncFlags::DATASYNC)
@@ -354,9 +354,16 @@ impl Storage for FileStorage {
         }
     }
 
+    /// A plain fdatasync on the calling thread. Through the ring it would
+    /// run on an io-wq worker (io_uring always hands fsync to one), and
+    /// waking that worker sat in every journal sync's latency: ten
+    /// alternating pairs of 4k randwrite with a flush every 32 writes,
+    /// 57.8k/61.4k -> 62.1k/63.2k IOPS mean, higher in 9 of 10.
     fn flush(&mut self) -> io::Result<()> {
-        let entry = self.datasync().user_data(0);
-        self.run(&[entry], &[0])
+        if self.flush_in_flight {
+            return Err(io::Error::other("I/O issued while a flush is in flight"));
+        }
+        self.file.sync_data()
     }
 }
 
