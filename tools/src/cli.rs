@@ -108,9 +108,10 @@ pub struct AddArgs {
     #[arg(long)]
     pub foreground: bool,
     /// NBD: after a data I/O completes, the serving thread keeps polling
-    /// for completions this many microseconds before it sleeps (lower
-    /// latency for a busy CPU while I/O flows); 0 never polls, at most
-    /// 100000 (a tenth of a second).
+    /// for completions while data I/O is outstanding (up to 2 ms without
+    /// one) and this many microseconds after the last one before it sleeps
+    /// (lower latency for a busy CPU while I/O flows); 0 never polls, at
+    /// most 100000 (a tenth of a second).
     #[arg(
         long = "poll-us",
         default_value_t = ublk_target::volume::POLL_DEFAULT.as_micros() as u64,
