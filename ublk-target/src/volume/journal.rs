@@ -84,14 +84,63 @@ impl Record {
     }
 }
 
+/// Contiguous data blocks read in one call when checking the last sync.
+const CHECK_RUN_BLOCKS_MAX: u64 = 256;
+/// How far ahead of the check its reads are announced to the kernel
+/// (`DataBlocks::prefetch`), which reads them in parallel meanwhile. On the
+/// virtual disk measured (50k random 4 KiB blocks of a 2.5 GiB file, cold
+/// cache): 1.97 s read one by one, 0.41-0.46 s with 64 to 2,048 blocks
+/// announced ahead. A last sync holds up to `JOURNAL_PENDING_BYTES_MAX`
+/// of records (262k blocks).
+const CHECK_PREFETCH_BYTES: u64 = 8 << 20;
+
+/// The data device as `last_sync_is_whole` reads it.
+pub(crate) trait DataBlocks {
+    /// A hint that `blocks` blocks from `pblock` will be read soon.
+    fn prefetch(&mut self, _pblock: u64, _blocks: u64) {}
+    /// Reads whole blocks from `pblock` into `buf`.
+    fn read(&mut self, pblock: u64, buf: &mut [u8]) -> std::io::Result<()>;
+}
+
+/// A data device file, read through the page cache (announced reads are
+/// `posix_fadvise(WILLNEED)`).
+pub(crate) struct DataFile(pub(crate) std::fs::File);
+
+impl DataBlocks for DataFile {
+    fn prefetch(&mut self, pblock: u64, blocks: u64) {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (
+            i64::try_from(pblock * map::BLOCK_BYTES),
+            i64::try_from(blocks * map::BLOCK_BYTES),
+        ) else {
+            return;
+        };
+        // Only a hint: a failure costs the check time, not correctness.
+        let _ = nix::fcntl::posix_fadvise(
+            self.0.as_raw_fd(),
+            offset,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED,
+        );
+    }
+
+    fn read(&mut self, pblock: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        std::os::unix::fs::FileExt::read_exact_at(&self.0, buf, pblock * map::BLOCK_BYTES)
+    }
+}
+
 /// Whether the data the last sync's records leave mapped is on the data
-/// device (`read_block` reads one data block): the sync's journal blocks
-/// and its data reach the device in any order before its flush, so a crash
-/// during that flush can leave the records without their data. Such a sync
-/// was never acknowledged, and is not applied.
+/// device: the sync's journal blocks and its data reach the device in any
+/// order before its flush, so a crash during that flush can leave the
+/// records without their data. Such a sync was never acknowledged, and is
+/// not applied.
+///
+/// The blocks are read in device order, contiguous ones together, with
+/// the next `CHECK_PREFETCH_BYTES` announced ahead; the check stops at the
+/// first block that does not match.
 pub(crate) fn last_sync_is_whole(
     records: &[Vec<u8>],
-    mut read_block: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+    device: &mut impl DataBlocks,
 ) -> Result<bool, String> {
     // The mapping each volume block is left with: an in-place overwrite in
     // the same sync supersedes the block's earlier checksum.
@@ -107,14 +156,55 @@ pub(crate) fn last_sync_is_whole(
             Record::Unmap { volume, vblock, .. } => last.insert((volume, vblock), None),
         };
     }
-    let mut block = vec![0u8; map::BLOCK_BYTES as usize];
-    for (pblock, crc) in last.into_values().flatten() {
-        read_block(pblock, &mut block).map_err(|e| format!("reading data block {pblock}: {e}"))?;
-        if crc32c::crc32c(&block) != crc {
+    let mut blocks: Vec<(u64, u32)> = last.into_values().flatten().collect();
+    blocks.sort_unstable();
+    let runs = contiguous_runs(&blocks);
+    let window = (CHECK_PREFETCH_BYTES / map::BLOCK_BYTES).max(1);
+    let mut buf = vec![0u8; (CHECK_RUN_BLOCKS_MAX * map::BLOCK_BYTES) as usize];
+    let (mut announced, mut announced_blocks) = (0, 0u64);
+    let mut checked_blocks = 0u64;
+    for run in &runs {
+        while announced < runs.len() && announced_blocks < checked_blocks + window {
+            let ahead = &runs[announced];
+            device.prefetch(ahead[0].0, ahead.len() as u64);
+            announced_blocks += ahead.len() as u64;
+            announced += 1;
+        }
+        let first = run[0].0;
+        let bytes = &mut buf[..run.len() * map::BLOCK_BYTES as usize];
+        device
+            .read(first, bytes)
+            .map_err(|e| format!("reading data blocks {first}+{}: {e}", run.len()))?;
+        let chunks = bytes.chunks_exact(map::BLOCK_BYTES as usize);
+        if run
+            .iter()
+            .zip(chunks)
+            .any(|(&(_, crc), block)| crc32c::crc32c(block) != crc)
+        {
             return Ok(false);
         }
+        checked_blocks += run.len() as u64;
     }
     Ok(true)
+}
+
+/// Splits `(pblock, crc)` pairs sorted by block into runs of consecutive
+/// blocks, each at most `CHECK_RUN_BLOCKS_MAX` long.
+fn contiguous_runs(blocks: &[(u64, u32)]) -> Vec<&[(u64, u32)]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=blocks.len() {
+        let ends = i == blocks.len()
+            || blocks[i].0 != blocks[i - 1].0 + 1
+            || (i - start) as u64 == CHECK_RUN_BLOCKS_MAX;
+        if ends {
+            if i > start {
+                runs.push(&blocks[start..i]);
+            }
+            start = i;
+        }
+    }
+    runs
 }
 
 /// Applies the records found at open to the pool, in order, tagging the
@@ -223,10 +313,7 @@ mod tests {
             .to_vec()
         };
         // Data block n holds bytes n; block 9 holds bytes 7 (in place).
-        let disk = |pblock: u64, buf: &mut [u8]| {
-            buf.fill(if pblock == 9 { 7 } else { pblock as u8 });
-            Ok(())
-        };
+        let disk = &mut FakeDisk::default();
         // Block 9 overwritten in place: only its last checksum counts.
         let records = vec![map(1, 5, 5), map(2, 9, 3), map(2, 9, 7)];
         assert_eq!(last_sync_is_whole(&records, disk), Ok(true));
@@ -236,5 +323,60 @@ mod tests {
         let records = vec![map(3, 6, 1), unmap(3, 6)];
         assert_eq!(last_sync_is_whole(&records, disk), Ok(true));
         assert!(last_sync_is_whole(&[vec![0; 3]], disk).is_err());
+    }
+
+    /// Data block n holds bytes n (block 9: bytes 7); counts the calls.
+    #[derive(Default)]
+    struct FakeDisk {
+        reads: Vec<(u64, usize)>,
+        prefetched: u64,
+    }
+
+    impl DataBlocks for FakeDisk {
+        fn prefetch(&mut self, _pblock: u64, blocks: u64) {
+            self.prefetched += blocks;
+        }
+        fn read(&mut self, pblock: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.reads.push((pblock, buf.len() / 4096));
+            for (i, block) in buf.chunks_exact_mut(4096).enumerate() {
+                let n = pblock + i as u64;
+                block.fill(if n == 9 { 7 } else { n as u8 });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_last_sync_check_reads_contiguous_blocks_together_in_device_order() {
+        let map = |vblock: u64, pblock: u64| {
+            let crc = crc32c::crc32c(&[if pblock == 9 { 7 } else { pblock as u8 }; 4096]);
+            Record::Map {
+                volume: 0,
+                vblock,
+                pblock,
+                crc,
+            }
+            .encode()
+            .to_vec()
+        };
+        // Volume blocks written out of device order; blocks 20..=279 are
+        // one device run longer than a read.
+        let mut records = vec![map(0, 12), map(1, 10), map(2, 11), map(3, 3)];
+        records.extend((0..260).map(|i| map(100 + i, 20 + i)));
+        let mut disk = FakeDisk::default();
+        assert_eq!(last_sync_is_whole(&records, &mut disk), Ok(true));
+        assert_eq!(disk.reads, vec![(3, 1), (10, 3), (20, 256), (276, 4)]);
+        assert_eq!(
+            disk.prefetched, 264,
+            "every block announced before it is read"
+        );
+
+        // A bad block ends the check there: nothing after it is read.
+        let mut bad = map(4, 11);
+        bad[4..8].copy_from_slice(&0u32.to_le_bytes());
+        let records = vec![map(0, 3), bad, map(5, 40), map(6, 41)];
+        let mut disk = FakeDisk::default();
+        assert_eq!(last_sync_is_whole(&records, &mut disk), Ok(false));
+        assert_eq!(disk.reads, vec![(3, 1), (11, 1)]);
     }
 }

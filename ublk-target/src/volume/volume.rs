@@ -420,12 +420,9 @@ fn apply_journal(pool: &Pool, data: &Path) -> Result<(), VolumeError> {
     if found.records.is_empty() {
         return Ok(());
     }
-    let file = std::fs::File::open(data).map_err(fscore::Error::Io)?;
-    let read_block = |pblock: u64, buf: &mut [u8]| {
-        std::os::unix::fs::FileExt::read_exact_at(&file, buf, pblock * BLOCK_BYTES)
-    };
+    let mut device = journal::DataFile(std::fs::File::open(data).map_err(fscore::Error::Io)?);
     let last = &found.records[found.last_sync_from..];
-    let whole = journal::last_sync_is_whole(last, read_block).map_err(VolumeError::Journal)?;
+    let whole = journal::last_sync_is_whole(last, &mut device).map_err(VolumeError::Journal)?;
     let records = if whole {
         &found.records[..]
     } else {
