@@ -291,18 +291,7 @@ mod tests {
 
     #[test]
     fn the_last_sync_is_whole_when_the_data_it_leaves_mapped_is_there() {
-        let block = |byte: u8| vec![byte; 4096];
-        let map = |vblock, pblock, byte: u8| {
-            let crc = crc32c::crc32c(&block(byte));
-            Record::Map {
-                volume: 0,
-                vblock,
-                pblock,
-                crc,
-            }
-            .encode()
-            .to_vec()
-        };
+        let map = |vblock, pblock, byte: u8| map_record(vblock, pblock, byte);
         let unmap = |vblock, pblock| {
             Record::Unmap {
                 volume: 0,
@@ -323,6 +312,18 @@ mod tests {
         let records = vec![map(3, 6, 1), unmap(3, 6)];
         assert_eq!(last_sync_is_whole(&records, disk), Ok(true));
         assert!(last_sync_is_whole(&[vec![0; 3]], disk).is_err());
+    }
+
+    /// A map record of a block filled with `byte`.
+    fn map_record(vblock: u64, pblock: u64, byte: u8) -> Vec<u8> {
+        Record::Map {
+            volume: 0,
+            vblock,
+            pblock,
+            crc: crc32c::crc32c(&[byte; 4096]),
+        }
+        .encode()
+        .to_vec()
     }
 
     /// Data block n holds bytes n (block 9: bytes 7); counts the calls.
@@ -348,16 +349,9 @@ mod tests {
 
     #[test]
     fn the_last_sync_check_reads_contiguous_blocks_together_in_device_order() {
-        let map = |vblock: u64, pblock: u64| {
-            let crc = crc32c::crc32c(&[if pblock == 9 { 7 } else { pblock as u8 }; 4096]);
-            Record::Map {
-                volume: 0,
-                vblock,
-                pblock,
-                crc,
-            }
-            .encode()
-            .to_vec()
+        // What FakeDisk holds at `pblock`.
+        let map = |vblock, pblock: u64| {
+            map_record(vblock, pblock, if pblock == 9 { 7 } else { pblock as u8 })
         };
         // Volume blocks written out of device order; blocks 20..=279 are
         // one device run longer than a read.
