@@ -331,6 +331,8 @@ mod tests {
     struct FakeDisk {
         reads: Vec<(u64, usize)>,
         prefetched: u64,
+        /// Blocks announced when each read was made.
+        prefetched_at_read: Vec<u64>,
     }
 
     impl DataBlocks for FakeDisk {
@@ -339,6 +341,7 @@ mod tests {
         }
         fn read(&mut self, pblock: u64, buf: &mut [u8]) -> std::io::Result<()> {
             self.reads.push((pblock, buf.len() / 4096));
+            self.prefetched_at_read.push(self.prefetched);
             for (i, block) in buf.chunks_exact_mut(4096).enumerate() {
                 let n = pblock + i as u64;
                 block.fill(if n == 9 { 7 } else { n as u8 });
@@ -364,6 +367,22 @@ mod tests {
             disk.prefetched, 264,
             "every block announced before it is read"
         );
+
+        // Announced ahead, but no further than the window past what was read.
+        let window = CHECK_PREFETCH_BYTES / map::BLOCK_BYTES;
+        let records: Vec<_> = (0..3 * window).map(|i| map(i, 1000 + i)).collect();
+        let mut disk = FakeDisk::default();
+        assert_eq!(last_sync_is_whole(&records, &mut disk), Ok(true));
+        let mut read_before = 0u64;
+        for (&(_, blocks), &announced) in disk.reads.iter().zip(&disk.prefetched_at_read) {
+            let read_after = read_before + blocks as u64;
+            assert!(
+                announced >= read_after,
+                "read {read_after} blocks, announced {announced}"
+            );
+            assert!(announced <= read_before + window + CHECK_RUN_BLOCKS_MAX);
+            read_before = read_after;
+        }
 
         // A bad block ends the check there: nothing after it is read.
         let mut bad = map(4, 11);
