@@ -438,25 +438,16 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     async fn write_runs(&self, first: u64, targets: &[u64], buf: &[u8]) -> TargetResult<()> {
-        let mut runs = Vec::new();
-        let mut i = 0;
-        while i < targets.len() {
-            let mut run = 1;
-            while i + run < targets.len() && targets[i + run] == targets[i] + run as u64 {
-                run += 1;
-            }
-            runs.push((i, run));
-            i += run;
-        }
-        if let [(0, run)] = runs[..] {
-            debug_assert_eq!(run, targets.len());
+        let runs = map::consecutive_runs(targets, |&pblock| pblock, usize::MAX);
+        if let [ref run] = runs[..] {
+            debug_assert_eq!(run.len(), targets.len());
             return self.write_run(first, targets[0], buf).await;
         }
         // Concurrently, as for reads: fresh blocks on a fragmented pool are
         // not contiguous.
-        let writes = runs.into_iter().map(|(i, run)| {
-            let span = &buf[i * BLOCK_BYTES as usize..(i + run) * BLOCK_BYTES as usize];
-            self.write_run(first + i as u64, targets[i], span)
+        let writes = runs.into_iter().map(|run| {
+            let span = &buf[run.start * BLOCK_BYTES as usize..run.end * BLOCK_BYTES as usize];
+            self.write_run(first + run.start as u64, targets[run.start], span)
         });
         futures::stream::iter(writes)
             .buffer_unordered(RUNS_IN_FLIGHT_MAX)

@@ -158,7 +158,14 @@ pub(crate) fn last_sync_is_whole(
     }
     let mut blocks: Vec<(u64, u32)> = last.into_values().flatten().collect();
     blocks.sort_unstable();
-    let runs = contiguous_runs(&blocks);
+    let runs: Vec<&[(u64, u32)]> = map::consecutive_runs(
+        &blocks,
+        |&(pblock, _)| pblock,
+        CHECK_RUN_BLOCKS_MAX as usize,
+    )
+    .into_iter()
+    .map(|range| &blocks[range])
+    .collect();
     let window = (CHECK_PREFETCH_BYTES / map::BLOCK_BYTES).max(1);
     let mut buf = vec![0u8; (CHECK_RUN_BLOCKS_MAX * map::BLOCK_BYTES) as usize];
     let (mut announced, mut announced_blocks) = (0, 0u64);
@@ -186,25 +193,6 @@ pub(crate) fn last_sync_is_whole(
         checked_blocks += run.len() as u64;
     }
     Ok(true)
-}
-
-/// Splits `(pblock, crc)` pairs sorted by block into runs of consecutive
-/// blocks, each at most `CHECK_RUN_BLOCKS_MAX` long.
-fn contiguous_runs(blocks: &[(u64, u32)]) -> Vec<&[(u64, u32)]> {
-    let mut runs = Vec::new();
-    let mut start = 0;
-    for i in 1..=blocks.len() {
-        let ends = i == blocks.len()
-            || blocks[i].0 != blocks[i - 1].0 + 1
-            || (i - start) as u64 == CHECK_RUN_BLOCKS_MAX;
-        if ends {
-            if i > start {
-                runs.push(&blocks[start..i]);
-            }
-            start = i;
-        }
-    }
-    runs
 }
 
 /// Applies the records found at open to the pool, in order, tagging the
@@ -291,7 +279,7 @@ mod tests {
 
     #[test]
     fn the_last_sync_is_whole_when_the_data_it_leaves_mapped_is_there() {
-        let map = |vblock, pblock, byte: u8| map_record(vblock, pblock, byte);
+        let map = map_record;
         let unmap = |vblock, pblock| {
             Record::Unmap {
                 volume: 0,

@@ -66,6 +66,28 @@ impl Mapping {
     }
 }
 
+/// Splits items whose physical blocks (`pblock`) the caller has put in
+/// order into index ranges of consecutive blocks, each at most `max_len`
+/// items long: one data I/O per range.
+pub(crate) fn consecutive_runs<T>(
+    items: &[T],
+    pblock: impl Fn(&T) -> u64,
+    max_len: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=items.len() {
+        let ends = i == items.len()
+            || pblock(&items[i]) != pblock(&items[i - 1]) + 1
+            || i - start == max_len;
+        if ends {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    runs
+}
+
 pub fn encode_volume(size_bytes: u64) -> [u8; VOLUME_VALUE_BYTES] {
     let mut out = [0u8; VOLUME_VALUE_BYTES];
     out[0..8].copy_from_slice(&size_bytes.to_le_bytes());
