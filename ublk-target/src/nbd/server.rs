@@ -69,10 +69,20 @@ impl Listener {
         match address {
             Address::Unix(path) => {
                 remove_stale_socket(path)?;
-                // The umask makes the socket 0600 from its creation on.
-                let old = unsafe { libc::umask(0o177) };
-                let bound = UnixListener::bind(path);
-                unsafe { libc::umask(old) };
+                // The umask makes the socket 0600 from its creation on. It
+                // is the process's: binds on two threads at once could
+                // each restore the other's (a test process serves many
+                // exports), so they take turns.
+                static UMASK_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+                let bound = {
+                    let _turn = UMASK_TURN.lock().unwrap_or_else(|p| p.into_inner());
+                    // SAFETY: umask only swaps the process's creation mask.
+                    let old = unsafe { libc::umask(0o177) };
+                    let bound = UnixListener::bind(path);
+                    // SAFETY: as above.
+                    unsafe { libc::umask(old) };
+                    bound
+                };
                 Ok(Listener::Unix(bound?, path.clone()))
             }
             Address::Tcp(hostport) => {
