@@ -12,7 +12,7 @@
 //! contiguous. A direct I/O on them is then one segment instead of one per
 //! 4 KiB page, and on a virtual disk every segment is a descriptor the
 //! host handles: 1 MiB sequential reads through the NBD export went from
-//! 1,326-1,621 to 2,335-2,684 MiB/s on this project's machine (alternating
+//! 1,268-1,621 to 2,335-2,788 MiB/s on this project's machine (alternating
 //! runs, bench-results/volume.md, session 11). Where the kernel has no
 //! transparent huge pages the advice is ignored and the buffers are
 //! ordinary memory.
