@@ -129,8 +129,11 @@ impl Allocator {
     /// busy until `commit_done`. Freeing space that is not allocated (free,
     /// busy, or out of range) is an error and changes nothing.
     pub fn free(&mut self, extent: Extent) -> Result<()> {
-        self.check_allocated(extent)?;
-        self.busy.insert(extent);
+        self.check_allocated_except_busy(extent)?;
+        // The busy check and the insert are one descent of the map.
+        if !self.busy.try_insert(extent) {
+            return Err(freed_twice(extent));
+        }
         Ok(())
     }
 
@@ -211,6 +214,16 @@ impl Allocator {
     }
 
     fn check_allocated(&self, extent: Extent) -> Result<()> {
+        self.check_allocated_except_busy(extent)?;
+        if self.busy.overlaps(extent) {
+            return Err(freed_twice(extent));
+        }
+        Ok(())
+    }
+
+    /// `check_allocated` without the busy runs (which `free` checks as it
+    /// inserts into them).
+    fn check_allocated_except_busy(&self, extent: Extent) -> Result<()> {
         let in_range = extent.len > 0
             && extent.start >= self.first_block
             && extent
@@ -223,12 +236,11 @@ impl Allocator {
                 extent.start, extent.len
             )));
         }
-        let busy = self.busy.overlaps(extent) || self.committing.overlaps(extent);
-        if busy || self.free.overlaps(extent) || self.freed.overlaps(extent) {
-            return Err(Error::Invalid(format!(
-                "extent {}+{} freed twice",
-                extent.start, extent.len
-            )));
+        let free = self.committing.overlaps(extent)
+            || self.free.overlaps(extent)
+            || self.freed.overlaps(extent);
+        if free {
+            return Err(freed_twice(extent));
         }
         Ok(())
     }
@@ -332,4 +344,11 @@ impl Allocator {
         }
         Ok(())
     }
+}
+
+fn freed_twice(extent: Extent) -> Error {
+    Error::Invalid(format!(
+        "extent {}+{} freed twice",
+        extent.start, extent.len
+    ))
 }

@@ -44,19 +44,36 @@ impl Runs {
     /// Adds an extent disjoint from every run, merging it with the runs
     /// that touch it.
     pub(crate) fn insert(&mut self, extent: Extent) {
-        debug_assert!(extent.len > 0 && !self.overlaps(extent));
-        let mut merged = extent;
-        if let Some((&start, &len)) = self.by_start.range(..extent.start).next_back() {
-            if start + len == extent.start {
-                self.by_start.remove(&start);
-                merged = Extent::new(start, len + merged.len);
+        let inserted = self.try_insert(extent);
+        debug_assert!(inserted, "extent {extent:?} overlaps a run");
+    }
+
+    /// Adds `extent`, merging it with the runs that touch it; false, and
+    /// nothing changed, if it overlaps a run. One descent finds both a run
+    /// it overlaps and the run below it to merge with (the allocator frees
+    /// one block per overwritten block: this is on every write's path).
+    pub(crate) fn try_insert(&mut self, extent: Extent) -> bool {
+        debug_assert!(extent.len > 0);
+        let above = self.by_start.get(&extent.end()).copied();
+        // The last run starting below the end: it overlaps the extent if
+        // it reaches past the start, touches it if it ends there.
+        let merged_below = match self.by_start.range_mut(..extent.end()).next_back() {
+            Some((&start, len)) if start + *len > extent.start => return false,
+            Some((&start, len)) if start + *len == extent.start => {
+                *len += extent.len + above.unwrap_or(0);
+                true
             }
+            _ => false,
+        };
+        if above.is_some() {
+            self.by_start.remove(&extent.end());
         }
-        if let Some(len) = self.by_start.remove(&extent.end()) {
-            merged.len += len;
+        if !merged_below {
+            self.by_start
+                .insert(extent.start, extent.len + above.unwrap_or(0));
         }
-        self.by_start.insert(merged.start, merged.len);
         self.blocks += extent.len;
+        true
     }
 
     /// Whether every block of `extent` is in one run.
@@ -117,5 +134,39 @@ mod tests {
         runs.remove(Extent::new(15, 10));
         assert!(runs.is_empty());
         assert_eq!(runs.blocks(), 0);
+    }
+
+    #[test]
+    fn try_insert_refuses_every_overlap_and_changes_nothing() {
+        let mut runs = Runs::default();
+        assert!(runs.try_insert(Extent::new(10, 5)));
+        assert!(runs.try_insert(Extent::new(30, 5)));
+        for overlapping in [
+            (8, 3),
+            (10, 1),
+            (14, 1),
+            (14, 20),
+            (5, 40),
+            (34, 2),
+            (12, 1),
+        ] {
+            let extent = Extent::new(overlapping.0, overlapping.1);
+            assert!(!runs.try_insert(extent), "{extent:?} overlaps");
+        }
+        assert_eq!(
+            runs.iter().collect::<Vec<_>>(),
+            vec![Extent::new(10, 5), Extent::new(30, 5)]
+        );
+        assert_eq!(runs.blocks(), 10);
+        // Touching on both sides merges all three into one run.
+        assert!(runs.try_insert(Extent::new(15, 15)));
+        assert_eq!(runs.iter().collect::<Vec<_>>(), vec![Extent::new(10, 25)]);
+        assert!(runs.try_insert(Extent::new(9, 1)) && runs.try_insert(Extent::new(35, 1)));
+        assert!(runs.try_insert(Extent::new(40, 1)));
+        assert_eq!(
+            runs.iter().collect::<Vec<_>>(),
+            vec![Extent::new(9, 27), Extent::new(40, 1)]
+        );
+        assert_eq!(runs.blocks(), 28);
     }
 }

@@ -35,7 +35,9 @@ pub enum TransmissionError {
 
 /// A reply ready to send: header bytes, then an optional read payload.
 struct Reply {
-    header: Vec<u8>,
+    /// Inline up to a structured read reply's header (20 bytes and the
+    /// offset): no allocation per reply.
+    header: smallvec::SmallVec<[u8; 32]>,
     data: Option<AlignedBuf>,
 }
 
@@ -176,7 +178,7 @@ async fn execute<T: BlockTarget>(
     };
     match result {
         Ok(()) => Reply {
-            header: simple_reply(cookie, 0).to_vec(),
+            header: simple_reply(cookie, 0).as_slice().into(),
             data: None,
         },
         Err(e) => error_reply(cookie, structured, &e),
@@ -199,24 +201,27 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
     }
     if !structured {
         return Reply {
-            header: simple_reply(cookie, 0).to_vec(),
+            header: simple_reply(cookie, 0).as_slice().into(),
             data: Some(buf),
         };
     }
     if buf.is_empty() {
         // An OFFSET_DATA chunk may not be empty: a lone NONE chunk ends it.
         return Reply {
-            header: structured_header(cookie, REPLY_FLAG_DONE, 0, 0).to_vec(),
+            header: structured_header(cookie, REPLY_FLAG_DONE, 0, 0)
+                .as_slice()
+                .into(),
             data: None,
         };
     }
-    let mut header = structured_header(
+    let mut header: smallvec::SmallVec<[u8; 32]> = structured_header(
         cookie,
         REPLY_FLAG_DONE,
         REPLY_TYPE_OFFSET_DATA,
         request.length + 8,
     )
-    .to_vec();
+    .as_slice()
+    .into();
     header.extend_from_slice(&request.offset.to_be_bytes());
     Reply {
         header,
@@ -234,9 +239,9 @@ fn error_reply(cookie: u64, structured: bool, e: &TargetError) -> Reply {
         TargetError::NotSupported => NBD_ENOTSUP,
     };
     let header = if structured {
-        structured_error(cookie, errno, &e.to_string())
+        structured_error(cookie, errno, &e.to_string()).into()
     } else {
-        simple_reply(cookie, errno).to_vec()
+        simple_reply(cookie, errno).as_slice().into()
     };
     Reply { header, data: None }
 }

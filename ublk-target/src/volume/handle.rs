@@ -275,7 +275,7 @@ impl<D: DataIo> VolumeHandle<D> {
         // In place for blocks mapped since the last sync or commit (no
         // durable state refers to them); new ones else.
         let open_gen = v.open_gen.load(Ordering::Acquire);
-        let in_place: Vec<Option<u64>> = old
+        let in_place: PerBlock<Option<u64>> = old
             .iter()
             .map(|m| m.filter(|m| m.txn == open_gen).map(|m| m.pblock))
             .collect();
@@ -288,7 +288,7 @@ impl<D: DataIo> VolumeHandle<D> {
         let fresh = self.allocate(needed)?;
         v.in_flight.register(&fresh);
         let mut fresh_blocks = fresh.iter().flat_map(|e| e.start..e.end());
-        let targets: Vec<u64> = in_place
+        let targets: PerBlock<u64> = in_place
             .iter()
             .map(|p| p.unwrap_or_else(|| fresh_blocks.next().expect("allocated enough")))
             .collect();
@@ -402,8 +402,8 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// Allocates `blocks` data blocks in as few extents as the pool gives.
-    fn allocate(&self, blocks: u64) -> TargetResult<Vec<Extent>> {
-        let mut got = Vec::new();
+    fn allocate(&self, blocks: u64) -> TargetResult<Extents> {
+        let mut got = Extents::new();
         let mut have = 0;
         while have < blocks {
             match self.volume.pool.alloc_data(blocks - have) {
@@ -553,6 +553,11 @@ fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
 
 /// Mappings of a chunk's blocks; a small request's fit inline.
 type Mappings = smallvec::SmallVec<[Option<Mapping>; 4]>;
+/// A value per block of a chunk; inline for small requests (no allocation
+/// on a 4 KiB write's path).
+type PerBlock<T> = smallvec::SmallVec<[T; 4]>;
+/// The extents a chunk's new blocks came in; usually one.
+type Extents = smallvec::SmallVec<[Extent; 2]>;
 
 /// Indexes of the mapped blocks in `buf` whose crc32c is not the mapping's.
 fn mismatches(maps: &[Option<Mapping>], buf: &[u8]) -> Vec<usize> {

@@ -68,13 +68,13 @@ impl Mapping {
 
 /// Splits items whose physical blocks (`pblock`) the caller has put in
 /// order into index ranges of consecutive blocks, each at most `max_len`
-/// items long: one data I/O per range.
+/// items long: one data I/O per range. A small write's one run stays inline.
 pub(crate) fn consecutive_runs<T>(
     items: &[T],
     pblock: impl Fn(&T) -> u64,
     max_len: usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut runs = Vec::new();
+) -> smallvec::SmallVec<[std::ops::Range<usize>; 1]> {
+    let mut runs = smallvec::SmallVec::new();
     let mut start = 0;
     for i in 1..=items.len() {
         let ends = i == items.len()
