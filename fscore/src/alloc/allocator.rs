@@ -130,7 +130,8 @@ impl Allocator {
     /// busy, or out of range) is an error and changes nothing.
     pub fn free(&mut self, extent: Extent) -> Result<()> {
         self.check_allocated_except_busy(extent)?;
-        // The busy check and the insert are one descent of the map.
+        // The insert finds an overlap with busy runs itself: no separate
+        // probe of the largest map on this path.
         if !self.busy.try_insert(extent) {
             return Err(freed_twice(extent));
         }

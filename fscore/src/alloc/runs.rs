@@ -49,7 +49,7 @@ impl Runs {
     }
 
     /// Adds `extent`, merging it with the runs that touch it; false, and
-    /// nothing changed, if it overlaps a run. One descent finds both a run
+    /// nothing changed, if it overlaps a run. The same descent finds a run
     /// it overlaps and the run below it to merge with (the allocator frees
     /// one block per overwritten block: this is on every write's path).
     pub(crate) fn try_insert(&mut self, extent: Extent) -> bool {

@@ -33,11 +33,13 @@ pub enum TransmissionError {
     Truncated,
 }
 
+/// Reply header bytes, inline up to a structured read reply's header (20
+/// bytes and the offset): no allocation per reply.
+type ReplyHeader = smallvec::SmallVec<[u8; 32]>;
+
 /// A reply ready to send: header bytes, then an optional read payload.
 struct Reply {
-    /// Inline up to a structured read reply's header (20 bytes and the
-    /// offset): no allocation per reply.
-    header: smallvec::SmallVec<[u8; 32]>,
+    header: ReplyHeader,
     data: Option<AlignedBuf>,
 }
 
@@ -214,7 +216,7 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
             data: None,
         };
     }
-    let mut header: smallvec::SmallVec<[u8; 32]> = structured_header(
+    let mut header: ReplyHeader = structured_header(
         cookie,
         REPLY_FLAG_DONE,
         REPLY_TYPE_OFFSET_DATA,

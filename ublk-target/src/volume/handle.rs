@@ -551,11 +551,11 @@ fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
     ))
 }
 
-/// Mappings of a chunk's blocks; a small request's fit inline.
-type Mappings = smallvec::SmallVec<[Option<Mapping>; 4]>;
 /// A value per block of a chunk; inline for small requests (no allocation
 /// on a 4 KiB write's path).
 type PerBlock<T> = smallvec::SmallVec<[T; 4]>;
+/// Mappings of a chunk's blocks.
+type Mappings = PerBlock<Option<Mapping>>;
 /// The extents a chunk's new blocks came in; usually one.
 type Extents = smallvec::SmallVec<[Extent; 2]>;
 
