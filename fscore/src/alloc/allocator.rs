@@ -1,8 +1,8 @@
 //! A block allocator over one device's range of blocks.
 //!
 //! Free space is an `ExtentSet` (by position and by size). Space freed in the
-//! open transaction is *busy* (seed 004): it sits in an ordered map keyed by
-//! block number, merged with its neighbours, and is never handed out, because
+//! open transaction is *busy* (seed 004): it sits in a `BlockSet` (bits by
+//! block number, one hash probe per change) and is never handed out, because
 //! the last durable superblock may still reference it. When the transaction
 //! is durable, `commit_done` moves every busy extent into the free set.
 //!
@@ -19,8 +19,8 @@
 //! by itself, so a commit never happens in the middle of a caller's
 //! multi-step update.
 
+use super::block_set::BlockSet;
 use super::extents::{Extent, ExtentSet};
-use super::runs::Runs;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Debug)]
@@ -29,18 +29,18 @@ pub struct Allocator {
     first_block: u64,
     end_block: u64,
     free: ExtentSet,
-    /// Freed in the open transaction, keyed by start block, merged.
-    busy: Runs,
+    /// Freed in the open transaction.
+    busy: BlockSet,
     /// Handed out in the open transaction and not given back: with `busy`,
     /// everything the commit changes in the persisted free space (the
     /// commit logs both instead of rewriting all free extents).
-    allocated: Runs,
+    allocated: BlockSet,
     /// Busy space of a transaction whose commit is being written (see
     /// `begin_commit`): still not allocatable, free once that commit is durable.
-    committing: Runs,
+    committing: BlockSet,
     /// Freed by a durable commit and not yet merged into `free`: free space
     /// that `absorb_freed` (or an allocation that needs it) makes allocatable.
-    freed: Runs,
+    freed: BlockSet,
     /// The block `alloc_one` handed out last: the next one continues below it.
     last_one: Option<u64>,
 }
@@ -52,10 +52,10 @@ impl Allocator {
             first_block,
             end_block,
             free: ExtentSet::default(),
-            busy: Runs::default(),
-            allocated: Runs::default(),
-            committing: Runs::default(),
-            freed: Runs::default(),
+            busy: BlockSet::default(),
+            allocated: BlockSet::default(),
+            committing: BlockSet::default(),
+            freed: BlockSet::default(),
             last_one: None,
         }
     }
@@ -130,8 +130,7 @@ impl Allocator {
     /// busy, or out of range) is an error and changes nothing.
     pub fn free(&mut self, extent: Extent) -> Result<()> {
         self.check_allocated_except_busy(extent)?;
-        // The insert finds an overlap with busy runs itself: no separate
-        // probe of the largest map on this path.
+        // The insert finds an overlap with busy blocks itself.
         if !self.busy.try_insert(extent) {
             return Err(freed_twice(extent));
         }
@@ -189,7 +188,7 @@ impl Allocator {
     /// transaction, each in block order: what its commit changes in the
     /// persisted free space. Disjoint: busy space is never allocated.
     pub(crate) fn changes(&self) -> (Vec<Extent>, Vec<Extent>) {
-        (self.allocated.iter().collect(), self.busy.iter().collect())
+        (self.allocated.runs(), self.busy.runs())
     }
 
     /// Extents `changes` would return, in O(1).
@@ -222,7 +221,7 @@ impl Allocator {
         Ok(())
     }
 
-    /// `check_allocated` without the busy runs (which `free` checks as it
+    /// `check_allocated` without the busy blocks (which `free` checks as it
     /// inserts into them).
     fn check_allocated_except_busy(&self, extent: Extent) -> Result<()> {
         let in_range = extent.len > 0
@@ -279,7 +278,7 @@ impl Allocator {
     pub fn absorb_freed(&mut self) {
         if !self.freed.is_empty() {
             let freed = std::mem::take(&mut self.freed);
-            self.free.absorb(freed.as_map());
+            self.free.absorb(freed.runs());
         }
     }
 
@@ -289,9 +288,9 @@ impl Allocator {
         let mut all: Vec<Extent> = self
             .free
             .iter()
-            .chain(self.busy.iter())
-            .chain(self.committing.iter())
-            .chain(self.freed.iter())
+            .chain(self.busy.runs())
+            .chain(self.committing.runs())
+            .chain(self.freed.runs())
             .collect();
         all.sort_unstable_by_key(|extent| extent.start);
         let mut out: Vec<Extent> = Vec::with_capacity(all.len());
@@ -313,14 +312,14 @@ impl Allocator {
     /// merged and disjoint from free ones.
     pub fn verify(&self) -> std::result::Result<(), String> {
         self.free.verify()?;
-        // Runs are disjoint and merged by construction; what remains to
+        // Each set's runs are disjoint and merged by construction; what remains to
         // prove is that busy, committing and free space never overlap.
-        for run in self.busy.iter() {
+        for run in self.busy.runs() {
             if self.free.overlaps(run) || self.committing.overlaps(run) {
                 return Err(format!("busy extent {}+{} overlaps", run.start, run.len));
             }
         }
-        for run in self.committing.iter() {
+        for run in self.committing.runs() {
             if self.free.overlaps(run) {
                 return Err(format!(
                     "committing extent {}+{} overlaps",
@@ -328,7 +327,7 @@ impl Allocator {
                 ));
             }
         }
-        for run in self.freed.iter() {
+        for run in self.freed.runs() {
             let overlaps = self.free.overlaps(run)
                 || self.busy.overlaps(run)
                 || self.committing.overlaps(run)
@@ -337,7 +336,12 @@ impl Allocator {
                 return Err(format!("freed extent {}+{} overlaps", run.start, run.len));
             }
         }
-        if let Some(run) = self.allocated.iter().find(|run| self.free.overlaps(*run)) {
+        if let Some(run) = self
+            .allocated
+            .runs()
+            .into_iter()
+            .find(|run| self.free.overlaps(*run))
+        {
             return Err(format!(
                 "extent {}+{} is both allocated and free",
                 run.start, run.len

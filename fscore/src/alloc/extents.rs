@@ -158,10 +158,10 @@ impl ExtentSet {
         start + len - 1
     }
 
-    /// Moves every extent of `other` into self.
-    pub(crate) fn absorb(&mut self, other: &BTreeMap<u64, u64>) {
-        for (start, len) in other {
-            self.insert(Extent::new(*start, *len));
+    /// Adds every extent of `other` (disjoint from the set).
+    pub(crate) fn absorb(&mut self, other: impl IntoIterator<Item = Extent>) {
+        for extent in other {
+            self.insert(extent);
         }
     }
 

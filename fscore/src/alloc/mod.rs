@@ -1,6 +1,6 @@
 mod allocator;
+mod block_set;
 mod extents;
-mod runs;
 
 pub use allocator::Allocator;
 pub use extents::Extent;
