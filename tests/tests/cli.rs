@@ -203,3 +203,48 @@ fn bench_measures_both_systems_and_cleans_up() {
         "multiple of 1 MiB",
     );
 }
+
+/// A daemon is known by its pid and start time, not by the binary's name:
+/// `del` stops a daemon started from a renamed copy (it used to drop the
+/// entry as "not running" and leave the daemon serving, the pool locked),
+/// and a stale entry whose pid now names another process is not signalled.
+#[test]
+fn del_stops_a_daemon_whatever_its_binary_is_called() {
+    let pool = Pool::mkfs("64M");
+    let renamed = pool.run_dir().with_file_name("storaged");
+    std::fs::copy(binary(), &renamed).unwrap();
+    let socket = pool.run_dir().with_file_name("nbd.sock");
+    let mut c = Command::new(&renamed);
+    c.env("SCOUTFS_UBLK_RUN_DIR", pool.run_dir())
+        .arg("add")
+        .arg("--nbd")
+        .arg(format!("unix:{}", socket.display()));
+    run_ok(pool.pool_args(&mut c));
+    let entry = pool.entry(0);
+    assert_eq!(entry["state"], "LIVE");
+    let pid = entry["pid"].as_u64().unwrap();
+    let stopped = run_ok(pool.cmd().args(["del", "-n", "0"]));
+    assert!(stopped.contains("nbd0: stopped"), "{stopped}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || run_ok(Command::new("cat").arg(format!("/proc/{pid}/stat"))).contains(") Z"),
+        "daemon {pid} still running after del"
+    );
+    pool.wait_released();
+    pool.check_clean();
+
+    // An entry naming a live process that is not the daemon (this test,
+    // with a start time that is not its own) is stale: removed, and the
+    // process is not signalled.
+    let entry_path = pool.run_dir().join("nbd-3.json");
+    let mut stale = entry.clone();
+    stale["id"] = 3.into();
+    stale["pid"] = std::process::id().into();
+    stale["started"] = 1.into();
+    std::fs::write(&entry_path, serde_json::to_string(&stale).unwrap()).unwrap();
+    let listed = run_ok(pool.cmd().arg("list"));
+    assert!(listed.contains("nbd3: DEAD"), "{listed}");
+    let out = run_ok(pool.cmd().args(["del", "-n", "3"]));
+    assert!(out.contains("was not running"), "{out}");
+    assert!(!entry_path.exists());
+}

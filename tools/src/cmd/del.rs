@@ -39,14 +39,8 @@ pub fn run(args: &DelArgs) -> Result<()> {
     }
 }
 
-fn is_ours(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| String::from_utf8_lossy(&c).contains("scoutfs-ublk"))
-        .unwrap_or(false)
-}
-
 fn stop(entry: &Entry) -> Result<()> {
-    if !registry::alive(entry.pid) || !is_ours(entry.pid) {
+    if !entry.daemon_running() {
         registry::release_id(entry.id);
         println!("nbd{}: daemon was not running; entry removed", entry.id);
         return Ok(());

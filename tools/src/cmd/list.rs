@@ -37,7 +37,7 @@ pub fn run(args: &ListArgs) -> Result<()> {
         list.extend(entries.iter().map(|e| {
             let mut v = serde_json::to_value(e).expect("entry serializes");
             v["kind"] = "nbd".into();
-            v["state"] = state(e.pid).into();
+            v["state"] = state(e).into();
             v
         }));
         return print_json(true, &list);
@@ -46,7 +46,7 @@ pub fn run(args: &ListArgs) -> Result<()> {
         println!(
             "nbd{}: {} {} pid {} uri {} meta {} data {}",
             e.id,
-            state(e.pid),
+            state(&e),
             human(e.size_bytes),
             e.pid,
             e.uri,
@@ -57,8 +57,8 @@ pub fn run(args: &ListArgs) -> Result<()> {
     Ok(())
 }
 
-fn state(pid: u32) -> &'static str {
-    if registry::alive(pid) {
+fn state(entry: &registry::Entry) -> &'static str {
+    if entry.daemon_running() {
         "LIVE"
     } else {
         "DEAD"

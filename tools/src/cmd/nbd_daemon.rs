@@ -199,6 +199,7 @@ async fn serve_volume(
         data: spec.data.clone(),
         size_bytes: volume.size_bytes(),
         log: spec.log.clone(),
+        started: registry::start_time(std::process::id()),
     };
     registry::publish(&entry)?;
     let info = usage(&entry);

@@ -27,6 +27,29 @@ pub struct Entry {
     pub data: PathBuf,
     pub size_bytes: u64,
     pub log: PathBuf,
+    /// The daemon's start time (`/proc/PID/stat`, clock ticks since boot):
+    /// with `pid`, names the process even after the pid is reused. Absent
+    /// in entries written before it was recorded.
+    #[serde(default)]
+    pub started: Option<u64>,
+}
+
+impl Entry {
+    /// Whether the daemon this entry describes is still running: its pid
+    /// is alive and is the same process (same start time), whatever the
+    /// binary is called. Entries without a start time fall back to the
+    /// command line naming scoutfs-ublk.
+    pub fn daemon_running(&self) -> bool {
+        if !alive(self.pid) {
+            return false;
+        }
+        match self.started {
+            Some(started) => start_time(self.pid) == Some(started),
+            None => std::fs::read(format!("/proc/{}/cmdline", self.pid))
+                .map(|c| String::from_utf8_lossy(&c).contains("scoutfs-ublk"))
+                .unwrap_or(false),
+        }
+    }
 }
 
 fn entry_path(id: u32) -> PathBuf {
@@ -49,7 +72,7 @@ pub fn reserve_id(wanted: Option<u32>) -> Result<u32> {
         }
         let path = entry_path(id);
         if let Some(stale) = read_entry(&path) {
-            if !alive(stale.pid) {
+            if !stale.daemon_running() {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -110,16 +133,27 @@ pub fn entries() -> Vec<Entry> {
     out
 }
 
+/// The fields of `/proc/PID/stat` after the command name (which may hold
+/// spaces and parentheses): field 3 (state) first.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
 /// True while the process exists and is not a zombie (a daemon whose
 /// parent never reaps it must still count as gone).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X') | None)
-        }
-        Err(_) => false,
+    match stat_fields(pid) {
+        Some(fields) => !matches!(
+            fields.first().map(String::as_str),
+            Some("Z") | Some("X") | None
+        ),
+        None => false,
     }
+}
+
+/// The process's start time in clock ticks since boot (field 22).
+pub fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(22 - 3)?.parse().ok()
 }
