@@ -82,6 +82,12 @@ pub struct MkfsArgs {
     /// an existing data device holds beyond that slack.
     #[arg(long)]
     pub size: Option<String>,
+    /// Write zeros over the metadata and data files before formatting
+    /// (regular files only), so that no later write lands in a hole: the
+    /// host file system then never allocates blocks on the I/O path, and
+    /// flushes stay one device flush. Takes as long as writing the files.
+    #[arg(long)]
+    pub preallocate: bool,
 }
 
 /// Largest `add --poll-us`: polling is for the gaps between completions

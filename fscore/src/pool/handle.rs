@@ -181,8 +181,13 @@ impl Pool {
     pub fn mkfs(meta: &Path, data: &Path, opts: &MkfsOptions) -> Result<PoolInfo> {
         prepare_file(meta, opts.meta_bytes)?;
         prepare_file(data, opts.data_bytes)?;
-        let meta_storage = open_locked(meta, true)?;
-        let data_storage = open_locked(data, true)?;
+        let mut meta_storage = open_locked(meta, true)?;
+        let mut data_storage = open_locked(data, true)?;
+        if opts.preallocate {
+            // Under the locks: a pool in use was refused above, untouched.
+            meta_storage.write_zeros()?;
+            data_storage.write_zeros()?;
+        }
         if meta_storage.is_direct() && (opts.meta_block_bytes as usize) < DIRECT_ALIGN_BYTES {
             let bytes = opts.meta_block_bytes;
             return Err(Error::Invalid(format!(

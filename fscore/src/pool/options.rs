@@ -34,6 +34,10 @@ pub struct MkfsOptions {
     pub data_bytes: u64,
     /// Metadata (btree) block size: a power of two in 1 KiB..=64 KiB.
     pub meta_block_bytes: u32,
+    /// Write zeros over every block of devices that are regular files
+    /// before formatting (`FileStorage::write_zeros`), so no later write
+    /// lands in a hole or an unwritten extent of the host file system.
+    pub preallocate: bool,
 }
 
 impl MkfsOptions {
@@ -42,6 +46,7 @@ impl MkfsOptions {
             meta_bytes,
             data_bytes,
             meta_block_bytes: META_BLOCK_BYTES_DEFAULT,
+            preallocate: false,
         }
     }
 }

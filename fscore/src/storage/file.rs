@@ -9,7 +9,7 @@ use io_uring::{opcode, types, IoUring};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -115,6 +115,35 @@ impl FileStorage {
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             Err(error) => Err(error),
         }
+    }
+
+    /// Writes zeros over every whole block (`DIRECT_ALIGN_BYTES`) of a
+    /// regular file and makes them durable; block devices are left alone.
+    ///
+    /// Why: a file system allocates a hole's blocks (or converts an
+    /// unwritten extent) when they are first written, and the next flush
+    /// of the file must then commit the file system's own journal too.
+    /// Copy-on-write reaches every block of the pool's files in time, and
+    /// until it has, flushes are slower (measured on ext4: 4k writes with a
+    /// flush every 32, median flush ~500-590 us against ~410-460 us on a
+    /// data file written once before mkfs).
+    pub fn write_zeros(&mut self) -> io::Result<()> {
+        const CHUNK_BYTES: usize = 1 << 20;
+        if !self.file.metadata()?.is_file() {
+            return Ok(());
+        }
+        let buf = AlignedBuf::new(CHUNK_BYTES);
+        // SAFETY: ptr is valid for len bytes (zeroed at allocation) while
+        // `buf` lives, which is to the end of this function.
+        let zeros = unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) };
+        let end = self.len_bytes / DIRECT_ALIGN_BYTES as u64 * DIRECT_ALIGN_BYTES as u64;
+        let mut at = 0;
+        while at < end {
+            let n = (end - at).min(CHUNK_BYTES as u64) as usize;
+            self.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        self.file.sync_data()
     }
 
     /// The open file, e.g. for flock.

@@ -1,7 +1,8 @@
 //! `scoutfs-ublk mkfs`: formats a pool holding one volume. Missing files are
 //! created sparse: the data file at the volume size plus copy-on-write
 //! slack, the metadata file at `META_FRACTION` of it (at least
-//! `META_BYTES_MIN`).
+//! `META_BYTES_MIN`). With `--preallocate` regular files are written with
+//! zeros in full first (fscore's `FileStorage::write_zeros` says why).
 
 use super::size::{human, parse_size};
 use crate::cli::MkfsArgs;
@@ -93,7 +94,10 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         Some(have) if have > 0 && !is_regular(meta) => have,
         _ => (volume_bytes / META_FRACTION).max(META_BYTES_MIN),
     };
-    let opts = fscore::MkfsOptions::new(meta_bytes, data_bytes);
+    let opts = fscore::MkfsOptions {
+        preallocate: args.preallocate,
+        ..fscore::MkfsOptions::new(meta_bytes, data_bytes)
+    };
     let info = Volume::create(meta, data, volume_bytes, &opts).with_context(|| {
         format!(
             "formatting pool (meta {}, data {})",
