@@ -1,5 +1,5 @@
-//! `BlockSet`: a set of blocks kept as bits, in pages of 512 blocks (one
-//! cache line of bits) in a hash map keyed by page number.
+//! `BlockSet`: a set of blocks kept as bits, 64 blocks to a word, in a
+//! hash map keyed by word number (block / 64).
 //!
 //! The allocator keeps the blocks a transaction allocates and frees in
 //! these. A volume's random 4 KiB overwrites add one scattered block to
@@ -7,9 +7,15 @@
 //! runs between commits; as ordered maps of runs, the inserts and overlap
 //! checks were ~7% of the NBD thread's time at 4k randwrite (deep descents,
 //! each node a cache miss). Here an insert or a membership test is one hash
-//! probe and a few bit operations, and scattered blocks share pages (a
-//! 2 GiB device has 1,024). Runs come out in block order, merged, only when
-//! asked for: at a commit, by sorting the page numbers.
+//! probe and a few bit operations, and nearby blocks share a word. Runs come
+//! out in block order, merged, only when asked for: at a commit, by sorting
+//! the word numbers.
+//!
+//! Memory: ~20 bytes per word holding any block (the key, the bits, the
+//! table's control byte and load factor), so no more per block than an
+//! ordered map of runs when blocks are scattered (one run, one word each),
+//! and far less when they are dense. Words whose last block goes are
+//! removed.
 //!
 //! The number of runs is kept exact as blocks come and go (from the bits
 //! on either side of each change), because commits size their logs by it.
@@ -17,33 +23,25 @@
 use super::extents::Extent;
 use rustc_hash::FxHashMap;
 
-/// Blocks per page.
-const PAGE_BLOCKS: u64 = 512;
 const WORD_BITS: u64 = 64;
-const PAGE_WORDS: usize = (PAGE_BLOCKS / WORD_BITS) as usize;
-
-type Page = [u64; PAGE_WORDS];
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct BlockSet {
-    /// Pages with at least one block set: a page whose last block goes is
-    /// removed, so memory and iteration follow what the set holds.
-    pages: FxHashMap<u64, Page>,
+    /// Word number -> its blocks' bits (never zero).
+    words: FxHashMap<u64, u64>,
     blocks: u64,
     /// Maximal runs of consecutive blocks.
     runs: usize,
 }
 
-/// One word's share of an extent: page number, word index, bit mask.
-fn spans(extent: Extent) -> impl Iterator<Item = (u64, usize, u64)> {
+/// One word's share of an extent: word number and bit mask.
+fn spans(extent: Extent) -> impl Iterator<Item = (u64, u64)> {
     let mut at = extent.start;
     let end = extent.end();
     std::iter::from_fn(move || {
         if at >= end {
             return None;
         }
-        let page = at / PAGE_BLOCKS;
-        let word = ((at % PAGE_BLOCKS) / WORD_BITS) as usize;
         let bit = at % WORD_BITS;
         let bits = (WORD_BITS - bit).min(end - at);
         let mask = if bits == WORD_BITS {
@@ -51,8 +49,9 @@ fn spans(extent: Extent) -> impl Iterator<Item = (u64, usize, u64)> {
         } else {
             ((1u64 << bits) - 1) << bit
         };
+        let word = at / WORD_BITS;
         at += bits;
-        Some((page, word, mask))
+        Some((word, mask))
     })
 }
 
@@ -72,33 +71,29 @@ impl BlockSet {
 
     /// Empties the set, keeping the hash map's memory for the next use.
     pub(crate) fn clear(&mut self) {
-        self.pages.clear();
+        self.words.clear();
         self.blocks = 0;
         self.runs = 0;
     }
 
     fn has(&self, blkno: u64) -> bool {
-        self.pages.get(&(blkno / PAGE_BLOCKS)).is_some_and(|page| {
-            page[((blkno % PAGE_BLOCKS) / WORD_BITS) as usize] & (1 << (blkno % WORD_BITS)) != 0
-        })
+        self.words
+            .get(&(blkno / WORD_BITS))
+            .is_some_and(|bits| bits & (1 << (blkno % WORD_BITS)) != 0)
     }
 
     /// Whether any block of `extent` is in the set.
     pub(crate) fn overlaps(&self, extent: Extent) -> bool {
-        spans(extent).any(|(page, word, mask)| {
-            self.pages
-                .get(&page)
-                .is_some_and(|page| page[word] & mask != 0)
-        })
+        spans(extent).any(|(word, mask)| self.words.get(&word).is_some_and(|bits| bits & mask != 0))
     }
 
     /// Whether every block of `extent` is in the set.
     pub(crate) fn contains(&self, extent: Extent) -> bool {
         extent.len > 0
-            && spans(extent).all(|(page, word, mask)| {
-                self.pages
-                    .get(&page)
-                    .is_some_and(|page| page[word] & mask == mask)
+            && spans(extent).all(|(word, mask)| {
+                self.words
+                    .get(&word)
+                    .is_some_and(|bits| bits & mask == mask)
             })
     }
 
@@ -122,8 +117,8 @@ impl BlockSet {
             return false;
         }
         let (below, above) = self.neighbours(extent);
-        for (page, word, mask) in spans(extent) {
-            self.pages.entry(page).or_insert([0; PAGE_WORDS])[word] |= mask;
+        for (word, mask) in spans(extent) {
+            *self.words.entry(word).or_insert(0) |= mask;
         }
         // A new run, less one for each neighbouring run it joins.
         self.runs = self.runs + 1 - usize::from(below) - usize::from(above);
@@ -134,14 +129,14 @@ impl BlockSet {
     /// Removes an extent that `contains` holds.
     pub(crate) fn remove(&mut self, extent: Extent) {
         debug_assert!(self.contains(extent));
-        for (page_no, word, mask) in spans(extent) {
-            let page = self
-                .pages
-                .get_mut(&page_no)
+        for (word, mask) in spans(extent) {
+            let bits = self
+                .words
+                .get_mut(&word)
                 .expect("removed blocks are in the set");
-            page[word] &= !mask;
-            if page.iter().all(|&w| w == 0) {
-                self.pages.remove(&page_no);
+            *bits &= !mask;
+            if *bits == 0 {
+                self.words.remove(&word);
             }
         }
         // The run that held the extent goes; what is left of it on either
@@ -153,26 +148,23 @@ impl BlockSet {
 
     /// The maximal runs, in block order.
     pub(crate) fn runs(&self) -> Vec<Extent> {
-        let mut pages: Vec<(u64, &Page)> = self.pages.iter().map(|(&n, p)| (n, p)).collect();
-        pages.sort_unstable_by_key(|&(page_no, _)| page_no);
+        let mut words: Vec<(u64, u64)> = self.words.iter().map(|(&w, &b)| (w, b)).collect();
+        words.sort_unstable_by_key(|&(word, _)| word);
         let mut out: Vec<Extent> = Vec::with_capacity(self.runs);
-        for (page_no, page) in pages {
-            for (i, &word) in page.iter().enumerate() {
-                let base = page_no * PAGE_BLOCKS + i as u64 * WORD_BITS;
-                let mut bits = word;
-                while bits != 0 {
-                    let first = u64::from(bits.trailing_zeros());
-                    let ones = u64::from((bits >> first).trailing_ones());
-                    let run = Extent::new(base + first, ones);
-                    match out.last_mut() {
-                        Some(last) if last.end() == run.start => last.len += ones,
-                        _ => out.push(run),
-                    }
-                    if first + ones == WORD_BITS {
-                        break;
-                    }
-                    bits &= !(((1u64 << ones) - 1) << first);
+        for (word, mut bits) in words {
+            let base = word * WORD_BITS;
+            while bits != 0 {
+                let first = u64::from(bits.trailing_zeros());
+                let ones = u64::from((bits >> first).trailing_ones());
+                let run = Extent::new(base + first, ones);
+                match out.last_mut() {
+                    Some(last) if last.end() == run.start => last.len += ones,
+                    _ => out.push(run),
                 }
+                if first + ones == WORD_BITS {
+                    break;
+                }
+                bits &= !(((1u64 << ones) - 1) << first);
             }
         }
         debug_assert_eq!(out.len(), self.runs);
@@ -202,7 +194,7 @@ mod tests {
         assert_eq!((set.blocks(), set.len()), (12, 2));
         set.remove(Extent::new(10, 2));
         set.remove(Extent::new(15, 10));
-        assert!(set.is_empty() && set.pages.is_empty());
+        assert!(set.is_empty() && set.words.is_empty());
         assert_eq!(set.len(), 0);
     }
 
@@ -235,9 +227,9 @@ mod tests {
     }
 
     #[test]
-    fn runs_cross_word_and_page_boundaries() {
+    fn runs_cross_word_boundaries() {
         let mut set = BlockSet::default();
-        // Whole words, a run over a page boundary, block 0, a far page.
+        // Whole words, a run over a word boundary, block 0, a far word.
         set.insert(Extent::new(0, 1));
         set.insert(Extent::new(64, 128));
         set.insert(Extent::new(500, 30));
