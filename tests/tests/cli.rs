@@ -292,3 +292,31 @@ fn mkfs_preallocate_writes_the_files_and_spares_a_pool_in_use() {
     pool.del(0);
     pool.check_clean();
 }
+
+/// `del` stops a daemon whose client is still connected (idle, between
+/// requests): the connection ends, the daemon commits and exits, and what
+/// the client wrote is there after `add`.
+#[test]
+fn del_stops_a_daemon_with_a_connected_client() {
+    let pool = Pool::mkfs("64M");
+    let d = pool.add();
+    let mut client = tests::NbdClient::connect(&d.socket).unwrap();
+    client
+        .send(tests::CMD_WRITE, 7, 8192, &[0x3cu8; 4096], 0)
+        .unwrap();
+    assert_eq!(client.reply().unwrap(), (7, 0));
+    // `del` fails unless the daemon exits within its wait.
+    let out = run_ok(pool.cmd().args(["del", "-n", "0"]));
+    assert!(out.contains("nbd0: stopped"), "{out}");
+    // The server closed the connection: no reply ever comes.
+    assert!(
+        client.reply().is_err(),
+        "the connection stayed open after del"
+    );
+    pool.check_clean();
+    let d = pool.add();
+    let mut client = tests::NbdClient::connect(&d.socket).unwrap();
+    assert_eq!(client.read_at(8192, 4096).unwrap(), vec![0x3cu8; 4096]);
+    drop(client);
+    pool.del(0);
+}

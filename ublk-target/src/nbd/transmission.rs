@@ -61,12 +61,16 @@ where
     let in_flight = std::sync::Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let (replies, reply_queue) = mpsc::channel::<Reply>(IN_FLIGHT_MAX);
     let writer_task = tokio::task::spawn_local(write_replies(writer, reply_queue));
+    // One wait for the whole connection, polled before each header (not a
+    // new waiter, and a random branch order, per request).
+    let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
 
     let result = loop {
         let mut header = [0u8; REQUEST_HEADER_BYTES];
         let read = tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
             read = read_header(&mut reader, &mut header) => read,
-            _ = shutdown.wait_for(|stop| *stop) => break Ok(()),
         };
         match read {
             Ok(true) => {}
