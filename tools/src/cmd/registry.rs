@@ -72,7 +72,14 @@ pub fn reserve_id(wanted: Option<u32>) -> Result<u32> {
         }
         let path = entry_path(id);
         if let Some(stale) = read_entry(&path) {
-            if !stale.daemon_running() {
+            // Gone, or its pid now names another process. (An entry without
+            // a start time and a live pid is kept: it may be a daemon of a
+            // binary that did not record one.)
+            let gone = !alive(stale.pid)
+                || stale
+                    .started
+                    .is_some_and(|started| start_time(stale.pid) != Some(started));
+            if gone {
                 let _ = std::fs::remove_file(&path);
             }
         }
