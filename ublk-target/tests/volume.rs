@@ -579,9 +579,12 @@ fn whole_and_partial_writes_agree_on_in_place_and_discard_ends_it() {
     let volume = pool.open();
     let h = file_handle(&volume);
     let free = || volume.pool_info().data_free_blocks;
-    // Two writes first: the journal region (data blocks too) is set up
-    // by then, so the counts below see only the writes' own blocks.
+    // A write and a commit (the handle's first flush) first: the first
+    // change asks for a commit in the background, which gives the journal
+    // its region (data blocks too); once the flush returns the counts
+    // below see only the writes' own blocks.
     block_on(h.write(40960, &block_of(1), false)).unwrap();
+    block_on(h.flush()).unwrap();
     block_on(h.write(0, &block_of(1), false)).unwrap();
     let before = free();
     // Partial write of a block the whole write mapped: looked up, in place.
@@ -606,7 +609,7 @@ fn whole_and_partial_writes_agree_on_in_place_and_discard_ends_it() {
         before - 1,
         "rewrite after unmapping zeroes allocates"
     );
-    // A commit (the handle's first flush) ends the open generation.
+    // A flush (a sync now) ends the open generation.
     block_on(h.flush()).unwrap();
     let before = free();
     block_on(h.write(0, &block_of(7), false)).unwrap();
