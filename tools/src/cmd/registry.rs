@@ -35,20 +35,25 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The pid is gone, or now names a process started at another time
+    /// than the daemon: the entry is stale whatever else is known.
+    pub fn pid_gone_or_reused(&self) -> bool {
+        !alive(self.pid)
+            || self
+                .started
+                .is_some_and(|started| start_time(self.pid) != Some(started))
+    }
+
     /// Whether the daemon this entry describes is still running: its pid
-    /// is alive and is the same process (same start time), whatever the
-    /// binary is called. Entries without a start time fall back to the
-    /// command line naming scoutfs-ublk.
+    /// is the same process (same start time), whatever the binary is
+    /// called. Entries without a start time fall back to the command line
+    /// naming scoutfs-ublk.
     pub fn daemon_running(&self) -> bool {
-        if !alive(self.pid) {
-            return false;
-        }
-        match self.started {
-            Some(started) => start_time(self.pid) == Some(started),
-            None => std::fs::read(format!("/proc/{}/cmdline", self.pid))
-                .map(|c| String::from_utf8_lossy(&c).contains("scoutfs-ublk"))
-                .unwrap_or(false),
-        }
+        !self.pid_gone_or_reused()
+            && (self.started.is_some()
+                || std::fs::read(format!("/proc/{}/cmdline", self.pid))
+                    .map(|c| String::from_utf8_lossy(&c).contains("scoutfs-ublk"))
+                    .unwrap_or(false))
     }
 }
 
@@ -72,14 +77,9 @@ pub fn reserve_id(wanted: Option<u32>) -> Result<u32> {
         }
         let path = entry_path(id);
         if let Some(stale) = read_entry(&path) {
-            // Gone, or its pid now names another process. (An entry without
-            // a start time and a live pid is kept: it may be a daemon of a
-            // binary that did not record one.)
-            let gone = !alive(stale.pid)
-                || stale
-                    .started
-                    .is_some_and(|started| start_time(stale.pid) != Some(started));
-            if gone {
+            // (An entry without a start time and a live pid is kept: it may
+            // be a daemon of a binary that did not record one.)
+            if stale.pid_gone_or_reused() {
                 let _ = std::fs::remove_file(&path);
             }
         }
@@ -140,27 +140,21 @@ pub fn entries() -> Vec<Entry> {
     out
 }
 
-/// The fields of `/proc/PID/stat` after the command name (which may hold
-/// spaces and parentheses): field 3 (state) first.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
+/// Field `n` (1-based, as in proc(5); 3 or later) of `/proc/PID/stat`,
+/// counted after the command name, which may hold spaces and parentheses.
+fn stat_field(pid: u32, n: usize) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
+    rest.split_whitespace().nth(n - 3).map(str::to_owned)
 }
 
 /// True while the process exists and is not a zombie (a daemon whose
 /// parent never reaps it must still count as gone).
 pub fn alive(pid: u32) -> bool {
-    match stat_fields(pid) {
-        Some(fields) => !matches!(
-            fields.first().map(String::as_str),
-            Some("Z") | Some("X") | None
-        ),
-        None => false,
-    }
+    stat_field(pid, 3).is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// The process's start time in clock ticks since boot (field 22).
 pub fn start_time(pid: u32) -> Option<u64> {
-    stat_fields(pid)?.get(22 - 3)?.parse().ok()
+    stat_field(pid, 22)?.parse().ok()
 }
