@@ -183,16 +183,17 @@ impl Pool {
         prepare_file(data, opts.data_bytes)?;
         let mut meta_storage = open_locked(meta, true)?;
         let mut data_storage = open_locked(data, true)?;
-        if opts.preallocate {
-            // Under the locks: a pool in use was refused above, untouched.
-            meta_storage.write_zeros()?;
-            data_storage.write_zeros()?;
-        }
         if meta_storage.is_direct() && (opts.meta_block_bytes as usize) < DIRECT_ALIGN_BYTES {
             let bytes = opts.meta_block_bytes;
             return Err(Error::Invalid(format!(
                 "{bytes}-byte metadata blocks on an O_DIRECT device (need {DIRECT_ALIGN_BYTES})"
             )));
+        }
+        if opts.preallocate {
+            // Under the locks and after the checks above: a pool in use, or
+            // options refused, leave the files untouched.
+            meta_storage.write_zeros()?;
+            data_storage.write_zeros()?;
         }
         Pool::mkfs_on(Box::new(meta_storage), Box::new(data_storage), opts)
     }

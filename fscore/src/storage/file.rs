@@ -132,10 +132,8 @@ impl FileStorage {
         if !self.file.metadata()?.is_file() {
             return Ok(());
         }
-        let buf = AlignedBuf::new(CHUNK_BYTES);
-        // SAFETY: ptr is valid for len bytes (zeroed at allocation) while
-        // `buf` lives, which is to the end of this function.
-        let zeros = unsafe { std::slice::from_raw_parts(buf.ptr, buf.len) };
+        let mut buf = AlignedBuf::new(CHUNK_BYTES); // zeroed at allocation
+        let zeros: &[u8] = buf.as_mut_slice();
         let end = self.len_bytes / DIRECT_ALIGN_BYTES as u64 * DIRECT_ALIGN_BYTES as u64;
         let mut at = 0;
         while at < end {
