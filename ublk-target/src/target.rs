@@ -57,6 +57,19 @@ pub trait BlockTarget {
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> TargetResult<()>;
     /// Every write that completed before this call is durable when it returns Ok.
     async fn flush(&self) -> TargetResult<()>;
+    /// A write without FUA whose answer is sent on `answer` as soon as the
+    /// target has accepted it, possibly before its data is on the device
+    /// (reads and flushes after the answer still see it; a failure after
+    /// the answer fails the next flush). The future ends when the write is
+    /// done. By default the answer is the finished write's result.
+    async fn write_answering(
+        &self,
+        offset: u64,
+        data: &[u8],
+        answer: futures::channel::oneshot::Sender<TargetResult<()>>,
+    ) {
+        let _ = answer.send(self.write(offset, data, false).await);
+    }
     /// Frees the range; it reads as zeros afterwards.
     async fn discard(&self, offset: u64, len: u64) -> TargetResult<()>;
     /// Makes the range read as zeros; with `may_unmap` false the space stays

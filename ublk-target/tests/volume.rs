@@ -857,3 +857,184 @@ fn requests_out_of_range_or_misaligned_are_einval() {
         "pool is locked"
     );
 }
+
+fn aligned_copy(data: &[u8]) -> AlignedBuf {
+    let mut buf = AlignedBuf::zeroed(data.len());
+    buf.copy_from_slice(data);
+    buf
+}
+
+/// Runs `write_answering` on its own thread; returns the answer's receiver
+/// and the thread (which ends when the write is done).
+fn write_answering_on_thread<D: DataIo + Send + 'static>(
+    volume: &Arc<Volume>,
+    io: D,
+    offset: u64,
+    data: Vec<u8>,
+) -> (
+    futures::channel::oneshot::Receiver<Result<(), TargetError>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (answer, answered) = futures::channel::oneshot::channel();
+    let volume = volume.clone();
+    let thread = std::thread::spawn(move || {
+        let data = aligned_copy(&data);
+        block_on(volume.handle(io).write_answering(offset, &data, answer));
+    });
+    (answered, thread)
+}
+
+/// A write answered before its data landed: a read issued after the answer
+/// waits for it and returns the new data, a flush issued after the answer
+/// waits for it and makes it durable; a crash before it landed leaves the
+/// old data.
+#[test]
+fn an_answered_write_is_seen_by_later_reads_and_flushes_before_it_lands() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &vec![0xaa; 8192], false)).unwrap();
+    block_on(h.flush()).unwrap();
+
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let held = HookedIo {
+        before_write: Box::new(move || {
+            let _ = released.lock().unwrap().recv();
+        }),
+        ..HookedIo::new(volume.data_path())
+    };
+    let (answered, writer) = write_answering_on_thread(&volume, held, 0, vec![0xbb; 4096]);
+    // Answered while its data write is held.
+    assert_eq!(block_on(answered), Ok(Ok(())));
+
+    let (read_tx, read_rx) = mpsc::channel();
+    let reader = {
+        let volume = volume.clone();
+        std::thread::spawn(move || {
+            let _ = read_tx.send(read(&file_handle(&volume), 0, 8192));
+        })
+    };
+    let (flush_tx, flush_rx) = mpsc::channel();
+    let flusher = {
+        let volume = volume.clone();
+        std::thread::spawn(move || {
+            let _ = flush_tx.send(block_on(file_handle(&volume).flush()));
+        })
+    };
+    assert!(
+        read_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a read after the answer returned before the write landed"
+    );
+    assert!(
+        flush_rx.try_recv().is_err(),
+        "a flush after the answer finished before the write landed"
+    );
+    let crash_before_landing = pool.snapshot();
+    release.send(()).unwrap();
+    writer.join().unwrap();
+    let mut expect = vec![0xaa; 8192];
+    expect[..4096].fill(0xbb);
+    assert_eq!(
+        read_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+        expect
+    );
+    flush_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+        .unwrap();
+    reader.join().unwrap();
+    flusher.join().unwrap();
+    let crash_after_flush = pool.snapshot();
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+
+    crash_before_landing.recover(|c| assert_eq!(read(c, 0, 8192), vec![0xaa; 8192]));
+    crash_after_flush.recover(|c| assert_eq!(read(c, 0, 8192), expect));
+}
+
+/// Data writes fail with EIO.
+struct FailingWrites(FileDataIo);
+
+impl DataIo for FailingWrites {
+    async fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf).await
+    }
+    async fn write_at(&self, _offset: u64, _buf: &[u8]) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EIO))
+    }
+    async fn sync(&self) -> std::io::Result<()> {
+        self.0.sync().await
+    }
+}
+
+/// A data write that fails after its answer: the next flush reports it
+/// (once), the block keeps its old data, and no space leaks.
+#[test]
+fn a_write_failing_after_its_answer_fails_the_next_flush() {
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &vec![0xaa; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap();
+    let failing = FailingWrites(FileDataIo::open(volume.data_path()).unwrap());
+    let (answered, writer) = write_answering_on_thread(&volume, failing, 0, vec![0xbb; 4096]);
+    assert_eq!(block_on(answered), Ok(Ok(())));
+    writer.join().unwrap();
+    match block_on(h.flush()) {
+        Err(TargetError::Io(_)) => {}
+        other => panic!("the flush after a failed answered write gave {other:?}"),
+    }
+    block_on(h.flush()).unwrap();
+    assert_eq!(read(&h, 0, 4096), vec![0xaa; 4096]);
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+    let report = pool.check_clean();
+    assert_eq!(report.data_blocks_referenced, 1);
+}
+
+/// ENOSPC, EINVAL and multi-chunk writes are answered with the write's
+/// real result, never early.
+#[test]
+fn writes_that_fail_before_acceptance_are_answered_with_the_error() {
+    let pool = Pool::new(16 * MIB, 4 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    let answer = |offset: u64, len: usize| {
+        let (answer, answered) = futures::channel::oneshot::channel();
+        let data = aligned_copy(&vec![0x33; len]);
+        block_on(h.write_answering(offset, &data, answer));
+        block_on(answered).unwrap()
+    };
+    assert!(matches!(
+        answer(16 * MIB, 4096),
+        Err(TargetError::Invalid(_))
+    ));
+    assert!(matches!(answer(100, 4096), Err(TargetError::Invalid(_))));
+    let mut written = 0u64;
+    loop {
+        match answer(written, 4096) {
+            Ok(()) => written += 4096,
+            Err(TargetError::NoSpace) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(written > 0);
+    // Two chunks, the second past the end of the space.
+    assert_eq!(
+        answer(written - MIB, 2 * MIB as usize),
+        Err(TargetError::NoSpace)
+    );
+    // Overwrites of written blocks still work and read back.
+    assert_eq!(answer(0, 8192), Ok(()));
+    block_on(h.flush()).unwrap();
+    assert_eq!(read(&h, 0, 8192), vec![0x33; 8192]);
+    drop(h);
+    volume.close().unwrap();
+    drop(volume);
+    pool.check_clean();
+}

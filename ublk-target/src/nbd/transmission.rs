@@ -1,7 +1,9 @@
 //! The transmission phase of one connection: a reader that frames requests
 //! and starts one task per request, and a writer that sends the replies in
 //! the order the requests complete (pipelined requests are answered out of
-//! order, each reply carrying its request's cookie).
+//! order, each reply carrying its request's cookie). A write without FUA is
+//! answered as soon as the volume accepts it, before its data lands
+//! (`BlockTarget::write_answering`; docs/volume.md).
 //!
 //! At most `IN_FLIGHT_MAX` requests run at once: the reader stops reading
 //! until one finishes, so a client cannot make the server buffer without
@@ -110,9 +112,16 @@ where
         let target = target.clone();
         let replies = replies.clone();
         tokio::task::spawn_local(async move {
-            let reply = execute(&*target, request, payload, structured).await;
-            // The writer is gone only when the client is: nothing to tell.
-            let _ = replies.send(reply).await;
+            if request.kind == CMD_WRITE && request.flags & CMD_FLAG_FUA == 0 {
+                let data = payload.expect("a write carries its payload");
+                write_answering_early(&*target, request, &data, structured, &replies).await;
+            } else {
+                let reply = execute(&*target, request, payload, structured).await;
+                // The writer is gone only when the client is: nothing to tell.
+                let _ = replies.send(reply).await;
+            }
+            // Held until the write is done, answered or not: the bound on
+            // requests in flight covers writes answered early.
             drop(permit);
         });
     };
@@ -151,6 +160,28 @@ fn truncated(e: std::io::Error) -> TransmissionError {
     }
 }
 
+/// A write without FUA: answered as soon as the target accepts it
+/// (`BlockTarget::write_answering`), done when this returns.
+async fn write_answering_early<T: BlockTarget>(
+    target: &T,
+    request: Request,
+    data: &[u8],
+    structured: bool,
+    replies: &mpsc::Sender<Reply>,
+) {
+    let (answer, answered) = futures::channel::oneshot::channel();
+    let write = target.write_answering(request.offset, data, answer);
+    let reply = async {
+        let result = answered
+            .await
+            .unwrap_or_else(|_| Err(TargetError::Io("the write was dropped unanswered".into())));
+        let _ = replies
+            .send(result_reply(request.cookie, structured, result))
+            .await;
+    };
+    futures::join!(write, reply);
+}
+
 async fn execute<T: BlockTarget>(
     target: &T,
     request: Request,
@@ -182,6 +213,10 @@ async fn execute<T: BlockTarget>(
             "unknown command type {other}"
         ))),
     };
+    result_reply(cookie, structured, result)
+}
+
+fn result_reply(cookie: u64, structured: bool, result: Result<(), TargetError>) -> Reply {
     match result {
         Ok(()) => Reply {
             header: simple_reply(cookie, 0).as_slice().into(),

@@ -7,16 +7,19 @@
 //! 3. under a transaction gate pass: a block mapped by the open transaction
 //!    is overwritten in place, any other gets a newly allocated block
 //!    (copy-on-write: the last commit's data is never touched), registered
-//!    as in flight; without in-place blocks the pass is let go;
+//!    as in flight; without in-place blocks the pass is let go; a write
+//!    made through `write_answering` is answered here (`acked`);
 //! 4. data is written in runs of contiguous physical blocks;
 //! 5. under a pass, map items are inserted with each block's crc32c,
 //!    replaced blocks freed, and the new blocks are no longer in flight.
 //!
-//! Reads take no lock: they look up the chunk, read mapped runs, verify each
+//! Reads take no lock (while answered writes are unfinished they wait
+//! until their blocks' range locks are free): they look up the chunk, read mapped runs, verify each
 //! block's crc32c, and fill unmapped blocks with zeros without I/O. A
 //! mismatch is first told apart from a racing writer (the block is locked,
 //! or its mapping changed): only a mismatch on a stable mapping is EIO.
 
+use super::acked::{AckedWrite, AckedWrites};
 use super::coalesce::CoalescingWrites;
 use super::data_io::DataIo;
 use super::journal::Record;
@@ -25,7 +28,9 @@ use super::volume::{target_error, Volume};
 use crate::aligned::{is_block_aligned, AlignedBuf};
 use crate::target::{check_range, BlockTarget, TargetError, TargetResult};
 use fscore::Extent;
+use futures::channel::oneshot;
 use futures::{StreamExt, TryStreamExt};
+use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -110,6 +115,15 @@ impl<D: DataIo> VolumeHandle<D> {
 
     fn lookup_one(&self, vblock: u64) -> TargetResult<Option<Mapping>> {
         Ok(self.lookup(vblock, 1)?[0])
+    }
+
+    /// Waits until no answered write of blocks `first..=last` is still
+    /// being written (it holds their range lock until they are mapped), so
+    /// the map shows every write already answered.
+    async fn settle_blocks(&self, first: u64, last: u64) {
+        if self.volume.acked.any_pending() {
+            self.volume.locks.wait_unlocked(first, last).await;
+        }
     }
 
     /// Reads the mapped blocks of `first..` into `buf` (block i at i*4096),
@@ -238,7 +252,12 @@ impl<D: DataIo> VolumeHandle<D> {
     /// Lock order: the chunk's block range, then a gate pass. A pass is
     /// never held while waiting for a range lock: a commit waits for every
     /// pass, and a range-lock holder may be waiting for the gate.
-    async fn write_chunk(&self, offset: u64, data: &[u8]) -> TargetResult<()> {
+    async fn write_chunk(
+        &self,
+        offset: u64,
+        data: &[u8],
+        accept: Option<&Acceptance<'_>>,
+    ) -> TargetResult<()> {
         let v = &*self.volume;
         let first = offset / BLOCK_BYTES;
         let last = (offset + data.len() as u64 - 1) / BLOCK_BYTES;
@@ -302,6 +321,10 @@ impl<D: DataIo> VolumeHandle<D> {
             drop(pass);
             None
         };
+        // Locked, allocated, merged: the write may be answered now.
+        if let Some(accept) = accept {
+            accept.accept();
+        }
         let written = self.write_runs(first, &targets, buf).await;
         let _pass = match pass {
             Some(pass) => pass,
@@ -460,14 +483,21 @@ impl<D: DataIo> VolumeHandle<D> {
     /// open transaction, allocatable once durable) and retry; a chunk that
     /// still does not fit goes block by block, so overwrites of written
     /// blocks keep working on a full pool (each needs one reserved block).
-    async fn write_with_retry(&self, offset: u64, data: &[u8]) -> TargetResult<()> {
-        match self.write_chunk(offset, data).await {
+    /// With `accept`, the chunk may be answered early, but not once it goes
+    /// block by block (a later block's ENOSPC must reach its request).
+    async fn write_with_retry(
+        &self,
+        offset: u64,
+        data: &[u8],
+        accept: Option<&Acceptance<'_>>,
+    ) -> TargetResult<()> {
+        match self.write_chunk(offset, data, accept).await {
             Err(TargetError::NoSpace) => {}
             other => return other,
         }
         if self.volume.pool.info().data_busy_blocks > 0 {
             self.volume.commit_and_wait().await?;
-            match self.write_chunk(offset, data).await {
+            match self.write_chunk(offset, data, accept).await {
                 Err(TargetError::NoSpace) => {}
                 other => return other,
             }
@@ -480,10 +510,10 @@ impl<D: DataIo> VolumeHandle<D> {
             let at = offset + done as u64;
             let n = ((BLOCK_BYTES - at % BLOCK_BYTES) as usize).min(data.len() - done);
             let piece = &data[done..done + n];
-            match self.write_chunk(at, piece).await {
+            match self.write_chunk(at, piece, None).await {
                 Err(TargetError::NoSpace) if self.volume.pool.info().data_busy_blocks > 0 => {
                     self.volume.commit_and_wait().await?;
-                    self.write_chunk(at, piece).await?;
+                    self.write_chunk(at, piece, None).await?;
                 }
                 other => other?,
             }
@@ -536,9 +566,45 @@ impl<D: DataIo> VolumeHandle<D> {
         static ZEROS: [u8; (CHUNK_BLOCKS * BLOCK_BYTES) as usize] =
             [0; (CHUNK_BLOCKS * BLOCK_BYTES) as usize];
         for (at, n) in chunks(offset, len) {
-            self.write_with_retry(at, &ZEROS[..n as usize]).await?;
+            self.write_with_retry(at, &ZEROS[..n as usize], None)
+                .await?;
         }
         Ok(())
+    }
+}
+
+/// A write that may be answered before it is done (`acked`).
+struct Acceptance<'a> {
+    answer: RefCell<Option<oneshot::Sender<TargetResult<()>>>>,
+    answered: RefCell<Option<AckedWrite<'a>>>,
+    writes: &'a AckedWrites,
+}
+
+impl Acceptance<'_> {
+    /// Answers Ok, the first time: later flushes wait for this write.
+    fn accept(&self) {
+        if let Some(answer) = self.answer.borrow_mut().take() {
+            *self.answered.borrow_mut() = Some(self.writes.begin());
+            let _ = answer.send(Ok(()));
+        }
+    }
+
+    /// The write is done: its result is the answer if it was not answered
+    /// yet, else the next flush's.
+    fn finish(self, offset: u64, result: TargetResult<()>) {
+        match self.answered.into_inner() {
+            Some(answered) => {
+                if let Err(e) = &result {
+                    log::error!("write at volume offset {offset} failed after its answer: {e}");
+                }
+                answered.end(result);
+            }
+            None => {
+                if let Some(answer) = self.answer.into_inner() {
+                    let _ = answer.send(result);
+                }
+            }
+        }
     }
 }
 
@@ -601,6 +667,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
             let first = at / BLOCK_BYTES;
             let last = (at + n - 1) / BLOCK_BYTES;
             let count = last - first + 1;
+            self.settle_blocks(first, last).await;
             if direct {
                 self.read_chunk(first, count, &mut buf[done..done + n as usize])
                     .await?;
@@ -620,7 +687,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
         check_range(self.volume.size_bytes, offset, data.len() as u64)?;
         let mut done = 0usize;
         for (at, n) in chunks(offset, data.len() as u64) {
-            self.write_with_retry(at, &data[done..done + n as usize])
+            self.write_with_retry(at, &data[done..done + n as usize], None)
                 .await?;
             done += n as usize;
         }
@@ -631,7 +698,36 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
     }
 
     async fn flush(&self) -> TargetResult<()> {
-        self.volume.sync_and_wait().await
+        // Writes answered before this flush are written first; one that
+        // failed after its answer fails this flush (after the sync of the rest).
+        let settled = self.volume.acked.settle().await;
+        self.volume.sync_and_wait().await?;
+        settled
+    }
+
+    async fn write_answering(
+        &self,
+        offset: u64,
+        data: &[u8],
+        answer: oneshot::Sender<TargetResult<()>>,
+    ) {
+        if let Err(e) = check_range(self.volume.size_bytes, offset, data.len() as u64) {
+            let _ = answer.send(Err(e));
+            return;
+        }
+        if chunks(offset, data.len() as u64).count() != 1 {
+            // Several chunks are accepted one after another: a later one's
+            // ENOSPC must still be this request's answer.
+            let _ = answer.send(self.write(offset, data, false).await);
+            return;
+        }
+        let acceptance = Acceptance {
+            answer: RefCell::new(Some(answer)),
+            answered: RefCell::new(None),
+            writes: &self.volume.acked,
+        };
+        let result = self.write_with_retry(offset, data, Some(&acceptance)).await;
+        acceptance.finish(offset, result);
     }
 
     async fn discard(&self, offset: u64, len: u64) -> TargetResult<()> {
@@ -647,6 +743,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
         let mut edges = vec![offset / BLOCK_BYTES, (end - 1) / BLOCK_BYTES];
         edges.dedup();
         for block in edges {
+            self.settle_blocks(block, block).await;
             let from = offset.max(block * BLOCK_BYTES);
             let to = end.min((block + 1) * BLOCK_BYTES);
             if to - from < BLOCK_BYTES && self.lookup_one(block)?.is_some() {

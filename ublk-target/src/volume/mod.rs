@@ -1,6 +1,7 @@
 //! The volume engine: a thin, copy-on-write, checksummed block device whose
 //! map lives in fscore's btree (see `docs/volume.md`).
 
+mod acked;
 mod coalesce;
 mod data_io;
 mod gate;

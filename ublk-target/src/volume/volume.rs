@@ -15,6 +15,7 @@
 //! sync or commit runs are answered together by the next one (group
 //! commit), or by the running one when nothing changed since it began.
 
+use super::acked::AckedWrites;
 use super::gate::Gate;
 use super::handle::VolumeHandle;
 use super::in_flight::InFlightAllocations;
@@ -112,6 +113,8 @@ pub struct Volume {
     /// New data blocks of writes in flight, carried across commits.
     pub(crate) in_flight: InFlightAllocations,
     pub(crate) locks: RangeLocks,
+    /// Writes answered before their data landed (see `acked`).
+    pub(crate) acked: AckedWrites,
     /// Writes, discards and zeroings since the last sync or commit began.
     pub(crate) changes: AtomicU64,
     /// Data blocks only copy-on-write overwrites may take (RESERVE_BLOCKS_MAX).
@@ -169,6 +172,7 @@ impl Volume {
             gate: Gate::default(),
             in_flight: InFlightAllocations::default(),
             locks: RangeLocks::default(),
+            acked: AckedWrites::default(),
             changes: AtomicU64::new(0),
             data_path: data.to_path_buf(),
             opts: opts.clone(),
