@@ -12,17 +12,31 @@ use ublk_target::nbd::{serve, Address, Export, Listener};
 use ublk_target::target::{check_range, TargetResult};
 use ublk_target::{BlockTarget, MemTarget};
 
-const SIZE_BYTES: u64 = 1 << 20;
+const SIZE_BYTES: u64 = 32 << 20;
 
 /// MemTarget, except that a read at offset `GATED_OFFSET` waits until a
 /// write lands at `RELEASE_OFFSET`: lets a test hold one request in flight
-/// while a later one completes, without timing.
+/// while a later one completes, without timing. Writes at `HELD_FROM` and
+/// beyond are answered at once through `write_answering` but not done
+/// (nor, through `write`, answered) until a read at `UNHOLD_OFFSET`.
 struct GatedTarget {
     inner: MemTarget,
     gate: tokio::sync::Notify,
+    unheld: std::cell::Cell<bool>,
+    unhold: tokio::sync::Notify,
 }
 const GATED_OFFSET: u64 = 0;
 const RELEASE_OFFSET: u64 = 65536;
+const HELD_FROM: u64 = 16 << 20;
+const UNHOLD_OFFSET: u64 = 4096;
+
+impl GatedTarget {
+    async fn hold(&self, offset: u64) {
+        while offset >= HELD_FROM && !self.unheld.get() {
+            self.unhold.notified().await;
+        }
+    }
+}
 
 impl BlockTarget for GatedTarget {
     fn size_bytes(&self) -> u64 {
@@ -32,6 +46,10 @@ impl BlockTarget for GatedTarget {
         if offset == GATED_OFFSET {
             self.gate.notified().await;
         }
+        if offset == UNHOLD_OFFSET {
+            self.unheld.set(true);
+            self.unhold.notify_waiters();
+        }
         self.inner.read(offset, buf).await
     }
     async fn write(&self, offset: u64, data: &[u8], fua: bool) -> TargetResult<()> {
@@ -39,7 +57,22 @@ impl BlockTarget for GatedTarget {
         if offset == RELEASE_OFFSET {
             self.gate.notify_one();
         }
+        self.hold(offset).await;
         self.inner.write(offset, data, fua).await
+    }
+    async fn write_answering(
+        &self,
+        offset: u64,
+        data: &[u8],
+        answer: futures::channel::oneshot::Sender<TargetResult<()>>,
+    ) {
+        if offset < HELD_FROM {
+            let _ = answer.send(self.write(offset, data, false).await);
+            return;
+        }
+        let _ = answer.send(Ok(()));
+        self.hold(offset).await;
+        self.inner.write(offset, data, false).await.unwrap();
     }
     async fn flush(&self) -> TargetResult<()> {
         self.inner.flush().await
@@ -79,6 +112,8 @@ impl Server {
                 let target = Rc::new(GatedTarget {
                     inner: MemTarget::new(SIZE_BYTES),
                     gate: Default::default(),
+                    unheld: Default::default(),
+                    unhold: Default::default(),
                 });
                 let export = Export {
                     name: "scoutfs".into(),
@@ -505,4 +540,51 @@ fn unix_socket_is_owner_only() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Writes are answered before they are done only up to
+/// `ANSWERED_BYTES_MAX` of payload per connection: past it, a write waits
+/// to be done before its answer.
+#[test]
+fn writes_answered_before_they_are_done_are_bounded_in_bytes() {
+    use ublk_target::nbd::ANSWERED_BYTES_MAX;
+    let server = Server::start();
+    let mut c = Client::ready(&server);
+    const MIB: usize = 1 << 20;
+    let early = ANSWERED_BYTES_MAX / MIB;
+    let writes = early + 4;
+    assert!(HELD_FROM as usize + writes * MIB <= SIZE_BYTES as usize);
+    for i in 0..writes {
+        let offset = HELD_FROM + (i * MIB) as u64;
+        c.request(
+            CMD_WRITE,
+            0,
+            100 + i as u64,
+            offset,
+            MIB as u32,
+            &vec![i as u8; MIB],
+        );
+    }
+    // Unholds the writes; its answer follows every answer given before.
+    c.request(CMD_READ, 0, 1, UNHOLD_OFFSET, 512, &[]);
+    let before_unhold: Vec<u64> = std::iter::from_fn(|| Some(c.reply().0))
+        .take_while(|&cookie| cookie != 1)
+        .collect();
+    assert_eq!(before_unhold, (100..100 + early as u64).collect::<Vec<_>>());
+    let mut after: Vec<u64> = (0..writes - early).map(|_| c.reply().0).collect();
+    after.sort();
+    assert_eq!(
+        after,
+        (100 + early as u64..100 + writes as u64).collect::<Vec<_>>()
+    );
+    // Every write landed.
+    c.request(
+        CMD_READ,
+        0,
+        2,
+        HELD_FROM + (writes as u64 - 1) * MIB as u64,
+        512,
+        &[],
+    );
+    assert_eq!(c.reply(), (2, 0, vec![(writes - 1) as u8; 512]));
 }

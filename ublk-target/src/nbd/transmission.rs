@@ -20,6 +20,11 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// client's and fio's usual queue depths (32-128), and with 32 MiB payloads
 /// it bounds the memory one connection can pin.
 pub const IN_FLIGHT_MAX: usize = 128;
+/// Payload bytes of one connection's writes answered before their data
+/// landed (each holds its buffer until then). Past it, writes are answered
+/// when done: with 1 MiB writes and the client's slots freed by early
+/// answers, the daemon's peak RSS went from 70 to 173 MiB without it.
+pub const ANSWERED_BYTES_MAX: usize = 8 << 20;
 /// Bytes buffered from the socket per read syscall (many small requests per read).
 const READ_BUFFER_BYTES: usize = 256 << 10;
 /// Bytes of replies gathered before a write syscall.
@@ -66,6 +71,7 @@ where
     // One wait for the whole connection, polled before each header (not a
     // new waiter, and a random branch order, per request).
     let mut stop = std::pin::pin!(shutdown.wait_for(|stop| *stop));
+    let answered_bytes = Rc::new(std::cell::Cell::new(0usize));
 
     let result = loop {
         let mut header = [0u8; REQUEST_HEADER_BYTES];
@@ -111,10 +117,18 @@ where
         };
         let target = target.clone();
         let replies = replies.clone();
+        let answer_early = request.kind == CMD_WRITE
+            && request.flags & CMD_FLAG_FUA == 0
+            && answered_bytes.get() + request.length as usize <= ANSWERED_BYTES_MAX;
+        if answer_early {
+            answered_bytes.set(answered_bytes.get() + request.length as usize);
+        }
+        let answered_bytes = answered_bytes.clone();
         tokio::task::spawn_local(async move {
-            if request.kind == CMD_WRITE && request.flags & CMD_FLAG_FUA == 0 {
+            if answer_early {
                 let data = payload.expect("a write carries its payload");
                 write_answering_early(&*target, request, &data, structured, &replies).await;
+                answered_bytes.set(answered_bytes.get() - data.len());
             } else {
                 let reply = execute(&*target, request, payload, structured).await;
                 // The writer is gone only when the client is: nothing to tell.
