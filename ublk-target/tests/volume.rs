@@ -971,8 +971,9 @@ impl DataIo for FailingWrites {
     }
 }
 
-/// A data write that fails after its answer: the next flush reports it
-/// (once), the block keeps its old data, and no space leaks.
+/// A data write that fails after its answer, copy-on-write or in place:
+/// the next flush reports it (once), the block keeps its old data, and no
+/// space leaks.
 #[test]
 fn a_write_failing_after_its_answer_fails_the_next_flush() {
     let pool = Pool::new(64 * MIB, 32 * MIB);
@@ -990,11 +991,21 @@ fn a_write_failing_after_its_answer_fails_the_next_flush() {
     }
     block_on(h.flush()).unwrap();
     assert_eq!(read(&h, 0, 4096), vec![0xaa; 4096]);
+    // A block written since the last flush is overwritten in place (the
+    // write holds a gate pass across its data write): the same, and the
+    // pass is let go (the flush ends).
+    block_on(h.write(8192, &vec![0xcc; 4096], false)).unwrap();
+    let failing = FailingWrites(FileDataIo::open(volume.data_path()).unwrap());
+    let (answered, writer) = write_answering_on_thread(&volume, failing, 8192, vec![0xdd; 4096]);
+    assert_eq!(block_on(answered), Ok(Ok(())));
+    writer.join().unwrap();
+    assert!(matches!(block_on(h.flush()), Err(TargetError::Io(_))));
+    assert_eq!(read(&h, 8192, 4096), vec![0xcc; 4096]);
     drop(h);
     volume.close().unwrap();
     drop(volume);
     let report = pool.check_clean();
-    assert_eq!(report.data_blocks_referenced, 1);
+    assert_eq!(report.data_blocks_referenced, 2);
 }
 
 /// ENOSPC, EINVAL and multi-chunk writes are answered with the write's

@@ -491,14 +491,17 @@ impl<D: DataIo> VolumeHandle<D> {
         data: &[u8],
         accept: Option<&Acceptance<'_>>,
     ) -> TargetResult<()> {
+        // An answered write that failed is not tried again: between the
+        // tries its range lock is free and a read would see the old data.
+        let answered = || accept.is_some_and(Acceptance::answered);
         match self.write_chunk(offset, data, accept).await {
-            Err(TargetError::NoSpace) => {}
+            Err(TargetError::NoSpace) if !answered() => {}
             other => return other,
         }
         if self.volume.pool.info().data_busy_blocks > 0 {
             self.volume.commit_and_wait().await?;
             match self.write_chunk(offset, data, accept).await {
-                Err(TargetError::NoSpace) => {}
+                Err(TargetError::NoSpace) if !answered() => {}
                 other => return other,
             }
         }
@@ -587,6 +590,10 @@ impl Acceptance<'_> {
             *self.answered.borrow_mut() = Some(self.writes.begin());
             let _ = answer.send(Ok(()));
         }
+    }
+
+    fn answered(&self) -> bool {
+        self.answered.borrow().is_some()
     }
 
     /// The write is done: its result is the answer if it was not answered
