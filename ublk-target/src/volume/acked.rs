@@ -12,8 +12,9 @@
 //!
 //! A failure after the answer (the data device's EIO) cannot reach its
 //! request any more: it is logged with its volume offset, the blocks keep
-//! their old contents, and the next flush returns it, as fsync does after
-//! a failed write-back.
+//! their old mappings (copy-on-write blocks their old data; a block
+//! overwritten in place may be torn and reads EIO, never wrong data), and
+//! the next flush returns it, as fsync does after a failed write-back.
 
 use crate::target::{TargetError, TargetResult};
 use std::collections::BTreeSet;
