@@ -1,6 +1,7 @@
 //! Proves fio's nbd engine can write at queue depth 32 (4 KiB, and 512 B to
 //! 64 KiB at odd alignments) and read every block back with a matching
-//! crc32c (ci/fio/verify.fio), and that `check` is clean afterwards.
+//! crc32c (ci/fio/verify.fio), also while writing goes on (a read right
+//! after its write's answer), and that `check` is clean afterwards.
 
 use std::process::Command;
 use tests::{require_tool, run_ok, Pool};
@@ -20,7 +21,9 @@ fn fio_randwrite_verify_crc32c_qd32() {
             .env("SIZE", "64M"),
     );
     assert!(
-        out.contains("randwrite-4k") && out.contains("randwrite-512-to-64k"),
+        out.contains("randwrite-4k")
+            && out.contains("randwrite-512-to-64k")
+            && out.contains("randwrite-verify-backlog"),
         "{out}"
     );
     assert!(!out.contains("verify: bad"), "{out}");
