@@ -579,38 +579,52 @@ impl<D: DataIo> VolumeHandle<D> {
 
 /// A write that may be answered before it is done (`acked`).
 struct Acceptance<'a> {
-    answer: RefCell<Option<oneshot::Sender<TargetResult<()>>>>,
-    answered: RefCell<Option<AckedWrite<'a>>>,
+    stage: RefCell<Stage<'a>>,
     writes: &'a AckedWrites,
 }
 
-impl Acceptance<'_> {
-    /// Answers Ok, the first time: later flushes wait for this write.
+enum Stage<'a> {
+    Unanswered(oneshot::Sender<TargetResult<()>>),
+    /// Answered Ok: later flushes wait for it.
+    Answered(AckedWrite<'a>),
+}
+
+impl<'a> Acceptance<'a> {
+    fn new(answer: oneshot::Sender<TargetResult<()>>, writes: &'a AckedWrites) -> Self {
+        Acceptance {
+            stage: RefCell::new(Stage::Unanswered(answer)),
+            writes,
+        }
+    }
+
+    /// Answers Ok, the first time.
     fn accept(&self) {
-        if let Some(answer) = self.answer.borrow_mut().take() {
-            *self.answered.borrow_mut() = Some(self.writes.begin());
+        let mut stage = self.stage.borrow_mut();
+        if !matches!(*stage, Stage::Unanswered(_)) {
+            return;
+        }
+        let answered = Stage::Answered(self.writes.begin());
+        if let Stage::Unanswered(answer) = std::mem::replace(&mut *stage, answered) {
             let _ = answer.send(Ok(()));
         }
     }
 
     fn answered(&self) -> bool {
-        self.answered.borrow().is_some()
+        matches!(*self.stage.borrow(), Stage::Answered(_))
     }
 
     /// The write is done: its result is the answer if it was not answered
     /// yet, else the next flush's.
     fn finish(self, offset: u64, result: TargetResult<()>) {
-        match self.answered.into_inner() {
-            Some(answered) => {
+        match self.stage.into_inner() {
+            Stage::Answered(answered) => {
                 if let Err(e) = &result {
                     log::error!("write at volume offset {offset} failed after its answer: {e}");
                 }
                 answered.end(result);
             }
-            None => {
-                if let Some(answer) = self.answer.into_inner() {
-                    let _ = answer.send(result);
-                }
+            Stage::Unanswered(answer) => {
+                let _ = answer.send(result);
             }
         }
     }
@@ -729,11 +743,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
             let _ = answer.send(self.write(offset, data, false).await);
             return;
         }
-        let acceptance = Acceptance {
-            answer: RefCell::new(Some(answer)),
-            answered: RefCell::new(None),
-            writes: &self.volume.acked,
-        };
+        let acceptance = Acceptance::new(answer, &self.volume.acked);
         let result = self.write_with_retry(offset, data, Some(&acceptance)).await;
         acceptance.finish(offset, result);
     }
