@@ -26,10 +26,35 @@ fn start(listen: &str) -> Daemon {
             "--recovery-ms",
             "0",
         ])
-        .stderr(Stdio::null())
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
         .spawn()
         .expect("lockd starts");
     Daemon(child)
+}
+
+/// The address the daemon logs once it listens (with port 0, the port it
+/// got: no port picked by the test that something else may take first).
+/// Its log goes on being drained so the daemon never blocks on it.
+fn listening_on(daemon: &mut Daemon) -> String {
+    use std::io::BufRead;
+    let stderr = daemon.0.stderr.take().expect("stderr is piped");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("reading lockd's log");
+        if let Some(rest) = line.split("lockd listening on ").nth(1) {
+            let endpoint = rest.split(',').next().unwrap().to_string();
+            std::thread::spawn(move || lines.for_each(drop));
+            return endpoint;
+        }
+        seen.push(line);
+    }
+    panic!(
+        "lockd exited before listening ({:?}); its log:\n{}",
+        daemon.0.wait(),
+        seen.join("\n")
+    );
 }
 
 fn stat(connect: &str, cluster_id: &str) -> Output {
@@ -59,13 +84,12 @@ fn terminate(mut daemon: Daemon) -> std::process::ExitStatus {
 
 #[test]
 fn stat_over_tcp_and_a_clean_sigterm() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let daemon = start(&addr);
+    let mut daemon = start("127.0.0.1:0");
+    let addr = listening_on(&mut daemon);
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
     let output = stat_when_up(&addr);
     assert!(output.status.success(), "{output:?}");
     let text = String::from_utf8(output.stdout).unwrap();
@@ -84,7 +108,8 @@ fn a_unix_socket_daemon_removes_its_socket_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockd.sock");
     let listen = format!("unix:{}", path.display());
-    let daemon = start(&listen);
+    let mut daemon = start(&listen);
+    assert_eq!(listening_on(&mut daemon), listen);
     assert!(stat_when_up(&listen).status.success());
     assert!(path.exists());
     assert!(terminate(daemon).success());
