@@ -251,15 +251,15 @@ impl Drop for UringDataIo {
     }
 }
 
+/// The data device, registered as the ring's only file.
+const DATA_FILE: io_uring::types::Fixed = io_uring::types::Fixed(0);
+
 /// The thread's ring. With COOP_TASKRUN the kernel runs a completion's
 /// work (posting its entry, signalling the eventfd) at the thread's next
 /// system call, or wakes it if it sleeps, instead of interrupting it with
 /// an IPI while it runs: the NBD thread makes system calls all the time, so
 /// nothing waits longer, and it is interrupted less. Kernels before 5.19
 /// refuse the flag: a plain ring then.
-/// The data device, registered as the ring's only file.
-const DATA_FILE: io_uring::types::Fixed = io_uring::types::Fixed(0);
-
 fn new_ring() -> io::Result<io_uring::IoUring> {
     match io_uring::IoUring::builder()
         .setup_coop_taskrun()
