@@ -1,9 +1,10 @@
 //! One module per subcommand, plus what they share (`registry` of NBD
-//! daemons, `size` parsing).
+//! daemons, `size` parsing, `daemon` forking helpers).
 
 pub mod add;
 pub mod bench;
 pub mod check;
+pub mod daemon;
 pub mod del;
 pub mod dump;
 pub mod list;

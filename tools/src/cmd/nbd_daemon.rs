@@ -5,12 +5,12 @@
 //! exits. SIGTERM or SIGINT stop the daemon cleanly: it stops accepting,
 //! finishes in-flight requests, commits, unregisters and exits.
 
+use super::daemon::{detach, pipe};
 use super::registry::{self, Entry};
 use super::size::human;
 use crate::cli::AddArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
@@ -77,7 +77,7 @@ fn start(spec: &Spec) -> Result<()> {
         0 => {
             drop(read_end);
             let mut report = std::fs::File::from(write_end);
-            let status = match detach(spec).and_then(|()| run(spec, Some(&mut report))) {
+            let status = match detach(&spec.log).and_then(|()| run(spec, Some(&mut report))) {
                 Ok(()) => 0,
                 Err(e) => {
                     let _ = write!(report, "ERR {e:#}\n{REPORT_END}");
@@ -117,36 +117,6 @@ fn start(spec: &Spec) -> Result<()> {
             }
         }
     }
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe");
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// New session, stdin from /dev/null, stdout and stderr to the daemon log.
-fn detach(spec: &Spec) -> Result<()> {
-    // SAFETY: plain system calls on our own process.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(std::io::Error::last_os_error()).context("setsid");
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log)
-        .with_context(|| format!("opening {}", spec.log.display()))?;
-    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
-    // SAFETY: dup2 onto this process's standard descriptors.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(log.as_raw_fd(), 1);
-        libc::dup2(log.as_raw_fd(), 2);
-    }
-    Ok(())
 }
 
 /// Opens the volume and serves it until SIGTERM/SIGINT. `report` is the

@@ -6,10 +6,11 @@
 //! through a pipe once the device is live; the parent prints the device and
 //! exits. The daemon's output goes to `DAEMON_LOG`.
 
+use super::daemon::{detach, pipe};
 use crate::cli::{AddArgs, RecoverArgs};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -172,7 +173,9 @@ fn start_daemon(spec: &DaemonSpec) -> Result<u32> {
         -1 => Err(std::io::Error::last_os_error()).context("fork"),
         0 => {
             drop(read_end);
-            let status = match detach().and_then(|()| run_daemon(spec, Some(write_end))) {
+            let status = match detach(Path::new(DAEMON_LOG))
+                .and_then(|()| run_daemon(spec, Some(write_end)))
+            {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("scoutfs-ublk daemon {}: {e:#}", std::process::id());
@@ -223,42 +226,6 @@ fn wait_for_report(read_end: OwnedFd) -> Result<u32> {
         .read_exact(&mut report)
         .context("the daemon exited before the device was live")?;
     Ok(u32::from_le_bytes(report))
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("pipe");
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Leaves the caller's session and terminal: stdin from /dev/null, output to
-/// the daemon log.
-fn detach() -> Result<()> {
-    // SAFETY: plain system calls on our own process.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(std::io::Error::last_os_error()).context("setsid");
-    }
-    let log_path = Path::new(DAEMON_LOG);
-    if let Some(dir) = log_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log_path)
-        .with_context(|| format!("opening {DAEMON_LOG}"))?;
-    let null = std::fs::File::open("/dev/null").context("opening /dev/null")?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: dup2 onto the standard descriptors of this process.
-    unsafe {
-        libc::dup2(null.as_raw_fd(), 0);
-        libc::dup2(log.as_raw_fd(), 1);
-        libc::dup2(log.as_raw_fd(), 2);
-    }
-    Ok(())
 }
 
 /// The daemon: opens the pool, serves the device until it stops, then
