@@ -16,9 +16,9 @@
 //! Reads take no lock (while answered writes are unfinished they wait
 //! until their blocks' range locks are free): they look up the chunk, read
 //! mapped runs, verify each block's crc32c, and fill unmapped blocks with
-//! zeros without I/O. A
-//! mismatch is first told apart from a racing writer (the block is locked,
-//! or its mapping changed): only a mismatch on a stable mapping is EIO.
+//! zeros without I/O. A mismatch is first told apart from a racing writer
+//! (the block is locked, or its mapping changed): only a mismatch on a
+//! stable mapping is EIO.
 
 use super::acked::{AckedWrite, AckedWrites};
 use super::coalesce::CoalescingWrites;
