@@ -320,3 +320,65 @@ fn del_stops_a_daemon_with_a_connected_client() {
     drop(client);
     pool.del(0);
 }
+
+/// `bench --serve-raw` (ci/bench-nbd's front-end-only row) serves the
+/// file's own bytes through the NBD server: what is in the file reads back
+/// over NBD, and what a client writes lands at the same offset in the
+/// file once the server stops on SIGTERM. A file whose size is not whole
+/// sectors is refused.
+#[test]
+fn bench_serve_raw_serves_the_file_as_it_is() {
+    use std::io::{BufRead, BufReader};
+    require_tool("qemu-io", "qemu-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("raw.img");
+    let mut bytes = vec![0u8; 16 << 20];
+    bytes[1 << 20..2 << 20].fill(0x3c);
+    std::fs::write(&file, &bytes).unwrap();
+    let socket = dir.path().join("raw.sock");
+    let mut server = Command::new(binary())
+        .args(["bench", "--serve-raw"])
+        .arg(&file)
+        .arg("--nbd")
+        .arg(format!("unix:{}", socket.display()))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("raw, no volume"), "{line:?}");
+    let uri = format!("nbd+unix:///scoutfs?socket={}", socket.display());
+    let qemu_io = |commands: &[&str]| {
+        let mut c = Command::new("qemu-io");
+        c.args(["-f", "raw"]);
+        for command in commands {
+            c.args(["-c", command]);
+        }
+        let text = run_ok(c.arg(&uri));
+        assert!(!text.contains("fail"), "{commands:?}: {text}");
+    };
+    qemu_io(&[
+        "read -P 0 0 1M",
+        "read -P 0x3c 1M 1M",
+        "write -P 0xa5 4608 8192",
+        "flush",
+    ]);
+    // SAFETY: signalling the server this test started.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().unwrap().success());
+    let after = std::fs::read(&file).unwrap();
+    assert!(after[4608..4608 + 8192].iter().all(|&b| b == 0xa5));
+    assert_eq!(after[..4608], bytes[..4608]);
+    assert_eq!(after[4608 + 8192..], bytes[4608 + 8192..]);
+
+    std::fs::write(&file, [0u8; 1000]).unwrap();
+    fails_with(
+        Command::new(binary())
+            .args(["bench", "--serve-raw"])
+            .arg(&file)
+            .args(["--nbd", "unix:/nonexistent/s.sock"]),
+        "multiple of 512",
+    );
+}

@@ -60,6 +60,14 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the jobs: serve FILE as it is (no volume, no map) through
+    /// this project's NBD server at --nbd, in the foreground until SIGTERM
+    /// or SIGINT. ci/bench-nbd measures the NBD front end alone with it.
+    #[arg(long, value_name = "FILE", requires = "nbd")]
+    pub serve_raw: Option<PathBuf>,
+    /// With --serve-raw: where to listen (unix:PATH or HOST:PORT).
+    #[arg(long, value_name = "ADDRESS", requires = "serve_raw")]
+    pub nbd: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -80,9 +80,10 @@ struct Outcome {
 }
 
 /// The raw backing file as a target: the same io_uring code, no map.
-struct RawFile {
-    io: UringDataIo,
-    size_bytes: u64,
+/// Writes are answered when their data write completes.
+pub(crate) struct RawFile {
+    pub(crate) io: UringDataIo,
+    pub(crate) size_bytes: u64,
 }
 
 impl BlockTarget for RawFile {
@@ -108,10 +109,10 @@ impl BlockTarget for RawFile {
             .map_err(|e| TargetError::Io(e.to_string()))
     }
     async fn discard(&self, _offset: u64, _len: u64) -> Result<(), TargetError> {
-        Err(TargetError::Invalid("not used by the bench".into()))
+        Err(TargetError::NotSupported)
     }
     async fn write_zeroes(&self, _o: u64, _l: u64, _u: bool) -> Result<(), TargetError> {
-        Err(TargetError::Invalid("not used by the bench".into()))
+        Err(TargetError::NotSupported)
     }
 }
 
@@ -196,6 +197,10 @@ async fn run_job<T: BlockTarget>(
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(file) = &args.serve_raw {
+        let address = args.nbd.as_deref().context("--serve-raw needs --nbd")?;
+        return super::serve_raw::run(file, address);
+    }
     let size = parse_size(&args.size)?;
     if size == 0 || size % (1 << 20) != 0 {
         bail!("--size must be a positive multiple of 1 MiB");

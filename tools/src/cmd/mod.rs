@@ -11,5 +11,6 @@ pub mod list;
 pub mod mkfs;
 pub mod nbd_daemon;
 pub mod registry;
+pub mod serve_raw;
 pub mod size;
 pub mod ublk;
