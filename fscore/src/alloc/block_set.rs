@@ -34,6 +34,23 @@ pub(crate) struct BlockSet {
     runs: usize,
 }
 
+/// The bits of word `word` that `extent` covers (0 if none).
+fn word_mask(extent: Extent, word: u64) -> u64 {
+    let base = word * WORD_BITS;
+    let lo = extent.start.max(base);
+    let hi = extent.end().min(base + WORD_BITS);
+    if lo >= hi {
+        return 0;
+    }
+    let bits = hi - lo;
+    let ones = if bits == WORD_BITS {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    ones << (lo - base)
+}
+
 /// One word's share of an extent: word number and bit mask.
 fn spans(extent: Extent) -> impl Iterator<Item = (u64, u64)> {
     let mut at = extent.start;
@@ -76,15 +93,45 @@ impl BlockSet {
         self.runs = 0;
     }
 
-    fn has(&self, blkno: u64) -> bool {
+    pub(crate) fn has(&self, blkno: u64) -> bool {
         self.words
             .get(&(blkno / WORD_BITS))
             .is_some_and(|bits| bits & (1 << (blkno % WORD_BITS)) != 0)
     }
 
-    /// Whether any block of `extent` is in the set.
+    /// Whether any block of `extent` is in the set. An extent spanning
+    /// more words than the set holds (a whole device's free extent at
+    /// open) is tested against the set's words instead of probing each of
+    /// its own.
     pub(crate) fn overlaps(&self, extent: Extent) -> bool {
+        if extent.len == 0 {
+            return false;
+        }
+        let spanned = (extent.end() - 1) / WORD_BITS - extent.start / WORD_BITS + 1;
+        if spanned > self.words.len() as u64 {
+            return self
+                .words
+                .iter()
+                .any(|(&word, &bits)| bits & word_mask(extent, word) != 0);
+        }
         spans(extent).any(|(word, mask)| self.words.get(&word).is_some_and(|bits| bits & mask != 0))
+    }
+
+    /// Some block of the set (the lowest of whichever word the table
+    /// yields first), or None if it is empty.
+    pub(crate) fn any(&self) -> Option<u64> {
+        let (&word, &bits) = self.words.iter().next()?;
+        Some(word * WORD_BITS + u64::from(bits.trailing_zeros()))
+    }
+
+    /// Gives back the table's memory once it holds less than an eighth of
+    /// what it has room for, so that `any`, which walks the table from its
+    /// start, never walks a mostly empty one. Amortized O(1) per removal.
+    pub(crate) fn shrink_if_sparse(&mut self) {
+        let capacity = self.words.capacity();
+        if capacity > 1024 && self.words.len() < capacity / 8 {
+            self.words.shrink_to(self.words.len() * 2);
+        }
     }
 
     /// Whether every block of `extent` is in the set.
@@ -255,6 +302,8 @@ mod tests {
     enum Op {
         Insert(u64, u64),
         Remove(u64, u64),
+        /// `overlaps` of an extent, short or spanning more words than the set holds.
+        Probe(u64, u64),
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
@@ -263,6 +312,7 @@ mod tests {
             prop_oneof![
                 extent.clone().prop_map(|(s, l)| Op::Insert(s, l)),
                 extent.prop_map(|(s, l)| Op::Remove(s, l)),
+                (0u64..2_500, 1u64..3_000).prop_map(|(s, l)| Op::Probe(s, l)),
             ],
             1..200,
         )
@@ -304,10 +354,19 @@ mod tests {
                         prop_assert!(set.contains(extent));
                         prop_assert!(!set.contains(Extent::new(start, len + 1)) || model.contains(&(start + len)));
                         set.remove(extent);
+                        set.shrink_if_sparse();
                         for b in start..start + len {
                             model.remove(&b);
                         }
                     }
+                    Op::Probe(start, len) => {
+                        let expected = model.range(start..start + len).next().is_some();
+                        prop_assert_eq!(set.overlaps(Extent::new(start, len)), expected);
+                    }
+                }
+                match set.any() {
+                    Some(block) => prop_assert!(model.contains(&block)),
+                    None => prop_assert!(model.is_empty()),
                 }
                 let expected = model_runs(&model);
                 prop_assert_eq!(set.len(), expected.len());
