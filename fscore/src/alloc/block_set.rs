@@ -222,6 +222,7 @@ impl BlockSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::model_runs;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -316,17 +317,6 @@ mod tests {
             ],
             1..200,
         )
-    }
-
-    fn model_runs(model: &BTreeSet<u64>) -> Vec<Extent> {
-        let mut out: Vec<Extent> = Vec::new();
-        for &b in model {
-            match out.last_mut() {
-                Some(last) if last.end() == b => last.len += 1,
-                _ => out.push(Extent::new(b, 1)),
-            }
-        }
-        out
     }
 
     proptest! {

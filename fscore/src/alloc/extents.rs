@@ -260,6 +260,7 @@ impl ExtentSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alloc::model_runs;
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
@@ -288,18 +289,6 @@ mod tests {
         )
     }
 
-    /// The maximal runs of a set of blocks.
-    fn runs(model: &BTreeSet<u64>) -> Vec<Extent> {
-        let mut out: Vec<Extent> = Vec::new();
-        for &b in model {
-            match out.last_mut() {
-                Some(last) if last.end() == b => last.len += 1,
-                _ => out.push(Extent::new(b, 1)),
-            }
-        }
-        out
-    }
-
     fn take(model: &mut BTreeSet<u64>, extent: Extent) -> Result<(), TestCaseError> {
         for b in extent.start..extent.end() {
             prop_assert!(model.remove(&b), "block {} handed out but not free", b);
@@ -316,7 +305,7 @@ mod tests {
             let mut set = ExtentSet::default();
             let mut model = BTreeSet::new();
             for op in ops {
-                let before = runs(&model);
+                let before = model_runs(&model);
                 match op {
                     Op::Insert(start, len) => {
                         if (start..start + len).all(|b| !model.contains(&b)) {
@@ -373,7 +362,7 @@ mod tests {
                         prop_assert_eq!(set.overlaps(Extent::new(start, len)), expected);
                     }
                 }
-                let after = runs(&model);
+                let after = model_runs(&model);
                 prop_assert_eq!(set.verify(), Ok(()));
                 prop_assert_eq!(set.iter().collect::<Vec<_>>(), after.clone());
                 prop_assert_eq!(set.blocks(), model.len() as u64);
