@@ -290,6 +290,12 @@ impl<D: DataIo> VolumeHandle<D> {
             Some(buf)
         };
         let buf: &[u8] = merged.as_deref().unwrap_or(data);
+        // Checksummed now, while the bytes are in the CPU's cache (just
+        // copied from the socket or merged), not after the data write.
+        let crcs: PerBlock<u32> = buf
+            .chunks_exact(BLOCK_BYTES as usize)
+            .map(crc32c::crc32c)
+            .collect();
 
         let pass = v.gate.enter().await;
         // In place for blocks mapped since the last sync or commit (no
@@ -332,7 +338,7 @@ impl<D: DataIo> VolumeHandle<D> {
             None => v.gate.enter().await,
         };
         let mapped = match written {
-            Ok(()) => self.map_written(first, &old, &targets, &in_place, buf),
+            Ok(()) => self.map_written(first, &old, &targets, &in_place, &crcs),
             Err(e) => {
                 self.free_all(&fresh);
                 Err(e)
@@ -347,23 +353,22 @@ impl<D: DataIo> VolumeHandle<D> {
     }
 
     /// Maps the blocks of a chunk whose data is written (`targets`: the
-    /// physical block of each) with their checksums, frees the blocks they
-    /// replace, and logs each change for the next sync. Called under a
-    /// gate pass.
+    /// physical block of each) with their checksums (`crcs`), frees the
+    /// blocks they replace, and logs each change for the next sync. Called
+    /// under a gate pass.
     fn map_written(
         &self,
         first: u64,
         old: &[Option<Mapping>],
         targets: &[u64],
         in_place: &[Option<u64>],
-        buf: &[u8],
+        crcs: &[u32],
     ) -> TargetResult<()> {
         let v = &*self.volume;
         // New blocks belong to the generation open now: allocated in it,
         // or carried into it by the commits since the allocation.
         let open_gen = v.open_gen.load(Ordering::Acquire);
         for (i, &pblock) in targets.iter().enumerate() {
-            let block = &buf[i * BLOCK_BYTES as usize..(i + 1) * BLOCK_BYTES as usize];
             let txn = match old[i] {
                 Some(m) if m.pblock == pblock => m.txn,
                 _ => open_gen,
@@ -371,7 +376,7 @@ impl<D: DataIo> VolumeHandle<D> {
             let mapping = Mapping {
                 pblock,
                 txn,
-                crc: crc32c::crc32c(block),
+                crc: crcs[i],
             };
             if let Err(e) = v.pool.insert(
                 &map::map_key(v.volume_id, first + i as u64),
