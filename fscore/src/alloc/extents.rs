@@ -26,8 +26,10 @@ impl Extent {
 /// blocks, so in their steady state the free set is tens of thousands of
 /// one-block extents: in the ordered maps every allocation and every
 /// free's overlap check descended through all of them (a cache miss per
-/// level, ~12% of the volume's CPU per 4k write). In the block set each is
-/// a hash probe, and the ordered maps keep only the few larger extents.
+/// level). In the block set each is a hash probe, and the ordered maps
+/// keep only the few larger extents: allocation and free together went
+/// from 12.3% to 7.7% of the in-process volume bench's samples at 4k
+/// random writes.
 ///
 /// Extents are maximal: no two touch, so no single block has a free
 /// neighbour.
