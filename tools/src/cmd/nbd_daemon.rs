@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::Duration;
 use ublk_target::nbd::{serve, Address, Export, Listener};
+use ublk_target::target::SECTOR_BYTES;
 use ublk_target::volume::{UringDataIo, Volume, VolumeOptions, BLOCK_BYTES};
 
 /// The export name clients ask for (the default export "" works too).
@@ -148,9 +149,7 @@ async fn serve_volume(
     volume: &std::sync::Arc<Volume>,
     report: Option<&mut std::fs::File>,
 ) -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
+    let stop = stop_signal()?;
     let io = UringDataIo::open(volume.data_path(), spec.poll).context("opening the data device")?;
     let handle = Rc::new(volume.handle(io));
     let listener = Listener::bind(&spec.address)
@@ -179,12 +178,7 @@ async fn serve_volume(
         }
         None => print!("{info}"),
     }
-    let export = Export {
-        name: EXPORT_NAME.into(),
-        size_bytes: volume.size_bytes(),
-        block_min_bytes: 512,
-        block_preferred_bytes: BLOCK_BYTES as u32,
-    };
+    let export = export(volume.size_bytes());
     log::info!(
         "nbd daemon {} serving {} at {}",
         spec.id,
@@ -192,14 +186,37 @@ async fn serve_volume(
         entry.uri
     );
     serve(listener, handle, export, async move {
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = int.recv() => {},
-        }
+        stop.await;
         log::info!("nbd daemon {}: stopping", spec.id);
     })
     .await?;
     Ok(())
+}
+
+/// The export of `size_bytes` this project serves: named `EXPORT_NAME`,
+/// any sector-aligned request, whole data blocks preferred.
+pub fn export(size_bytes: u64) -> Export {
+    Export {
+        name: EXPORT_NAME.into(),
+        size_bytes,
+        block_min_bytes: SECTOR_BYTES as u32,
+        block_preferred_bytes: BLOCK_BYTES as u32,
+    }
+}
+
+/// Completes at the first SIGTERM or SIGINT. The handlers are installed
+/// when this is called (a signal before the first poll is not lost); must
+/// be called inside a tokio runtime.
+pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 /// What `add` prints: where the volume is and how to use it.

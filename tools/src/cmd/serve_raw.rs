@@ -6,13 +6,13 @@
 //! any volume served this way on that machine.
 
 use super::bench::RawFile;
-use super::nbd_daemon::EXPORT_NAME;
+use super::nbd_daemon::{export, stop_signal, EXPORT_NAME};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::Path;
 use std::rc::Rc;
-use ublk_target::nbd::{serve, Address, Export, Listener};
+use ublk_target::nbd::{serve, Address, Listener};
 use ublk_target::target::SECTOR_BYTES;
-use ublk_target::volume::{UringDataIo, BLOCK_BYTES, POLL_DEFAULT};
+use ublk_target::volume::{UringDataIo, POLL_DEFAULT};
 
 pub fn run(file: &Path, address: &str) -> Result<()> {
     let address = Address::parse(address).map_err(|e| anyhow!("--nbd: {e}"))?;
@@ -30,9 +30,7 @@ pub fn run(file: &Path, address: &str) -> Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
+        let stop = stop_signal()?;
         // The daemon's polling default: the front end as `add` runs it.
         let io = UringDataIo::open(file, POLL_DEFAULT)
             .with_context(|| format!("opening {}", file.display()))?;
@@ -45,19 +43,7 @@ pub fn run(file: &Path, address: &str) -> Result<()> {
             file.display(),
             listener.address().uri(EXPORT_NAME)
         );
-        let export = Export {
-            name: EXPORT_NAME.into(),
-            size_bytes,
-            block_min_bytes: SECTOR_BYTES as u32,
-            block_preferred_bytes: BLOCK_BYTES as u32,
-        };
-        serve(listener, target, export, async move {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        })
-        .await?;
+        serve(listener, target, export(size_bytes), stop).await?;
         Ok(())
     })
 }
