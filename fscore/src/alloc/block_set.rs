@@ -34,6 +34,15 @@ pub(crate) struct BlockSet {
     runs: usize,
 }
 
+/// `bits` set bits from bit `bit` of a word (`bit + bits` <= 64).
+fn mask(bit: u64, bits: u64) -> u64 {
+    if bits == WORD_BITS {
+        u64::MAX
+    } else {
+        ((1u64 << bits) - 1) << bit
+    }
+}
+
 /// The bits of word `word` that `extent` covers (0 if none).
 fn word_mask(extent: Extent, word: u64) -> u64 {
     let base = word * WORD_BITS;
@@ -42,13 +51,7 @@ fn word_mask(extent: Extent, word: u64) -> u64 {
     if lo >= hi {
         return 0;
     }
-    let bits = hi - lo;
-    let ones = if bits == WORD_BITS {
-        u64::MAX
-    } else {
-        (1u64 << bits) - 1
-    };
-    ones << (lo - base)
+    mask(lo - base, hi - lo)
 }
 
 /// One word's share of an extent: word number and bit mask.
@@ -61,14 +64,9 @@ fn spans(extent: Extent) -> impl Iterator<Item = (u64, u64)> {
         }
         let bit = at % WORD_BITS;
         let bits = (WORD_BITS - bit).min(end - at);
-        let mask = if bits == WORD_BITS {
-            u64::MAX
-        } else {
-            ((1u64 << bits) - 1) << bit
-        };
         let word = at / WORD_BITS;
         at += bits;
-        Some((word, mask))
+        Some((word, mask(bit, bits)))
     })
 }
 
