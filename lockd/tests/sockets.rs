@@ -378,6 +378,24 @@ fn greeting_bytes(cluster_id: u64, client_id: u64) -> Vec<u8> {
     bytes
 }
 
+/// Appends the `i`-th request of a raw flood: a lock of point `i` of zone
+/// 1, acking nothing (ack 0), as the client library never would.
+fn encode_lock_request(i: u64, mode: Mode, bytes: &mut Vec<u8>) {
+    let frame = Frame {
+        seq: i + 1,
+        ack: 0,
+        request_id: i + 1,
+        command: Command::Lock,
+        response: false,
+        error: ErrorCode::Ok,
+        body: Body::Lock(LockMsg {
+            range: LockRange::new(1, i, i),
+            mode,
+        }),
+    };
+    frame.encode_into(0, bytes);
+}
+
 /// Connects, greets, and returns the stream and the server's first reply.
 async fn raw_greeted(endpoint: &Endpoint, cluster_id: u64, client_id: u64) -> (TcpStream, Frame) {
     let Endpoint::Tcp(addr) = endpoint else {
@@ -507,20 +525,7 @@ async fn a_client_that_never_reads_does_not_block_others() {
     let flood = tokio::spawn(async move {
         let mut bytes = Vec::new();
         for i in 0..REQUESTS {
-            let msg = LockMsg {
-                range: LockRange::new(1, i, i),
-                mode: Mode::Write,
-            };
-            let frame = Frame {
-                seq: i + 1,
-                ack: 0,
-                request_id: i + 1,
-                command: Command::Lock,
-                response: false,
-                error: ErrorCode::Ok,
-                body: Body::Lock(msg),
-            };
-            frame.encode_into(0, &mut bytes);
+            encode_lock_request(i, Mode::Write, &mut bytes);
             if bytes.len() >= 64 * 1024 {
                 stream.write_all(&bytes).await.unwrap();
                 bytes.clear();
@@ -669,20 +674,7 @@ async fn a_client_that_never_acks_is_cut_off_at_the_bound() {
     let flood = tokio::spawn(async move {
         let mut bytes = Vec::new();
         for i in 0..requests {
-            let msg = LockMsg {
-                range: LockRange::new(1, i, i),
-                mode: Mode::Read,
-            };
-            let frame = Frame {
-                seq: i + 1,
-                ack: 0,
-                request_id: i + 1,
-                command: Command::Lock,
-                response: false,
-                error: ErrorCode::Ok,
-                body: Body::Lock(msg),
-            };
-            frame.encode_into(0, &mut bytes);
+            encode_lock_request(i, Mode::Read, &mut bytes);
             if bytes.len() >= 64 * 1024 {
                 if write.write_all(&bytes).await.is_err() {
                     return;
