@@ -9,7 +9,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub enum Error {
     /// The device failed a read, write or flush.
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// A block failed its checks. `block` is the metadata block number
     /// (superblock slots are blocks 0 and 1).
     #[error("corrupt metadata block {block}: {what}")]
@@ -21,6 +21,10 @@ pub enum Error {
     /// Another handle holds the pool's devices (flock).
     #[error("pool is in use by another process")]
     InUse,
+    /// mkfs found a pool on the metadata device and was not told to
+    /// overwrite it (`MkfsOptions::overwrite`).
+    #[error("the metadata device already holds {0}")]
+    PoolExists(String),
     /// The devices do not hold a pool this code can open.
     #[error("bad format: {0}")]
     BadFormat(String),
@@ -31,6 +35,14 @@ pub enum Error {
     /// The caller passed something out of bounds (value too long, bad size).
     #[error("invalid argument: {0}")]
     Invalid(String),
+}
+
+/// Not `#[from]`: that would also make the io::Error the source, and a
+/// report of the error chain (anyhow's `{:#}`) would print its text twice.
+impl From<std::io::Error> for Error {
+    fn from(error: std::io::Error) -> Error {
+        Error::Io(error)
+    }
 }
 
 impl Error {

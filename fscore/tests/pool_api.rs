@@ -385,3 +385,65 @@ fn ascending_inserts_pack_leaves_fuller_than_random_ones() {
         "items per leaf: ascending {packed:.1}, random {random:.1}"
     );
 }
+
+/// mkfs refuses a metadata device that holds a pool, leaving the pool as it
+/// was, even when one superblock slot is damaged or both are; it formats
+/// over it only with `overwrite`. A device with no fscore magic is formatted.
+#[test]
+fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
+    let mkfs = |meta: &SimDisk, data: &SimDisk, overwrite: bool| {
+        let opts = MkfsOptions {
+            overwrite,
+            ..MkfsOptions::new(META_BYTES, 1 << 20)
+        };
+        Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
+    };
+    let open = |meta: &SimDisk, data: &SimDisk| {
+        Pool::open_on(
+            Box::new(meta.clone()),
+            Box::new(data.clone()),
+            &OpenOptions::default(),
+        )
+    };
+    let (meta, data) = (SimDisk::new(META_BYTES), SimDisk::new(1 << 20));
+    // Garbage without the magic is not a pool.
+    meta.poke(0, &[0xa5; 8192]);
+    let first = mkfs(&meta, &data, false).expect("a device without a pool");
+    let pool = open(&meta, &data).unwrap();
+    pool.insert(&Key::new(1, 1), b"kept").unwrap();
+    pool.commit().unwrap();
+    drop(pool);
+
+    match mkfs(&meta, &data, false) {
+        Err(Error::PoolExists(what)) => {
+            assert!(what.contains(&format!("{:#018x}", first.pool_id)), "{what}")
+        }
+        other => panic!("mkfs over a pool: {other:?}"),
+    }
+    // One slot damaged (a flipped byte: its checksum fails), then both.
+    for slot_offset in [0u64, 4096] {
+        let mut byte = meta.peek(slot_offset + 100, 1);
+        byte[0] ^= 0xff;
+        meta.poke(slot_offset + 100, &byte);
+        assert!(
+            matches!(mkfs(&meta, &data, false), Err(Error::PoolExists(_))),
+            "slot at {slot_offset} damaged"
+        );
+    }
+    // Refused every time without writing: the first damage undone, the
+    // pool opens from that slot with what was committed.
+    let mut byte = meta.peek(100, 1);
+    byte[0] ^= 0xff;
+    meta.poke(100, &byte);
+    let pool = open(&meta, &data).unwrap();
+    assert_eq!(
+        pool.get(&Key::new(1, 1)).unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
+    drop(pool);
+
+    let second = mkfs(&meta, &data, true).expect("overwrite");
+    assert_ne!(second.pool_id, first.pool_id);
+    let pool = open(&meta, &data).unwrap();
+    assert_eq!(pool.get(&Key::new(1, 1)).unwrap(), None);
+}

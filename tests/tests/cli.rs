@@ -39,6 +39,47 @@ fn clear_errors_for_bad_pools() {
             .arg(pool.data()),
         "does not exist",
     );
+    // What cannot be a device, and one file given as both, are refused
+    // by every command that opens a pool, naming the paths.
+    for sub in ["check", "dump", "mkfs", "add"] {
+        fails_with(
+            pool.cmd()
+                .args([sub, "--meta"])
+                .arg(pool.meta())
+                .arg("--data")
+                .arg(pool.dir.path()),
+            "not a regular file or a block device",
+        );
+        fails_with(
+            pool.cmd()
+                .args([sub, "--meta"])
+                .arg(pool.meta())
+                .arg("--data")
+                .arg(pool.meta()),
+            "are the same device",
+        );
+    }
+    pool.check_clean();
+    // check and dump name the missing device, whichever it is.
+    for sub in ["check", "dump"] {
+        let missing_text = format!("{} does not exist", missing.display());
+        fails_with(
+            pool.cmd()
+                .args([sub, "--meta"])
+                .arg(pool.meta())
+                .arg("--data")
+                .arg(&missing),
+            &missing_text,
+        );
+        fails_with(
+            pool.cmd()
+                .args([sub, "--meta"])
+                .arg(&missing)
+                .arg("--data")
+                .arg(pool.data()),
+            &missing_text,
+        );
+    }
     fails_with(
         pool.cmd()
             .args(["mkfs", "--meta"])
@@ -255,6 +296,37 @@ fn allocated_bytes(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
 
+/// `mkfs` on a pool's devices refuses, naming the pool, and the volume's
+/// data stays; `mkfs --force` formats over it (the data is gone, the new
+/// pool checks clean).
+#[test]
+fn mkfs_refuses_a_pool_unless_forced() {
+    let pool = Pool::mkfs("64M");
+    let daemon = pool.add();
+    daemon.qemu_io_ok(&["write -P 0x3c 8192 12k"]);
+    pool.del(0);
+    let before = pool.check_clean();
+    let mut again = pool.cmd();
+    again.args(["mkfs", "--size", "64M"]);
+    fails_with(pool.pool_args(&mut again), "already holds pool 0x");
+    assert_eq!(
+        pool.check_clean(),
+        before,
+        "the refused mkfs changed nothing"
+    );
+    let daemon = pool.add();
+    daemon.qemu_io_ok(&["read -P 0x3c 8192 12k"]);
+    pool.del(0);
+
+    let mut forced = pool.cmd();
+    forced.args(["mkfs", "--size", "64M", "--force"]);
+    run_ok(pool.pool_args(&mut forced));
+    pool.check_clean();
+    let daemon = pool.add();
+    daemon.qemu_io_ok(&["read -P 0 8192 12k"]);
+    pool.del(0);
+}
+
 /// `mkfs --preallocate` writes every block of the pool's files (sparse by
 /// default), refuses a pool in use without writing anything, and the pool
 /// it makes serves and checks clean.
@@ -269,7 +341,7 @@ fn mkfs_preallocate_writes_the_files_and_spares_a_pool_in_use() {
 
     let pool = Pool::mkfs("64M");
     let mut c = pool.cmd();
-    c.args(["mkfs", "--size", "64M", "--preallocate"]);
+    c.args(["mkfs", "--size", "64M", "--preallocate", "--force"]);
     run_ok(pool.pool_args(&mut c));
     for path in [pool.meta(), pool.data()] {
         let len = std::fs::metadata(&path).unwrap().len();
@@ -286,7 +358,7 @@ fn mkfs_preallocate_writes_the_files_and_spares_a_pool_in_use() {
     let daemon = pool.add();
     daemon.qemu_io_ok(&["write -P 0x5c 4096 64k"]);
     let mut again = pool.cmd();
-    again.args(["mkfs", "--size", "64M", "--preallocate"]);
+    again.args(["mkfs", "--size", "64M", "--preallocate", "--force"]);
     fails_with(pool.pool_args(&mut again), "in use");
     daemon.qemu_io_ok(&["read -P 0x5c 4096 64k"]);
     pool.del(0);

@@ -80,6 +80,22 @@ pub struct PoolArgs {
     pub data: PathBuf,
 }
 
+impl PoolArgs {
+    /// Fails, naming the missing path, unless both devices exist: commands
+    /// that open a pool say which one is missing, not just ENOENT.
+    pub fn require_devices(&self) -> anyhow::Result<()> {
+        for path in [&self.meta, &self.data] {
+            if !path.exists() {
+                anyhow::bail!(
+                    "{} does not exist (make a pool with `scoutfs-ublk mkfs`)",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct MkfsArgs {
     #[command(flatten)]
@@ -96,6 +112,10 @@ pub struct MkfsArgs {
     /// flushes stay one device flush. Takes as long as writing the files.
     #[arg(long)]
     pub preallocate: bool,
+    /// Format even if the metadata device already holds a pool, losing
+    /// every volume in it (without it, mkfs refuses such a device).
+    #[arg(long, short = 'f')]
+    pub force: bool,
 }
 
 /// Largest `add --poll-us`: polling is for the gaps between completions

@@ -10,7 +10,7 @@ use super::state::PoolState;
 use crate::alloc::Extent;
 use crate::error::{Error, Result};
 use crate::key::Key;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::tree::TreeVisitor;
 use std::path::Path;
 
@@ -63,7 +63,8 @@ impl Pool {
     /// space is not accounted (fscore does not know which values reference
     /// data): see `check_with_data_refs`.
     pub fn check(meta: &Path, data: &Path) -> Result<CheckReport> {
-        Pool::check_on(Box::new(locked(meta)?), Box::new(locked(data)?), None)
+        let (meta_storage, data_storage) = super::handle::open_devices(meta, data, false)?;
+        Pool::check_on(Box::new(meta_storage), Box::new(data_storage), None)
     }
 
     /// Checks pool storage given directly (tests use `SimDisk`); with `refs`
@@ -104,19 +105,8 @@ pub fn check_with_data_refs(
     data: &Path,
     refs: impl Fn(&Key, &[u8]) -> Vec<Extent>,
 ) -> Result<CheckReport> {
-    let meta_storage = locked(meta)?;
-    let data_storage = locked(data)?;
+    let (meta_storage, data_storage) = super::handle::open_devices(meta, data, false)?;
     Pool::check_on(Box::new(meta_storage), Box::new(data_storage), Some(&refs))
-}
-
-fn locked(path: &Path) -> Result<FileStorage> {
-    use std::os::unix::io::AsRawFd;
-    let storage = FileStorage::open(path, false)?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(storage.file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(Error::InUse);
-    }
-    Ok(storage)
 }
 
 struct Walk<'a> {

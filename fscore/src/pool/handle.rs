@@ -146,8 +146,18 @@ impl Drop for PendingCommit<'_> {
     }
 }
 
-/// Opens a device file and takes an exclusive flock on it (kept while the
-/// returned storage lives): a second opener gets `Error::InUse`.
+/// Opens a pool's two devices, each with an exclusive flock (kept while its
+/// storage lives): a second opener gets `Error::InUse`. Refuses what
+/// `Pool::validate_devices` refuses first.
+pub(crate) fn open_devices(
+    meta: &Path,
+    data: &Path,
+    writable: bool,
+) -> Result<(FileStorage, FileStorage)> {
+    Pool::validate_devices(meta, data)?;
+    Ok((open_locked(meta, writable)?, open_locked(data, writable)?))
+}
+
 fn open_locked(path: &Path, writable: bool) -> Result<FileStorage> {
     let storage = FileStorage::open(path, writable)?;
     // SAFETY: flock on a file descriptor we own.
@@ -160,6 +170,19 @@ fn open_locked(path: &Path, writable: bool) -> Result<FileStorage> {
         return Err(error.into());
     }
     Ok(storage)
+}
+
+/// Refuses to format a metadata device that holds a pool unless
+/// `opts.overwrite`: the same mistake as mkfs over a mounted file system's
+/// device, and as silent.
+fn refuse_existing_pool(meta: &mut dyn Storage, opts: &MkfsOptions) -> Result<()> {
+    if opts.overwrite {
+        return Ok(());
+    }
+    match super::superblock::existing_pool(meta)? {
+        Some(pool) => Err(Error::PoolExists(pool)),
+        None => Ok(()),
+    }
 }
 
 /// Creates a sparse file of `len_bytes` where none exists and grows a
@@ -177,41 +200,84 @@ fn prepare_file(path: &Path, len_bytes: u64) -> Result<()> {
 }
 
 impl Pool {
+    /// Refuses, naming the paths, what cannot be a pool's device: anything
+    /// but a regular file or a block device (a directory opens, but fails
+    /// only at the first read, and its size is not a size), and one file or
+    /// block device given as both (its second flock would fail as if
+    /// another process held the pool). Paths that do not exist pass: mkfs
+    /// creates them, and opening one fails on it.
+    pub fn validate_devices(meta: &Path, data: &Path) -> Result<()> {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let identity = |path: &Path| -> Result<Option<(u64, u64, u64)>> {
+            let stat = match std::fs::metadata(path) {
+                Ok(stat) => stat,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => {
+                    return Err(
+                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into(),
+                    )
+                }
+            };
+            let kind = stat.file_type();
+            if !kind.is_file() && !kind.is_block_device() {
+                return Err(Error::Invalid(format!(
+                    "{}: not a regular file or a block device",
+                    path.display()
+                )));
+            }
+            Ok(Some((stat.dev(), stat.ino(), stat.rdev())))
+        };
+        let (Some(meta_id), Some(data_id)) = (identity(meta)?, identity(data)?) else {
+            return Ok(());
+        };
+        // Two device nodes of one block device share rdev, not the inode.
+        if meta_id == data_id || (meta_id.2 != 0 && meta_id.2 == data_id.2) {
+            return Err(Error::Invalid(format!(
+                "{} and {} are the same device: a pool needs two",
+                meta.display(),
+                data.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// Formats. Files that don't exist are created sparse at the given sizes.
     pub fn mkfs(meta: &Path, data: &Path, opts: &MkfsOptions) -> Result<PoolInfo> {
+        Pool::validate_devices(meta, data)?;
         prepare_file(meta, opts.meta_bytes)?;
         prepare_file(data, opts.data_bytes)?;
-        let mut meta_storage = open_locked(meta, true)?;
-        let mut data_storage = open_locked(data, true)?;
+        let (mut meta_storage, mut data_storage) = open_devices(meta, data, true)?;
         if meta_storage.is_direct() && (opts.meta_block_bytes as usize) < DIRECT_ALIGN_BYTES {
             let bytes = opts.meta_block_bytes;
             return Err(Error::Invalid(format!(
                 "{bytes}-byte metadata blocks on an O_DIRECT device (need {DIRECT_ALIGN_BYTES})"
             )));
         }
+        refuse_existing_pool(&mut meta_storage, opts)?;
         if opts.preallocate {
-            // Under the locks and after the checks above: a pool in use, or
-            // options refused, leave the files untouched.
+            // Under the locks and after the checks above: a pool in use, a
+            // pool not to be overwritten, or options refused, leave the
+            // files untouched.
             meta_storage.write_zeros()?;
             data_storage.write_zeros()?;
         }
-        Pool::mkfs_on(Box::new(meta_storage), Box::new(data_storage), opts)
+        Ok(PoolState::mkfs(Box::new(meta_storage), Box::new(data_storage), opts)?.info())
     }
 
     /// Formats pool storage given directly (tests use `SimDisk`).
     pub fn mkfs_on(
-        meta: Box<dyn Storage>,
+        mut meta: Box<dyn Storage>,
         data: Box<dyn Storage>,
         opts: &MkfsOptions,
     ) -> Result<PoolInfo> {
+        refuse_existing_pool(meta.as_mut(), opts)?;
         Ok(PoolState::mkfs(meta, data, opts)?.info())
     }
 
     /// Opens, recovering the newest valid superblock. Takes an exclusive
     /// flock on both files.
     pub fn open(meta: &Path, data: &Path, opts: &OpenOptions) -> Result<Pool> {
-        let meta_storage = open_locked(meta, true)?;
-        let data_storage = open_locked(data, true)?;
+        let (meta_storage, data_storage) = open_devices(meta, data, true)?;
         // Commits write through their own handle (the flock above covers
         // the file), so a read of an uncached block never waits for them.
         let meta_writer = FileStorage::open(meta, true)?;

@@ -38,6 +38,10 @@ pub struct MkfsOptions {
     /// before formatting (`FileStorage::write_zeros`), so no later write
     /// lands in a hole or an unwritten extent of the host file system.
     pub preallocate: bool,
+    /// Format even when the metadata device already holds a pool (its
+    /// superblock carries the fscore magic). Off by default: mkfs over a
+    /// pool would lose every volume in it.
+    pub overwrite: bool,
 }
 
 impl MkfsOptions {
@@ -47,6 +51,7 @@ impl MkfsOptions {
             data_bytes,
             meta_block_bytes: META_BLOCK_BYTES_DEFAULT,
             preallocate: false,
+            overwrite: false,
         }
     }
 }

@@ -62,6 +62,35 @@ pub(crate) struct Superblock {
 
 const ZERO_FROM: usize = 184;
 
+/// What the superblock area of a metadata device holds, for mkfs's refusal
+/// to format over a pool: None when neither slot carries the fscore magic
+/// (a fresh or foreign device), else a description of the pool found (a
+/// damaged slot or another format version still counts as a pool).
+pub(crate) fn existing_pool(meta: &mut dyn crate::storage::Storage) -> Result<Option<String>> {
+    if meta.len_bytes() < SUPER_AREA_BYTES {
+        return Ok(None);
+    }
+    let mut area = vec![0u8; SUPER_AREA_BYTES as usize];
+    meta.read_at(0, &mut area)?;
+    let mut newest: Option<Superblock> = None;
+    let mut unreadable = None;
+    for (bytes, slot) in area.chunks_exact(SUPER_BYTES).zip(0u64..) {
+        if le_u32(bytes, 4) != SUPER_MAGIC {
+            continue;
+        }
+        match Superblock::decode(bytes, slot) {
+            Ok(sb) if newest.as_ref().is_none_or(|n| sb.seq > n.seq) => newest = Some(sb),
+            Ok(_) => {}
+            Err(e) => unreadable = unreadable.or(Some(e)),
+        }
+    }
+    Ok(match (newest, unreadable) {
+        (Some(sb), _) => Some(format!("pool {:#018x} at commit {}", sb.pool_id, sb.seq)),
+        (None, Some(e)) => Some(format!("a pool this code cannot read ({e})")),
+        (None, None) => None,
+    })
+}
+
 impl Superblock {
     pub(crate) fn slot_offset(seq: u64) -> u64 {
         (seq % 2) * SUPER_BYTES as u64

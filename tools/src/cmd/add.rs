@@ -5,14 +5,7 @@ use crate::cli::AddArgs;
 use anyhow::Result;
 
 pub fn run(args: &AddArgs) -> Result<()> {
-    for path in [&args.pool.meta, &args.pool.data] {
-        if !path.exists() {
-            anyhow::bail!(
-                "{} does not exist (make a pool with `scoutfs-ublk mkfs`)",
-                path.display()
-            );
-        }
-    }
+    args.pool.require_devices()?;
     if args.nbd.is_none() && super::ublk::available() {
         super::ublk::add(args)
     } else {

@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use ublk_target::volume::Volume;
 
 pub fn run(args: &PoolArgs) -> Result<()> {
+    args.require_devices()?;
     let report = Volume::check(&args.meta, &args.data).with_context(|| {
         format!(
             "checking pool (meta {}, data {})",

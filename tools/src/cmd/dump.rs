@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use ublk_target::volume::{Volume, VolumeOptions};
 
 pub fn run(args: &PoolArgs) -> Result<()> {
+    args.require_devices()?;
     let opts = VolumeOptions {
         cache_bytes: 16 << 20,
         ..VolumeOptions::default()

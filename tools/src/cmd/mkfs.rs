@@ -8,7 +8,7 @@ use super::size::{human, parse_size};
 use crate::cli::MkfsArgs;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
-use ublk_target::volume::{Volume, BLOCK_BYTES};
+use ublk_target::volume::{Volume, VolumeError, BLOCK_BYTES};
 
 /// Volume bytes per metadata byte. Measured: a fully written volume's map
 /// takes ~123 bytes of metadata per 4 KiB block (3% of the volume; one
@@ -69,6 +69,8 @@ fn device_bytes(path: &Path) -> Result<Option<u64>> {
 
 pub fn run(args: &MkfsArgs) -> Result<()> {
     let (meta, data) = (&args.pool.meta, &args.pool.data);
+    // Before their sizes are read: a directory's is no size.
+    fscore::Pool::validate_devices(meta, data)?;
     let requested = args.size.as_deref().map(parse_size).transpose()?;
     let existing = device_bytes(data)?.filter(|&b| b > 0);
     let (volume_bytes, data_bytes) = match (requested, existing) {
@@ -96,15 +98,23 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
     };
     let opts = fscore::MkfsOptions {
         preallocate: args.preallocate,
+        overwrite: args.force,
         ..fscore::MkfsOptions::new(meta_bytes, data_bytes)
     };
-    let info = Volume::create(meta, data, volume_bytes, &opts).with_context(|| {
-        format!(
-            "formatting pool (meta {}, data {})",
-            meta.display(),
-            data.display()
-        )
-    })?;
+    let info = match Volume::create(meta, data, volume_bytes, &opts) {
+        Err(VolumeError::Pool(fscore::Error::PoolExists(pool))) => bail!(
+            "{} already holds {pool}: left as it is (`mkfs --force` formats over it, \
+             losing every volume in it)",
+            meta.display()
+        ),
+        created => created.with_context(|| {
+            format!(
+                "formatting pool (meta {}, data {})",
+                meta.display(),
+                data.display()
+            )
+        })?,
+    };
     println!(
         "pool {:#018x}: volume of {} ({} data blocks), metadata {} at {}, data at {}",
         info.pool_id,
