@@ -88,6 +88,18 @@ fn clear_errors_for_bad_pools() {
             .arg(&missing),
         "give --size",
     );
+    // A size that is not whole 4 KiB blocks is refused, not rounded.
+    for size in ["4097", "1", "6143"] {
+        fails_with(
+            pool.cmd()
+                .args(["mkfs", "--size", size, "--meta"])
+                .arg(&missing)
+                .arg("--data")
+                .arg(pool.dir.path().join("data2")),
+            "not a multiple of 4096",
+        );
+    }
+    assert!(!missing.exists(), "a refused mkfs created a file");
     fails_with(
         pool.cmd()
             .args(["mkfs", "--size", "12Q", "--meta"])

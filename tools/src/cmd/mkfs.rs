@@ -72,6 +72,9 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
     // Before their sizes are read: a directory's is no size.
     fscore::Pool::validate_devices(meta, data)?;
     let requested = args.size.as_deref().map(parse_size).transpose()?;
+    if let Some(size) = requested.filter(|size| size % BLOCK_BYTES != 0) {
+        bail!("--size {size}: not a multiple of {BLOCK_BYTES} (a volume is whole 4 KiB blocks)");
+    }
     let existing = device_bytes(data)?.filter(|&b| b > 0);
     let (volume_bytes, data_bytes) = match (requested, existing) {
         (Some(size), Some(have)) if !is_regular(data) => {
@@ -91,7 +94,6 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         },
         (None, None) => bail!("{} does not exist: give --size", data.display()),
     };
-    let volume_bytes = volume_bytes / BLOCK_BYTES * BLOCK_BYTES;
     let meta_bytes = match device_bytes(meta)? {
         Some(have) if have > 0 && !is_regular(meta) => have,
         _ => (volume_bytes / META_FRACTION).max(META_BYTES_MIN),
