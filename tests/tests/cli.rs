@@ -339,6 +339,53 @@ fn mkfs_refuses_a_pool_unless_forced() {
     pool.del(0);
 }
 
+/// `add` run with relative paths registers and prints absolute ones: `list`
+/// from another directory names the pool's files, and the printed URI
+/// reaches the export from anywhere.
+#[test]
+fn add_with_relative_paths_registers_absolute_ones() {
+    require_tool("qemu-io", "qemu-utils");
+    let pool = Pool::mkfs("64M");
+    let dir = pool.dir.path();
+    let printed = run_ok(pool.cmd().current_dir(dir).args([
+        "add",
+        "--meta",
+        "meta",
+        "--data",
+        "./data",
+        "--nbd",
+        "unix:rel.sock",
+    ]));
+    let entry = pool.entry(0);
+    assert_eq!(
+        entry["meta"].as_str().unwrap(),
+        pool.meta().to_str().unwrap()
+    );
+    assert_eq!(
+        entry["data"].as_str().unwrap(),
+        pool.data().to_str().unwrap()
+    );
+    let uri = entry["uri"].as_str().unwrap();
+    let socket = dir.join("rel.sock");
+    assert!(
+        uri.ends_with(&format!("socket={}", socket.display())),
+        "{uri}"
+    );
+    assert!(printed.contains(uri), "{printed}");
+    // From the root directory, the printed URI works.
+    let out = run_ok(Command::new("qemu-io").current_dir("/").args([
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x77 0 4k",
+        "-c",
+        "read -P 0x77 0 4k",
+        uri,
+    ]));
+    assert!(!out.contains("Pattern verification failed"), "{out}");
+    pool.del(0);
+}
+
 /// `mkfs --preallocate` writes every block of the pool's files (sparse by
 /// default), refuses a pool in use without writing anything, and the pool
 /// it makes serves and checks clean.
