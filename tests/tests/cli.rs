@@ -137,8 +137,29 @@ fn clear_errors_for_bad_pools() {
             .arg(&junk)
             .arg("--data")
             .arg(pool.data()),
-        "opening the pool",
+        "the metadata device holds no pool",
     );
+    // The devices given the wrong way round.
+    fails_with(
+        pool.cmd()
+            .args(["check", "--meta"])
+            .arg(pool.data())
+            .arg("--data")
+            .arg(pool.meta()),
+        "the metadata device holds no pool",
+    );
+    // A data device shorter than the pool it holds (a truncated file).
+    let short = pool.dir.path().join("short");
+    std::fs::write(&short, vec![0u8; 1 << 20]).unwrap();
+    fails_with(
+        pool.cmd()
+            .args(["add", "--foreground", "--meta"])
+            .arg(pool.meta())
+            .arg("--data")
+            .arg(&short),
+        "the data device holds 1048576 bytes",
+    );
+    pool.check_clean();
     fails_with(pool.cmd().args(["del", "-n", "7"]), "no device 7");
 }
 

@@ -7,7 +7,7 @@ use super::journal::{self, Journal};
 use super::options::{
     valid_meta_block_bytes, MkfsOptions, OpenOptions, PoolInfo, DATA_BLOCK_BYTES,
 };
-use super::superblock::{Superblock, SUPER_AREA_BYTES, SUPER_BYTES};
+use super::superblock::{has_super_magic, Superblock, SUPER_AREA_BYTES, SUPER_BYTES};
 use crate::alloc::{Allocator, Extent};
 use crate::block::store::SharedStorage;
 use crate::block::{BlockKind, BlockRef, BlockStore, HEADER_BYTES};
@@ -164,6 +164,11 @@ impl PoolState {
         }
         let mut area = vec![0u8; SUPER_AREA_BYTES as usize];
         meta.read_at(0, &mut area)?;
+        if !area.chunks_exact(SUPER_BYTES).any(has_super_magic) {
+            return Err(Error::BadFormat(
+                "the metadata device holds no pool (no fscore superblock in either slot)".into(),
+            ));
+        }
         let slots = [
             Superblock::decode(&area[..SUPER_BYTES], 0),
             Superblock::decode(&area[SUPER_BYTES..], 1),
@@ -185,12 +190,23 @@ impl PoolState {
             [Err(Error::BadFormat(_)), Err(b)] => return Err(b),
             [Err(a), Err(_)] => return Err(a),
         };
-        if meta.len_bytes() < sb.meta_blocks * sb.meta_block_bytes as u64
-            || data.len_bytes() < sb.data_blocks * DATA_BLOCK_BYTES as u64
-        {
-            return Err(Error::BadFormat(
-                "a device is smaller than the pool it holds".into(),
-            ));
+        for (device, have, needs) in [
+            (
+                "metadata",
+                meta.len_bytes(),
+                sb.meta_blocks * sb.meta_block_bytes as u64,
+            ),
+            (
+                "data",
+                data.len_bytes(),
+                sb.data_blocks * DATA_BLOCK_BYTES as u64,
+            ),
+        ] {
+            if have < needs {
+                return Err(Error::BadFormat(format!(
+                    "the {device} device holds {have} bytes, the pool on it {needs} (truncated, or another device?)"
+                )));
+            }
         }
         let first_block = Superblock::first_meta_block(sb.meta_block_bytes);
         let alloc = Allocator::new(first_block, sb.meta_blocks);

@@ -62,6 +62,11 @@ pub(crate) struct Superblock {
 
 const ZERO_FROM: usize = 184;
 
+/// Whether a superblock slot carries the fscore magic (valid or not).
+pub(crate) fn has_super_magic(slot: &[u8]) -> bool {
+    le_u32(slot, 4) == SUPER_MAGIC
+}
+
 /// What the superblock area of a metadata device holds, for mkfs's refusal
 /// to format over a pool: None when neither slot carries the fscore magic
 /// (a fresh or foreign device), else a description of the pool found (a
@@ -75,7 +80,7 @@ pub(crate) fn existing_pool(meta: &mut dyn crate::storage::Storage) -> Result<Op
     let mut newest: Option<Superblock> = None;
     let mut unreadable = None;
     for (bytes, slot) in area.chunks_exact(SUPER_BYTES).zip(0u64..) {
-        if le_u32(bytes, 4) != SUPER_MAGIC {
+        if !has_super_magic(bytes) {
             continue;
         }
         match Superblock::decode(bytes, slot) {
@@ -132,7 +137,7 @@ impl Superblock {
             return Err(Error::corrupt(slot, "short superblock"));
         }
         let bytes = &bytes[..SUPER_BYTES];
-        if le_u32(bytes, 4) != SUPER_MAGIC {
+        if !has_super_magic(bytes) {
             return Err(Error::BadFormat(format!(
                 "superblock slot {slot}: no fscore magic"
             )));
