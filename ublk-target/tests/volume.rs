@@ -956,19 +956,60 @@ fn an_answered_write_is_seen_by_later_reads_and_flushes_before_it_lands() {
     crash_after_flush.recover(|c| assert_eq!(read(c, 0, 8192), expect));
 }
 
-/// Data writes fail with EIO.
-struct FailingWrites(FileDataIo);
+/// Data writes fail with errno `.1`.
+struct FailingWrites(FileDataIo, i32);
+
+impl FailingWrites {
+    fn on(volume: &Arc<Volume>, errno: i32) -> FailingWrites {
+        FailingWrites(FileDataIo::open(volume.data_path()).unwrap(), errno)
+    }
+}
 
 impl DataIo for FailingWrites {
     async fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.0.read_at(offset, buf).await
     }
     async fn write_at(&self, _offset: u64, _buf: &[u8]) -> std::io::Result<()> {
-        Err(std::io::Error::from_raw_os_error(libc::EIO))
+        Err(std::io::Error::from_raw_os_error(self.1))
     }
     async fn sync(&self) -> std::io::Result<()> {
         self.0.sync().await
     }
+}
+
+/// A data device whose own file system is full (a sparse pool on a full
+/// host file system) fails the write with ENOSPC, not EIO: the client
+/// learns what a thin device out of space tells it. The block keeps its
+/// old data, nothing leaks, and writes go on once there is room.
+#[test]
+fn a_data_write_out_of_host_space_is_enospc() {
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let h = file_handle(&volume);
+    block_on(h.write(0, &vec![0xaa; 4096], false)).unwrap();
+    let full = volume.handle(FailingWrites::on(&volume, libc::ENOSPC));
+    for offset in [0, 8192] {
+        assert_eq!(
+            block_on(full.write(offset, &vec![0xbb; 4096], false)),
+            Err(TargetError::NoSpace)
+        );
+    }
+    let broken = volume.handle(FailingWrites::on(&volume, libc::EIO));
+    assert!(matches!(
+        block_on(broken.write(0, &vec![0xbb; 4096], false)),
+        Err(TargetError::Io(_))
+    ));
+    block_on(h.flush()).unwrap();
+    assert_eq!(
+        read(&h, 0, 8192),
+        [vec![0xaa; 4096], vec![0; 4096]].concat()
+    );
+    block_on(h.write(8192, &vec![0xcc; 4096], false)).unwrap();
+    block_on(h.flush()).unwrap();
+    drop((h, full, broken));
+    volume.close().unwrap();
+    drop(volume);
+    assert_eq!(pool.check_clean().data_blocks_referenced, 2);
 }
 
 /// A data write that fails after its answer, copy-on-write or in place:
@@ -981,7 +1022,7 @@ fn a_write_failing_after_its_answer_fails_the_next_flush() {
     let h = file_handle(&volume);
     block_on(h.write(0, &vec![0xaa; 4096], false)).unwrap();
     block_on(h.flush()).unwrap();
-    let failing = FailingWrites(FileDataIo::open(volume.data_path()).unwrap());
+    let failing = FailingWrites::on(&volume, libc::EIO);
     let (answered, writer) = write_answering_on_thread(&volume, failing, 0, vec![0xbb; 4096]);
     assert_eq!(block_on(answered), Ok(Ok(())));
     writer.join().unwrap();
@@ -995,7 +1036,7 @@ fn a_write_failing_after_its_answer_fails_the_next_flush() {
     // write holds a gate pass across its data write): the same, and the
     // pass is let go (the flush ends).
     block_on(h.write(8192, &vec![0xcc; 4096], false)).unwrap();
-    let failing = FailingWrites(FileDataIo::open(volume.data_path()).unwrap());
+    let failing = FailingWrites::on(&volume, libc::EIO);
     let (answered, writer) = write_answering_on_thread(&volume, failing, 8192, vec![0xdd; 4096]);
     assert_eq!(block_on(answered), Ok(Ok(())));
     writer.join().unwrap();

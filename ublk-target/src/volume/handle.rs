@@ -638,10 +638,19 @@ impl<'a> Acceptance<'a> {
 /// A failed data-device `what` ("read", "write") for volume block
 /// `vblock`, reported with its volume offset.
 fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
-    TargetError::Io(format!(
-        "data {what} at volume offset {}: {e}",
-        vblock * BLOCK_BYTES
-    ))
+    let offset = vblock * BLOCK_BYTES;
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        // The pool had the block; the file system under a sparse data file
+        // did not. The client is told ENOSPC, as for a full pool (a thin
+        // device's answer), not an I/O error.
+        log::error!(
+            "data {what} at volume offset {offset}: {e}: the data device's file system \
+             is full (a sparse pool takes host space as it is written; \
+             `mkfs --preallocate` reserves it)"
+        );
+        return TargetError::NoSpace;
+    }
+    TargetError::Io(format!("data {what} at volume offset {offset}: {e}"))
 }
 
 /// A value per block of a chunk; inline for small requests (no allocation
