@@ -46,6 +46,15 @@ impl From<std::io::Error> for Error {
 }
 
 impl Error {
+    /// An I/O error on the file at `path`, which its text names (an
+    /// io::Error alone says "File too large", not which file).
+    pub(crate) fn io_at(path: &std::path::Path, error: std::io::Error) -> Error {
+        Error::Io(std::io::Error::new(
+            error.kind(),
+            format!("{}: {error}", path.display()),
+        ))
+    }
+
     pub(crate) fn corrupt(block: u64, what: impl fmt::Display) -> Error {
         Error::Corrupt {
             block,

@@ -100,6 +100,19 @@ fn clear_errors_for_bad_pools() {
         );
     }
     assert!(!missing.exists(), "a refused mkfs created a file");
+    // A data file that cannot be created (its directory is missing) after
+    // the metadata file was: refused naming the file, and the metadata
+    // file it had created is gone.
+    let no_dir = pool.dir.path().join("no-dir").join("data");
+    fails_with(
+        pool.cmd()
+            .args(["mkfs", "--size", "64M", "--meta"])
+            .arg(&missing)
+            .arg("--data")
+            .arg(&no_dir),
+        "no-dir/data: No such file or directory",
+    );
+    assert!(!missing.exists(), "a failed mkfs left the file it created");
     fails_with(
         pool.cmd()
             .args(["mkfs", "--size", "12Q", "--meta"])

@@ -188,15 +188,18 @@ fn refuse_existing_pool(meta: &mut dyn Storage, opts: &MkfsOptions) -> Result<()
 /// Creates a sparse file of `len_bytes` where none exists and grows a
 /// regular file that is smaller.
 fn prepare_file(path: &Path, len_bytes: u64) -> Result<()> {
-    FileStorage::create_sparse(path, len_bytes)?;
-    let metadata = std::fs::metadata(path)?;
-    if metadata.is_file() && metadata.len() < len_bytes {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)?
-            .set_len(len_bytes)?;
-    }
-    Ok(())
+    let prepare = || -> std::io::Result<()> {
+        FileStorage::create_sparse(path, len_bytes)?;
+        let metadata = std::fs::metadata(path)?;
+        if metadata.is_file() && metadata.len() < len_bytes {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)?
+                .set_len(len_bytes)?;
+        }
+        Ok(())
+    };
+    prepare().map_err(|e| Error::io_at(path, e))
 }
 
 impl Pool {
@@ -212,11 +215,7 @@ impl Pool {
             let stat = match std::fs::metadata(path) {
                 Ok(stat) => stat,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(
-                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())).into(),
-                    )
-                }
+                Err(e) => return Err(Error::io_at(path, e)),
             };
             let kind = stat.file_type();
             if !kind.is_file() && !kind.is_block_device() {

@@ -103,7 +103,19 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         overwrite: args.force,
         ..fscore::MkfsOptions::new(meta_bytes, data_bytes)
     };
-    let info = match Volume::create(meta, data, volume_bytes, &opts) {
+    // Files this mkfs creates are removed if it fails: a half-made pool
+    // (say, --preallocate on a file system too small) is no pool.
+    let created: Vec<&Path> = [meta.as_path(), data.as_path()]
+        .into_iter()
+        .filter(|path| !path.exists())
+        .collect();
+    let made = Volume::create(meta, data, volume_bytes, &opts);
+    if made.is_err() {
+        for path in &created {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let info = match made {
         Err(VolumeError::Pool(fscore::Error::PoolExists(pool))) => bail!(
             "{} already holds {pool}: left as it is (`mkfs --force` formats over it, \
              losing every volume in it)",
