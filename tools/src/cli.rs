@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// or SIGINT. ci/bench-nbd measures the NBD front end alone with it.
     #[arg(long, value_name = "FILE", requires = "nbd")]
     pub serve_raw: Option<PathBuf>,
-    /// With --serve-raw: where to listen (unix:PATH or HOST:PORT).
+    /// With --serve-raw: where to listen (unix:PATH, HOST:PORT, or PORT on
+    /// 127.0.0.1).
     #[arg(long, value_name = "ADDRESS", requires = "serve_raw")]
     pub nbd: Option<String>,
 }
@@ -135,7 +136,8 @@ pub struct AddArgs {
     /// Depth of each ublk queue.
     #[arg(short = 'd', long = "depth", default_value_t = 64)]
     pub depth: u16,
-    /// Serve NBD at this address instead of ublk: unix:PATH or HOST:PORT.
+    /// Serve NBD at this address instead of ublk: unix:PATH (mode 0600),
+    /// HOST:PORT, or PORT (on 127.0.0.1).
     #[arg(long)]
     pub nbd: Option<String>,
     /// Stay in the foreground instead of starting a daemon.

@@ -25,7 +25,8 @@ pub const CONNECTIONS_MAX: usize = 64;
 /// connections cannot hold the slots.
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 
-/// Where to listen: `unix:PATH` or `HOST:PORT`.
+/// Where to listen: `unix:PATH`, `HOST:PORT`, or `PORT` / `:PORT` (on
+/// 127.0.0.1: TCP listens on the loopback unless a host is named).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Address {
     Unix(PathBuf),
@@ -40,11 +41,15 @@ impl Address {
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
+        let port_only = text.strip_prefix(':').unwrap_or(text);
+        if port_only.parse::<u16>().is_ok() {
+            return Ok(Address::Tcp(format!("127.0.0.1:{port_only}")));
+        }
         match text.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
                 Ok(Address::Tcp(text.into()))
             }
-            _ => Err(format!("{text:?} is neither unix:PATH nor HOST:PORT")),
+            _ => Err(format!("{text:?} is neither unix:PATH, HOST:PORT nor PORT")),
         }
     }
 
@@ -250,6 +255,15 @@ mod tests {
             Address::parse("[::1]:10809"),
             Ok(Address::Tcp("[::1]:10809".into()))
         );
+        for port_only in ["10809", ":10809"] {
+            assert_eq!(
+                Address::parse(port_only),
+                Ok(Address::Tcp("127.0.0.1:10809".into())),
+                "{port_only}"
+            );
+        }
+        assert!(Address::parse("70000").is_err());
+        assert!(Address::parse(":").is_err());
         assert!(Address::parse("unix:").is_err());
         assert!(Address::parse("localhost").is_err());
         assert!(Address::parse("host:99999").is_err());
