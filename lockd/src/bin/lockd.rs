@@ -72,9 +72,18 @@ fn print_stats(stats: &Stats) {
     );
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with one line, `lockd: what: why` (anyhow's
+/// chain), as scoutfs-ublk reports them, not main's Debug dump (with a
+/// stack trace wherever RUST_BACKTRACE is set).
+fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
+    if let Err(e) = run_command(Args::parse()) {
+        eprintln!("lockd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run_command(args: Args) -> Result<()> {
     let runtime = if args.worker_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()

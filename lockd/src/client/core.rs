@@ -78,6 +78,10 @@ enum Phase {
     Disconnected,
     Greeting,
     Ready,
+    /// The server answered our farewell and ended the session: nothing
+    /// more is sent (an ack would reach a connection with no session, and
+    /// the server would close it as a protocol error).
+    Ended,
 }
 
 pub struct ClientCore {
@@ -240,7 +244,7 @@ impl ClientCore {
     pub fn receive(&mut self, now_us: u64, frame: Frame, out: &mut Vec<ClientOutput>) {
         self.last_recv_us = now_us;
         match self.phase {
-            Phase::Disconnected => {}
+            Phase::Disconnected | Phase::Ended => {}
             Phase::Greeting if frame.command == Command::Heartbeat => {}
             Phase::Greeting => self.greeting_reply(now_us, frame, out),
             Phase::Ready => match self.session.receive(frame) {
@@ -253,7 +257,7 @@ impl ClientCore {
     /// Heartbeats, the dead-peer timeout and the lease.
     pub fn tick(&mut self, now_us: u64, out: &mut Vec<ClientOutput>) {
         let since_recv_us = now_us.saturating_sub(self.last_recv_us.max(self.connected_us));
-        if self.phase != Phase::Disconnected
+        if !matches!(self.phase, Phase::Disconnected | Phase::Ended)
             && since_recv_us >= self.config.heartbeat_timeout_ms * 1000
         {
             self.close(
@@ -433,7 +437,10 @@ impl ClientCore {
                 out.push(ClientOutput::Lost(lost));
             }
             (Command::Stat, _, _, Body::Stats(stats)) => out.push(ClientOutput::Stats(*stats)),
-            (Command::Farewell, _, _, _) => out.push(ClientOutput::FarewellDone),
+            (Command::Farewell, _, _, _) => {
+                self.phase = Phase::Ended;
+                out.push(ClientOutput::FarewellDone);
+            }
             (command, _, _, _) => self.close(format!("unexpected {command:?} response"), out),
         }
     }
