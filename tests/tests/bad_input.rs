@@ -85,6 +85,11 @@ fn hostile_clients_do_not_hurt_the_export() {
     c.send(CMD_WRITE, 3, (64 << 20) - 512, &[1u8; 1024], 0)
         .unwrap();
     assert_eq!(c.reply().unwrap(), (3, 22));
+    // BLOCK_STATUS without the base:allocation context negotiated (this
+    // client negotiates nothing): EINVAL, and the connection goes on.
+    const CMD_BLOCK_STATUS: u16 = 7;
+    c.send(CMD_BLOCK_STATUS, 4, 0, &[], 4096).unwrap();
+    assert_eq!(c.reply().unwrap(), (4, 22));
     assert_eq!(c.read_at(0, 512).unwrap(), vec![0x42; 512]);
     drop(c);
 

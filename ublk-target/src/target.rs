@@ -75,6 +75,26 @@ pub trait BlockTarget {
     /// Makes the range read as zeros; with `may_unmap` false the space stays
     /// allocated.
     async fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> TargetResult<()>;
+    /// Which parts of the range from `offset` are allocated: consecutive
+    /// runs from `offset` on, at least one, covering at most `len` bytes
+    /// (a target may answer for less; the caller asks again for the rest).
+    /// Writes answered before the call show as allocated. By default all of
+    /// it is data: a target that does not know says nothing is a hole.
+    async fn allocation(&self, offset: u64, len: u64) -> TargetResult<Vec<Allocation>> {
+        check_range(self.size_bytes(), offset, len)?;
+        Ok(vec![Allocation {
+            bytes: len,
+            hole: false,
+        }])
+    }
+}
+
+/// A run of bytes of one allocation state (`BlockTarget::allocation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Allocation {
+    pub bytes: u64,
+    /// Unallocated: reads as zeros and holds no space.
+    pub hole: bool,
 }
 
 /// Checks a request's alignment and range against a device of `size_bytes`.

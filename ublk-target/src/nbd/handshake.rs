@@ -44,11 +44,21 @@ impl Export {
     }
 }
 
+/// What a client chose during the handshake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Structured replies (OPT_STRUCTURED_REPLY).
+    pub structured: bool,
+    /// The base:allocation metadata context (OPT_SET_META_CONTEXT):
+    /// BLOCK_STATUS answers which ranges are holes.
+    pub base_allocation: bool,
+}
+
 /// The outcome of a completed handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Negotiated {
-    /// Enter transmission; `structured` replies were negotiated.
-    Transmission { structured: bool },
+    /// Enter transmission with what was negotiated.
+    Transmission(Session),
     /// The client aborted or asked for an export that does not exist.
     Closed,
 }
@@ -89,7 +99,7 @@ where
     }
     let no_zeroes = client_flags & CLIENT_FLAG_NO_ZEROES != 0;
 
-    let mut structured = false;
+    let mut session = Session::default();
     for _ in 0..OPTIONS_MAX {
         let magic = stream.read_u64().await?;
         if magic != IHAVEOPT {
@@ -103,7 +113,7 @@ where
         let mut data = vec![0u8; length as usize];
         stream.read_exact(&mut data).await?;
 
-        let step = answer_option(option, &data, export, &mut structured, no_zeroes);
+        let step = answer_option(option, &data, export, &mut session, no_zeroes);
         stream.write_all(&step.reply).await?;
         stream.flush().await?;
         if let Some(outcome) = step.outcome {
@@ -122,10 +132,9 @@ fn answer_option(
     option: u32,
     data: &[u8],
     export: &Export,
-    structured: &mut bool,
+    session: &mut Session,
     no_zeroes: bool,
 ) -> Step {
-    let go = |structured: bool| Some(Negotiated::Transmission { structured });
     match option {
         OPT_EXPORT_NAME => {
             if !export.matches(data) {
@@ -147,7 +156,7 @@ fn answer_option(
             }
             Step {
                 reply,
-                outcome: go(*structured),
+                outcome: Some(Negotiated::Transmission(*session)),
             }
         }
         OPT_ABORT => Step {
@@ -176,19 +185,22 @@ fn answer_option(
                     "OPT_STRUCTURED_REPLY carries no data",
                 );
             }
-            *structured = true;
+            session.structured = true;
             Step {
                 reply: option_reply(option, REP_ACK, &[]),
                 outcome: None,
             }
         }
-        OPT_INFO | OPT_GO => answer_info(option, data, export, *structured),
+        OPT_INFO | OPT_GO => answer_info(option, data, export, *session),
+        OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+            answer_meta_context(option, data, export, session)
+        }
         _ => error_reply(option, REP_ERR_UNSUP, "option not supported"),
     }
 }
 
 /// OPT_INFO / OPT_GO data: name length u32, name, count u16, count x info type u16.
-fn answer_info(option: u32, data: &[u8], export: &Export, structured: bool) -> Step {
+fn answer_info(option: u32, data: &[u8], export: &Export, session: Session) -> Step {
     let Some(name) = parse_info_request(data) else {
         return error_reply(option, REP_ERR_INVALID, "malformed info request");
     };
@@ -216,8 +228,69 @@ fn answer_info(option: u32, data: &[u8], export: &Export, structured: bool) -> S
     reply.extend_from_slice(&option_reply(option, REP_INFO, &info_name));
     reply.extend_from_slice(&option_reply(option, REP_INFO, &info_block));
     reply.extend_from_slice(&option_reply(option, REP_ACK, &[]));
-    let outcome = (option == OPT_GO).then_some(Negotiated::Transmission { structured });
+    let outcome = (option == OPT_GO).then_some(Negotiated::Transmission(session));
     Step { reply, outcome }
+}
+
+/// OPT_LIST_META_CONTEXT / OPT_SET_META_CONTEXT data: export name length
+/// u32, name, query count u32, count x (query length u32, query). The one
+/// context served is base:allocation: LIST names it for no query, for
+/// "base:" and for itself; SET selects it when asked for by name (and
+/// needs structured replies, which carry BLOCK_STATUS answers). A SET
+/// replaces the selection, so one asking for nothing we serve clears it.
+fn answer_meta_context(option: u32, data: &[u8], export: &Export, session: &mut Session) -> Step {
+    let Some((name, queries)) = parse_meta_context_request(data) else {
+        return error_reply(option, REP_ERR_INVALID, "malformed meta context request");
+    };
+    if !export.matches(name) {
+        return error_reply(option, REP_ERR_UNKNOWN, "no such export");
+    }
+    let set = option == OPT_SET_META_CONTEXT;
+    if set && !session.structured {
+        return error_reply(option, REP_ERR_INVALID, "structured replies come first");
+    }
+    let listed = |query: &[u8]| query == BASE_ALLOCATION.as_bytes() || (!set && query == b"base:");
+    let chosen = if queries.is_empty() {
+        !set
+    } else {
+        queries.iter().any(|query| listed(query))
+    };
+    if set {
+        session.base_allocation = chosen;
+    }
+    let mut reply = Vec::new();
+    if chosen {
+        let mut context = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+        context.extend_from_slice(BASE_ALLOCATION.as_bytes());
+        reply.extend_from_slice(&option_reply(option, REP_META_CONTEXT, &context));
+    }
+    reply.extend_from_slice(&option_reply(option, REP_ACK, &[]));
+    Step {
+        reply,
+        outcome: None,
+    }
+}
+
+/// The export name and the queries, when every length inside agrees with
+/// `data.len()`.
+fn parse_meta_context_request(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
+    let name_len = be_u32(data.get(0..4)?) as usize;
+    let name = data.get(4..4usize.checked_add(name_len)?)?;
+    let mut rest = &data[4 + name_len..];
+    let count = be_u32(rest.get(0..4)?);
+    rest = &rest[4..];
+    // Each query takes at least its 4-byte length: a count beyond what the
+    // data can hold is refused before anything is allocated for it.
+    if count as usize > rest.len() / 4 {
+        return None;
+    }
+    let mut queries = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = be_u32(rest.get(0..4)?) as usize;
+        queries.push(rest.get(4..4usize.checked_add(len)?)?);
+        rest = &rest[4 + len..];
+    }
+    rest.is_empty().then_some((name, queries))
 }
 
 /// Returns the export name when the lengths inside agree with `data.len()`.
@@ -239,6 +312,89 @@ fn error_reply(option: u32, reply: u32, message: &str) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn meta_request(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name);
+        data.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+        for query in queries {
+            data.extend_from_slice(&(query.len() as u32).to_be_bytes());
+            data.extend_from_slice(query);
+        }
+        data
+    }
+
+    fn export() -> Export {
+        Export {
+            name: "scoutfs".into(),
+            size_bytes: 1 << 20,
+            block_min_bytes: 512,
+            block_preferred_bytes: 4096,
+        }
+    }
+
+    /// The reply types of an option's answer, in order.
+    fn reply_types(reply: &[u8]) -> Vec<u32> {
+        let mut types = Vec::new();
+        let mut rest = reply;
+        while !rest.is_empty() {
+            types.push(be_u32(&rest[12..16]));
+            let len = be_u32(&rest[16..20]) as usize;
+            rest = &rest[20 + len..];
+        }
+        types
+    }
+
+    #[test]
+    fn meta_context_requests_must_agree_with_their_lengths() {
+        let ok = meta_request(b"scoutfs", &[b"base:allocation", b"x"]);
+        let (name, queries) = parse_meta_context_request(&ok).unwrap();
+        assert_eq!(
+            (name, queries),
+            (&b"scoutfs"[..], vec![&b"base:allocation"[..], &b"x"[..]])
+        );
+        assert!(parse_meta_context_request(&ok[..ok.len() - 1]).is_none());
+        let mut long = ok.clone();
+        long.push(0);
+        assert!(parse_meta_context_request(&long).is_none());
+        // A query count the data cannot hold is refused, not allocated for.
+        let mut hostile = meta_request(b"", &[]);
+        hostile[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(parse_meta_context_request(&hostile).is_none());
+    }
+
+    #[test]
+    fn base_allocation_is_listed_and_set_only_as_the_spec_says() {
+        let export = export();
+        let mut session = Session::default();
+        let all = meta_request(b"scoutfs", &[]);
+        let base = meta_request(b"", &[BASE_ALLOCATION.as_bytes()]);
+        let other = meta_request(b"scoutfs", &[b"qemu:dirty-bitmap:x"]);
+        // LIST with no query and with "base:" names it.
+        for data in [&all, &meta_request(b"scoutfs", &[b"base:"])] {
+            let step = answer_option(OPT_LIST_META_CONTEXT, data, &export, &mut session, true);
+            assert_eq!(reply_types(&step.reply), vec![REP_META_CONTEXT, REP_ACK]);
+        }
+        // SET before structured replies: refused.
+        let step = answer_option(OPT_SET_META_CONTEXT, &base, &export, &mut session, true);
+        assert_eq!(reply_types(&step.reply), vec![REP_ERR_INVALID]);
+        assert!(!session.base_allocation);
+        session.structured = true;
+        let step = answer_option(OPT_SET_META_CONTEXT, &base, &export, &mut session, true);
+        assert_eq!(reply_types(&step.reply), vec![REP_META_CONTEXT, REP_ACK]);
+        assert_eq!(be_u32(&step.reply[20..24]), BASE_ALLOCATION_ID);
+        assert!(session.base_allocation);
+        // A later SET of nothing we serve replaces the selection.
+        let step = answer_option(OPT_SET_META_CONTEXT, &other, &export, &mut session, true);
+        assert_eq!(reply_types(&step.reply), vec![REP_ACK]);
+        assert!(!session.base_allocation);
+        // An unknown export, and malformed data.
+        let unknown = meta_request(b"nope", &[BASE_ALLOCATION.as_bytes()]);
+        let step = answer_option(OPT_SET_META_CONTEXT, &unknown, &export, &mut session, true);
+        assert_eq!(reply_types(&step.reply), vec![REP_ERR_UNKNOWN]);
+        let step = answer_option(OPT_SET_META_CONTEXT, &[0, 0], &export, &mut session, true);
+        assert_eq!(reply_types(&step.reply), vec![REP_ERR_INVALID]);
+    }
 
     #[test]
     fn info_request_lengths_must_agree() {

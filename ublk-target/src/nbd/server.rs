@@ -214,8 +214,8 @@ async fn serve_client<S, T>(
     T: BlockTarget + 'static,
 {
     let timeout = Duration::from_millis(HANDSHAKE_TIMEOUT_MS);
-    let structured = match tokio::time::timeout(timeout, handshake(&mut stream, export)).await {
-        Ok(Ok(Negotiated::Transmission { structured })) => structured,
+    let session = match tokio::time::timeout(timeout, handshake(&mut stream, export)).await {
+        Ok(Ok(Negotiated::Transmission(session))) => session,
         Ok(Ok(Negotiated::Closed)) => {
             log::info!("nbd: {peer} left during the handshake");
             return;
@@ -229,9 +229,13 @@ async fn serve_client<S, T>(
             return;
         }
     };
-    log::info!("nbd: {peer} connected (structured replies: {structured})");
+    log::info!(
+        "nbd: {peer} connected (structured replies: {}, base:allocation: {})",
+        session.structured,
+        session.base_allocation
+    );
     let (reader, writer) = tokio::io::split(stream);
-    match transmission(reader, writer, target, structured, stop).await {
+    match transmission(reader, writer, target, session, stop).await {
         Ok(()) => log::info!("nbd: {peer} disconnected"),
         Err(e) => log::warn!("nbd: closing {peer}: {e}"),
     }

@@ -9,6 +9,7 @@
 //! until one finishes, so a client cannot make the server buffer without
 //! bound. The writer batches the replies that are ready into one write.
 
+use super::handshake::Session;
 use super::proto::*;
 use crate::aligned::AlignedBuf;
 use crate::target::{BlockTarget, TargetError};
@@ -56,7 +57,7 @@ pub async fn transmission<R, W, T>(
     reader: R,
     writer: W,
     target: Rc<T>,
-    structured: bool,
+    session: Session,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), TransmissionError>
 where
@@ -64,6 +65,7 @@ where
     W: AsyncWrite + Unpin + 'static,
     T: BlockTarget + 'static,
 {
+    let structured = session.structured;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let in_flight = std::sync::Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     let (replies, reply_queue) = mpsc::channel::<Reply>(IN_FLIGHT_MAX);
@@ -130,7 +132,7 @@ where
                 write_answering_early(&*target, request, &data, structured, &replies).await;
                 answered_bytes.set(answered_bytes.get() - data.len());
             } else {
-                let reply = execute(&*target, request, payload, structured).await;
+                let reply = execute(&*target, request, payload, session).await;
                 // The writer is gone only when the client is: nothing to tell.
                 let _ = replies.send(reply).await;
             }
@@ -200,13 +202,20 @@ async fn execute<T: BlockTarget>(
     target: &T,
     request: Request,
     payload: Option<AlignedBuf>,
-    structured: bool,
+    session: Session,
 ) -> Reply {
+    let structured = session.structured;
     let cookie = request.cookie;
     let offset = request.offset;
     let length = request.length as u64;
     let result = match request.kind {
         CMD_READ => return execute_read(target, request, structured).await,
+        CMD_BLOCK_STATUS if session.base_allocation => {
+            return execute_block_status(target, request).await
+        }
+        CMD_BLOCK_STATUS => Err(TargetError::Invalid(
+            "BLOCK_STATUS without the base:allocation context negotiated".into(),
+        )),
         CMD_WRITE => {
             let data = payload.expect("a write carries its payload");
             target
@@ -282,6 +291,48 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
         header,
         data: Some(buf),
     }
+}
+
+/// BLOCK_STATUS for base:allocation (negotiated, so replies are
+/// structured): one chunk of the context id and (length, status)
+/// descriptors from the request's offset on, for as much of the range as
+/// the target answers (at least one descriptor; one only with REQ_ONE).
+async fn execute_block_status<T: BlockTarget>(target: &T, request: Request) -> Reply {
+    let cookie = request.cookie;
+    if request.length == 0 {
+        let e = TargetError::Invalid("BLOCK_STATUS of zero bytes".into());
+        return error_reply(cookie, true, &e);
+    }
+    let runs = match target
+        .allocation(request.offset, request.length.into())
+        .await
+    {
+        Ok(runs) => runs,
+        Err(e) => return error_reply(cookie, true, &e),
+    };
+    let take = if request.flags & CMD_FLAG_REQ_ONE != 0 {
+        1
+    } else {
+        runs.len()
+    };
+    let mut payload = Vec::with_capacity(4 + 8 * take);
+    payload.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for run in runs.iter().take(take) {
+        let status = if run.hole { STATE_HOLE | STATE_ZERO } else { 0 };
+        // Within the request's u32 length (the target answers no more).
+        payload.extend_from_slice(&(run.bytes as u32).to_be_bytes());
+        payload.extend_from_slice(&status.to_be_bytes());
+    }
+    let mut header: ReplyHeader = structured_header(
+        cookie,
+        REPLY_FLAG_DONE,
+        REPLY_TYPE_BLOCK_STATUS,
+        payload.len() as u32,
+    )
+    .as_slice()
+    .into();
+    header.extend_from_slice(&payload);
+    Reply { header, data: None }
 }
 
 /// The one place a target error becomes an NBD errno.

@@ -27,7 +27,7 @@ use super::journal::Record;
 use super::map::{self, Mapping, BLOCK_BYTES};
 use super::volume::{target_error, Volume};
 use crate::aligned::{is_block_aligned, AlignedBuf};
-use crate::target::{check_range, BlockTarget, TargetError, TargetResult};
+use crate::target::{check_range, Allocation, BlockTarget, TargetError, TargetResult};
 use fscore::Extent;
 use futures::channel::oneshot;
 use futures::{StreamExt, TryStreamExt};
@@ -51,6 +51,10 @@ pub const FRAGMENTED_COMMIT_BLOCKS: u64 = 64;
 /// Times a read re-checks a block whose checksum did not match while a
 /// writer was changing it, before calling it corrupt.
 pub const READ_RETRIES_MAX: u32 = 16;
+/// Mapped blocks one allocation query visits (NBD BLOCK_STATUS): bounds
+/// its scan and its answer (descriptors); the client asks again for the
+/// rest of the range.
+pub const ALLOCATION_MAPPED_MAX: usize = 8192;
 
 pub struct VolumeHandle<D: DataIo> {
     volume: Arc<Volume>,
@@ -795,11 +799,115 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
         check_range(self.volume.size_bytes, offset, len)?;
         self.write_zero_bytes(offset, len).await
     }
+
+    async fn allocation(&self, offset: u64, len: u64) -> TargetResult<Vec<Allocation>> {
+        check_range(self.volume.size_bytes, offset, len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let v = &*self.volume;
+        let first = offset / BLOCK_BYTES;
+        let last = (offset + len - 1) / BLOCK_BYTES;
+        self.settle_blocks(first, last).await;
+        // One scan of the map's keys in the range, bounded by the mapped
+        // blocks it visits, not by the range: a hole of any size costs one
+        // descent, and a written range is answered in parts.
+        let mut mapped = Vec::new();
+        let mut scanned_to = last + 1;
+        let mut bad = None;
+        let start = map::map_key(v.volume_id, first);
+        let end = map::map_key(v.volume_id, last);
+        v.pool
+            .range_with(&start, &end, &mut |key, value| {
+                if Mapping::decode(value).is_none() {
+                    bad = Some(key.lo);
+                    return false;
+                }
+                if mapped.len() == ALLOCATION_MAPPED_MAX {
+                    scanned_to = key.lo;
+                    return false;
+                }
+                mapped.push(key.lo);
+                true
+            })
+            .map_err(target_error)?;
+        if let Some(vblock) = bad {
+            return Err(TargetError::Io(format!(
+                "corrupt map item at volume offset {}",
+                vblock * BLOCK_BYTES
+            )));
+        }
+        let end_bytes = (offset + len).min(scanned_to * BLOCK_BYTES);
+        Ok(allocation_runs(offset, end_bytes, &mapped))
+    }
+}
+
+/// The runs of bytes `offset..end` given the mapped blocks among them
+/// (ascending): mapped blocks are data, the others holes; a partial block
+/// at either edge counts as its block.
+fn allocation_runs(offset: u64, end: u64, mapped: &[u64]) -> Vec<Allocation> {
+    let mut runs: Vec<Allocation> = Vec::new();
+    let mut push = |from: u64, to: u64, hole: bool| {
+        if to <= from {
+            return;
+        }
+        match runs.last_mut() {
+            Some(run) if run.hole == hole => run.bytes += to - from,
+            _ => runs.push(Allocation {
+                bytes: to - from,
+                hole,
+            }),
+        }
+    };
+    let mut at = offset;
+    for &block in mapped {
+        let (block_start, block_end) = (block * BLOCK_BYTES, (block + 1) * BLOCK_BYTES);
+        push(at, block_start.max(at).min(end), true);
+        push(block_start.max(at), block_end.min(end), false);
+        at = at.max(block_end.min(end));
+    }
+    push(at, end, true);
+    runs
 }
 
 #[cfg(test)]
 mod tests {
-    use super::chunks;
+    use super::{allocation_runs, chunks, Allocation, BLOCK_BYTES};
+
+    fn run(bytes: u64, hole: bool) -> Allocation {
+        Allocation { bytes, hole }
+    }
+
+    #[test]
+    fn allocation_runs_alternate_and_clip_partial_edge_blocks() {
+        let b = BLOCK_BYTES;
+        // Nothing mapped: one hole, whatever the range.
+        assert_eq!(
+            allocation_runs(512, 10 * b, &[]),
+            vec![run(10 * b - 512, true)]
+        );
+        // Blocks 2, 3 and 7 of 0..10: hole, data, hole, data, hole.
+        assert_eq!(
+            allocation_runs(0, 10 * b, &[2, 3, 7]),
+            vec![
+                run(2 * b, true),
+                run(2 * b, false),
+                run(3 * b, true),
+                run(b, false),
+                run(2 * b, true)
+            ]
+        );
+        // A range starting and ending inside mapped blocks.
+        assert_eq!(
+            allocation_runs(2 * b + 512, 7 * b + 1024, &[2, 3, 7]),
+            vec![run(2 * b - 512, false), run(3 * b, true), run(1024, false)]
+        );
+        // A mapped block that starts the range, and one past its end.
+        assert_eq!(
+            allocation_runs(b, 3 * b, &[1, 9]),
+            vec![run(b, false), run(b, true)]
+        );
+    }
 
     #[test]
     fn chunks_cover_the_range_at_chunk_boundaries() {
