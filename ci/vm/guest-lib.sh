@@ -81,7 +81,7 @@ check_pool() {
 }
 
 # Bytes of the data device in use, from `check`'s space accounting
-# ("... data blocks N used M free", 4 KiB blocks).
+# ("... data blocks N used J journal M free", 4 KiB blocks).
 used_bytes() {
     local blocks
     blocks=$(scoutfs-ublk check --meta $POOL_META --data $POOL_DATA | sed -n 's/.*data blocks \([0-9]*\) used.*/\1/p')

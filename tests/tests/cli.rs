@@ -420,6 +420,39 @@ fn add_with_relative_paths_registers_absolute_ones() {
     pool.del(0);
 }
 
+/// `check`'s data accounting adds up to the device: blocks the volume
+/// maps, the journal's region and free space, as `dump` counts them.
+#[test]
+fn check_accounts_for_every_data_block() {
+    let pool = Pool::mkfs("64M");
+    let daemon = pool.add();
+    daemon.qemu_io_ok(&["write -P 0x12 0 1M", "write -P 0x13 8M 4k"]);
+    pool.del(0);
+    let checked = pool.check_clean();
+    let numbers = |text: &str, after: &str| -> Vec<u64> {
+        let at = text
+            .find(after)
+            .unwrap_or_else(|| panic!("{after:?} in {text}"));
+        text[at + after.len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter(|word| !word.is_empty())
+            .take(3)
+            .map(|word| word.parse().unwrap())
+            .collect()
+    };
+    let [used, journal, free] = numbers(&checked, ", data blocks ")[..] else {
+        panic!("{checked}")
+    };
+    assert_eq!(used, 256 + 1, "{checked}");
+    let mut dump = pool.cmd();
+    dump.arg("dump");
+    let dumped = run_ok(pool.pool_args(&mut dump));
+    // "data block       4096 bytes, 20480 blocks (80.0 MiB)"
+    let total = numbers(&dumped, "\ndata block ")[1];
+    assert_eq!(used + journal + free, total, "{checked}\n{dumped}");
+    assert!(journal > 0, "{checked}");
+}
+
 /// `mkfs --preallocate` writes every block of the pool's files (sparse by
 /// default), refuses a pool in use without writing anything, and the pool
 /// it makes serves and checks clean.

@@ -48,6 +48,8 @@ pub struct CheckReport {
     /// applies them at its next open. The state checked is the commit's,
     /// without them.
     pub journal_records: u64,
+    /// Data blocks set aside for the journal (neither referenced nor free).
+    pub data_blocks_journal: u64,
 }
 
 impl CheckReport {
@@ -198,6 +200,7 @@ fn check_state(state: &mut PoolState, refs: Option<DataRefs<'_>>) -> CheckReport
     let data_free = state.data_alloc.free_after_commit();
     report.data_blocks_free = data_free.iter().map(|extent| extent.len).sum();
     report.data_blocks_referenced = walk.data.iter().map(|extent| extent.len).sum();
+    report.data_blocks_journal = state.journal.region.len;
     if walk.refs.is_some() {
         let mut owned: Vec<(Extent, &'static str)> = walk
             .data

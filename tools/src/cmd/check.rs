@@ -13,13 +13,16 @@ pub fn run(args: &PoolArgs) -> Result<()> {
             args.data.display()
         )
     })?;
+    // The superblocks' area of the metadata device is neither: the sums
+    // here are of the blocks the allocators manage.
     println!(
-        "seq {}: {} items, metadata blocks {} used {} free, data blocks {} used {} free",
+        "seq {}: {} items, metadata blocks {} used {} free, data blocks {} used {} journal {} free",
         report.seq,
         report.items,
         report.meta_blocks_referenced,
         report.meta_blocks_free,
         report.data_blocks_referenced,
+        report.data_blocks_journal,
         report.data_blocks_free
     );
     if report.journal_records > 0 {
