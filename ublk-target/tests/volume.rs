@@ -956,6 +956,50 @@ fn an_answered_write_is_seen_by_later_reads_and_flushes_before_it_lands() {
     crash_after_flush.recover(|c| assert_eq!(read(c, 0, 8192), expect));
 }
 
+/// An allocation query (NBD BLOCK_STATUS) after a write was answered but
+/// before its data landed waits for it and reports the block as data, not
+/// the hole it was (a copy that trusted the hole would skip the data); a
+/// lock taken after the query began is not waited for.
+#[test]
+fn an_answered_write_into_a_hole_is_data_to_a_later_allocation_query() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    use ublk_target::target::Allocation;
+    let pool = Pool::new(64 * MIB, 32 * MIB);
+    let volume = pool.open();
+    let (release, released) = mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let held = HookedIo {
+        before_write: Box::new(move || {
+            let _ = released.lock().unwrap().recv();
+        }),
+        ..HookedIo::new(volume.data_path())
+    };
+    let (answered, writer) = write_answering_on_thread(&volume, held, 8192, vec![0xbb; 4096]);
+    assert_eq!(block_on(answered), Ok(Ok(())));
+    let (tx, rx) = mpsc::channel();
+    let querier = {
+        let volume = volume.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(block_on(file_handle(&volume).allocation(0, 64 * 1024)));
+        })
+    };
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the query answered before the answered write was mapped"
+    );
+    release.send(()).unwrap();
+    writer.join().unwrap();
+    let runs = rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
+    let run = |bytes, hole| Allocation { bytes, hole };
+    assert_eq!(
+        runs,
+        vec![run(8192, true), run(4096, false), run(64 * 1024 - 12288, true)]
+    );
+    querier.join().unwrap();
+    volume.close().unwrap();
+}
+
 /// Data writes fail with errno `.1`.
 struct FailingWrites(FileDataIo, i32);
 

@@ -808,7 +808,12 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
         let v = &*self.volume;
         let first = offset / BLOCK_BYTES;
         let last = (offset + len - 1) / BLOCK_BYTES;
-        self.settle_blocks(first, last).await;
+        // Writes answered before this call are mapped first (their range
+        // locks are held until then); writers arriving meanwhile are not
+        // waited for, so a query over a busy range cannot be starved.
+        if v.acked.any_pending() {
+            v.locks.wait_for_holders(first, last).await;
+        }
         // One scan of the map's keys in the range, bounded by the mapped
         // blocks it visits, not by the range: a hole of any size costs one
         // descent, and a written range is answered in parts.

@@ -14,12 +14,16 @@ use std::task::{Context, Poll, Waker};
 
 struct Held {
     last: u64,
+    /// Order of acquisition (`RangeLocks::taken`).
+    seq: u64,
     waiting: Vec<Waker>,
 }
 
 #[derive(Default)]
 pub struct RangeLocks {
     held: Mutex<BTreeMap<u64, Held>>,
+    /// Locks taken so far: the next one's `seq`.
+    taken: std::sync::atomic::AtomicU64,
 }
 
 pub struct RangeGuard<'a> {
@@ -51,6 +55,36 @@ impl RangeLocks {
     pub async fn wait_unlocked(&self, first: u64, last: u64) {
         drop(self.lock(first, last).await);
     }
+
+    /// Waits until every lock that overlaps `first..=last` now has been
+    /// released; locks taken after the call are not waited for. Unlike
+    /// `wait_unlocked` it cannot be starved by new writers, however large
+    /// the range, and never blocks them.
+    pub async fn wait_for_holders(&self, first: u64, last: u64) {
+        use std::sync::atomic::Ordering;
+        // Under the map's mutex, like every acquisition: a lock is either
+        // in the map now with a smaller seq, or taken later with a larger.
+        let before = {
+            let _map = self.map();
+            self.taken.load(Ordering::Relaxed)
+        };
+        std::future::poll_fn(|cx| {
+            let mut map = self.map();
+            // Disjoint ranges by first block: walk back from the last one
+            // starting in the range until one ends before it.
+            for (_, held) in map.range_mut(..=last).rev() {
+                if held.last < first {
+                    break;
+                }
+                if held.seq < before {
+                    held.waiting.push(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(())
+        })
+        .await
+    }
 }
 
 /// The held range overlapping `first..=last`, if any: among disjoint
@@ -79,10 +113,15 @@ impl<'a> Future for LockRange<'a> {
                 Poll::Pending
             }
             None => {
+                let seq = self
+                    .locks
+                    .taken
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 map.insert(
                     self.first,
                     Held {
                         last: self.last,
+                        seq,
                         waiting: Vec::new(),
                     },
                 );
@@ -130,5 +169,38 @@ mod tests {
         drop(b);
         assert!(d.as_mut().poll(&mut cx).is_ready());
         drop(c);
+    }
+
+    #[test]
+    fn waiting_for_holders_ignores_locks_taken_after_the_call() {
+        let locks = RangeLocks::default();
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let a = futures::executor::block_on(locks.lock(10, 10));
+        let b = futures::executor::block_on(locks.lock(500, 500));
+        let outside = futures::executor::block_on(locks.lock(2000, 2000));
+        let mut wait = Box::pin(locks.wait_for_holders(0, 1000));
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "a and b hold blocks in range"
+        );
+        drop(a);
+        // A writer arriving now: not waited for.
+        let later = futures::executor::block_on(locks.lock(20, 20));
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "b still holds 500"
+        );
+        drop(b);
+        assert!(
+            wait.as_mut().poll(&mut cx).is_ready(),
+            "only the later lock is left"
+        );
+        drop((later, outside));
+        // Nothing held: ready at once.
+        assert!(Box::pin(locks.wait_for_holders(0, u64::MAX))
+            .as_mut()
+            .poll(&mut cx)
+            .is_ready());
     }
 }
