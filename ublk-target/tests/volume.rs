@@ -884,6 +884,29 @@ fn write_answering_on_thread<D: DataIo + Send + 'static>(
     (answered, thread)
 }
 
+/// `write_answering_on_thread` whose data write waits until `release` is
+/// sent (or dropped): returns it, the answer's receiver and the thread.
+fn held_answered_write(
+    volume: &Arc<Volume>,
+    offset: u64,
+    data: Vec<u8>,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    futures::channel::oneshot::Receiver<Result<(), TargetError>>,
+    std::thread::JoinHandle<()>,
+) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    let held = HookedIo {
+        before_write: Box::new(move || {
+            let _ = released.lock().unwrap().recv();
+        }),
+        ..HookedIo::new(volume.data_path())
+    };
+    let (answered, writer) = write_answering_on_thread(volume, held, offset, data);
+    (release, answered, writer)
+}
+
 /// A write answered before its data landed: a read issued after the answer
 /// waits for it and returns the new data, a flush issued after the answer
 /// waits for it and makes it durable; a crash before it landed leaves the
@@ -898,15 +921,7 @@ fn an_answered_write_is_seen_by_later_reads_and_flushes_before_it_lands() {
     block_on(h.write(0, &vec![0xaa; 8192], false)).unwrap();
     block_on(h.flush()).unwrap();
 
-    let (release, released) = mpsc::channel::<()>();
-    let released = std::sync::Mutex::new(released);
-    let held = HookedIo {
-        before_write: Box::new(move || {
-            let _ = released.lock().unwrap().recv();
-        }),
-        ..HookedIo::new(volume.data_path())
-    };
-    let (answered, writer) = write_answering_on_thread(&volume, held, 0, vec![0xbb; 4096]);
+    let (release, answered, writer) = held_answered_write(&volume, 0, vec![0xbb; 4096]);
     // Answered while its data write is held.
     assert_eq!(block_on(answered), Ok(Ok(())));
 
@@ -967,15 +982,7 @@ fn an_answered_write_into_a_hole_is_data_to_a_later_allocation_query() {
     use ublk_target::target::Allocation;
     let pool = Pool::new(64 * MIB, 32 * MIB);
     let volume = pool.open();
-    let (release, released) = mpsc::channel::<()>();
-    let released = std::sync::Mutex::new(released);
-    let held = HookedIo {
-        before_write: Box::new(move || {
-            let _ = released.lock().unwrap().recv();
-        }),
-        ..HookedIo::new(volume.data_path())
-    };
-    let (answered, writer) = write_answering_on_thread(&volume, held, 8192, vec![0xbb; 4096]);
+    let (release, answered, writer) = held_answered_write(&volume, 8192, vec![0xbb; 4096]);
     assert_eq!(block_on(answered), Ok(Ok(())));
     let (tx, rx) = mpsc::channel();
     let querier = {
@@ -994,7 +1001,11 @@ fn an_answered_write_into_a_hole_is_data_to_a_later_allocation_query() {
     let run = |bytes, hole| Allocation { bytes, hole };
     assert_eq!(
         runs,
-        vec![run(8192, true), run(4096, false), run(64 * 1024 - 12288, true)]
+        vec![
+            run(8192, true),
+            run(4096, false),
+            run(64 * 1024 - 12288, true)
+        ]
     );
     querier.join().unwrap();
     volume.close().unwrap();
