@@ -174,6 +174,16 @@ fn clear_errors_for_bad_pools() {
     );
     pool.check_clean();
     fails_with(pool.cmd().args(["del", "-n", "7"]), "no device 7");
+    // A damaged registry entry is reported by list, not silently dropped;
+    // an empty one (an id reserved by a starting daemon) is not.
+    std::fs::create_dir_all(pool.run_dir()).unwrap();
+    std::fs::write(pool.run_dir().join("nbd-5.json"), "{garbage").unwrap();
+    std::fs::write(pool.run_dir().join("nbd-6.json"), "").unwrap();
+    let listed = run(pool.cmd().arg("list"));
+    let err = String::from_utf8_lossy(&listed.stderr);
+    assert!(listed.status.success(), "{err}");
+    assert!(err.contains("nbd-5.json: not a device entry"), "{err}");
+    assert!(!err.contains("nbd-6.json"), "{err}");
 }
 
 #[test]
