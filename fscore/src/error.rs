@@ -21,9 +21,10 @@ pub enum Error {
     /// Another handle holds the pool's devices (flock).
     #[error("pool is in use by another process")]
     InUse,
-    /// mkfs found a pool on the metadata device and was not told to
-    /// overwrite it (`MkfsOptions::overwrite`).
-    #[error("the metadata device already holds {0}")]
+    /// mkfs found a pool on the metadata device, or a pool's data on the
+    /// data device, and was not told to overwrite (`MkfsOptions::overwrite`);
+    /// the text says which.
+    #[error("{0}")]
     PoolExists(String),
     /// The devices do not hold a pool this code can open.
     #[error("bad format: {0}")]

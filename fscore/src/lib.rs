@@ -30,8 +30,8 @@ pub use key::Key;
 pub use pool::{
     check_with_data_refs, CheckReport, Device, JournalReplay, MkfsOptions, OpenOptions,
     PendingCommit, PendingSync, Pool, PoolInfo, Problem, CACHE_BYTES_DEFAULT, DATA_BLOCK_BYTES,
-    FREES_AFTER_CHANGE_MIN, JOURNAL_BLOCKS_MAX, JOURNAL_RECORD_BYTES_MAX, META_BLOCK_BYTES_DEFAULT,
-    POOL_VALUE_LEN_MAX,
+    FIRST_DATA_BLOCK, FREES_AFTER_CHANGE_MIN, JOURNAL_BLOCKS_MAX, JOURNAL_RECORD_BYTES_MAX,
+    META_BLOCK_BYTES_DEFAULT, POOL_VALUE_LEN_MAX,
 };
 pub use storage::{FileStorage, SimDisk, Storage};
 pub use tree::LevelShape;

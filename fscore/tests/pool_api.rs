@@ -4,7 +4,7 @@
 
 mod support;
 
-use fscore::{Error, Extent, Key, MkfsOptions, OpenOptions, Pool, SimDisk};
+use fscore::{Error, Extent, Key, MkfsOptions, OpenOptions, Pool, SimDisk, FIRST_DATA_BLOCK};
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 
@@ -67,7 +67,10 @@ fn files_round_trip_through_commit_and_reopen() {
     assert_matches(&pool, &model);
     let info = pool.info();
     assert_eq!(info.items, model.len() as u64);
-    assert_eq!(info.data_free_blocks, DATA_BYTES / 4096 - 8);
+    assert_eq!(
+        info.data_free_blocks,
+        DATA_BYTES / 4096 - FIRST_DATA_BLOCK - 8
+    );
     drop(pool);
     let report = fscore::check_with_data_refs(&meta, &data, |_, _| Vec::new()).unwrap();
     // The allocated extent is referenced by nobody: check must call it leaked.
@@ -162,8 +165,9 @@ fn busy_data_blocks_come_back_only_after_commit() {
     )
     .unwrap();
     let pool = Pool::open_on(Box::new(meta), Box::new(data), &OpenOptions::default()).unwrap();
+    // Block 0 is the data device's label: 63 allocatable blocks.
     let all = pool.alloc_data(64).unwrap();
-    assert_eq!(all, Extent::new(0, 64));
+    assert_eq!(all, Extent::new(FIRST_DATA_BLOCK, 63));
     pool.commit().unwrap();
     pool.free_data(all).unwrap();
     assert!(
@@ -175,7 +179,10 @@ fn busy_data_blocks_come_back_only_after_commit() {
         "only busy space is left"
     );
     pool.commit().unwrap();
-    assert_eq!(pool.alloc_data(100).unwrap(), Extent::new(0, 64));
+    assert_eq!(
+        pool.alloc_data(100).unwrap(),
+        Extent::new(FIRST_DATA_BLOCK, 63)
+    );
 }
 
 /// The free space after a commit is the base chain plus the free-space log:
@@ -234,7 +241,10 @@ fn the_free_space_log_appends_compacts_and_replays_exactly() {
     let pool = support::open(&meta, &data).unwrap();
     let free_before = pool.info().data_free_blocks;
     let held_blocks: u64 = held.iter().map(|e| e.len).sum();
-    assert_eq!(free_before + held_blocks, pool.info().data_blocks);
+    assert_eq!(
+        free_before + held_blocks,
+        pool.info().data_blocks - FIRST_DATA_BLOCK
+    );
 }
 
 /// The tree's shape, read from its internal nodes, is consistent: one root,
@@ -271,7 +281,7 @@ fn tree_shape_counts_every_node_and_item() {
 fn space_freed_by_a_commit_is_merged_while_the_next_commit_writes() {
     let (meta, data) = support::new_pool(16 << 20, 64 << 20, 4096);
     let pool = support::open(&meta, &data).unwrap();
-    let total = pool.info().data_blocks;
+    let total = pool.info().data_blocks - FIRST_DATA_BLOCK;
     let singles: Vec<Extent> = (0..2000).map(|_| pool.alloc_data(1).unwrap()).collect();
     pool.commit().unwrap();
     // Every other block: 1000 extents that cannot merge with each other.
@@ -414,7 +424,9 @@ fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
     pool.commit().unwrap();
     drop(pool);
 
-    match mkfs(&meta, &data, false) {
+    // With a blank data device: the metadata device alone is refused.
+    let blank = SimDisk::new(1 << 20);
+    match mkfs(&meta, &blank, false) {
         Err(Error::PoolExists(what)) => {
             assert!(what.contains(&format!("{:#018x}", first.pool_id)), "{what}")
         }
@@ -426,7 +438,7 @@ fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
         byte[0] ^= 0xff;
         meta.poke(slot_offset + 100, &byte);
         assert!(
-            matches!(mkfs(&meta, &data, false), Err(Error::PoolExists(_))),
+            matches!(mkfs(&meta, &blank, false), Err(Error::PoolExists(_))),
             "slot at {slot_offset} damaged"
         );
     }
@@ -446,4 +458,59 @@ fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
     assert_ne!(second.pool_id, first.pool_id);
     let pool = open(&meta, &data).unwrap();
     assert_eq!(pool.get(&Key::new(1, 1)).unwrap(), None);
+}
+
+/// A pool opens only with its own data device: another pool's (or one
+/// without a label) is refused naming whose it is, before anything is
+/// written to it; mkfs refuses a data device holding a pool's data unless
+/// told to overwrite.
+#[test]
+fn a_pool_opens_only_with_its_own_data_device() {
+    let new_disks = || (SimDisk::new(META_BYTES), SimDisk::new(1 << 20));
+    let mkfs = |meta: &SimDisk, data: &SimDisk, overwrite: bool| {
+        let opts = MkfsOptions {
+            overwrite,
+            ..MkfsOptions::new(META_BYTES, 1 << 20)
+        };
+        Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
+    };
+    let open = |meta: &SimDisk, data: &SimDisk| {
+        Pool::open_on(
+            Box::new(meta.clone()),
+            Box::new(data.clone()),
+            &OpenOptions::default(),
+        )
+    };
+    let (meta_a, data_a) = new_disks();
+    let (meta_b, data_b) = new_disks();
+    let a = mkfs(&meta_a, &data_a, false).unwrap();
+    let b = mkfs(&meta_b, &data_b, false).unwrap();
+    let image_b = data_b.peek(0, 1 << 20);
+    match open(&meta_a, &data_b) {
+        Err(Error::BadFormat(what)) => assert!(
+            what.contains(&format!("belongs to pool {:#018x}", b.pool_id))
+                && what.contains(&format!("{:#018x}", a.pool_id)),
+            "{what}"
+        ),
+        other => panic!("pool a with b's data device: {:?}", other.map(|_| ())),
+    }
+    match open(&meta_a, &SimDisk::new(1 << 20)) {
+        Err(Error::BadFormat(what)) => assert!(what.contains("carries no pool label"), "{what}"),
+        other => panic!("a blank data device: {:?}", other.map(|_| ())),
+    }
+    // A fresh metadata device with b's data device: mkfs refuses.
+    let (meta_c, _) = new_disks();
+    match mkfs(&meta_c, &data_b, false) {
+        Err(Error::PoolExists(what)) => assert!(
+            what.contains(&format!("the data of pool {:#018x}", b.pool_id)),
+            "{what}"
+        ),
+        other => panic!("mkfs over b's data: {other:?}"),
+    }
+    assert_eq!(data_b.peek(0, 1 << 20), image_b, "refusals wrote nothing");
+    drop(open(&meta_b, &data_b).expect("b opens with its own devices"));
+    let c = mkfs(&meta_c, &data_b, true).expect("overwrite");
+    drop(open(&meta_c, &data_b).expect("c opens with the relabelled device"));
+    assert!(matches!(open(&meta_b, &data_b), Err(Error::BadFormat(_))));
+    assert_ne!(c.pool_id, b.pool_id);
 }

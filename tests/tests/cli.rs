@@ -161,6 +161,31 @@ fn clear_errors_for_bad_pools() {
             .arg(pool.meta()),
         "the metadata device holds no pool",
     );
+    // Another pool's data device: refused by add, check and mkfs, naming
+    // the pool it belongs to; that pool is untouched.
+    let other = Pool::mkfs("64M");
+    for sub in ["add", "check", "mkfs"] {
+        let fresh_meta = pool.dir.path().join("fresh-meta");
+        let meta = if sub == "mkfs" {
+            fresh_meta
+        } else {
+            pool.meta()
+        };
+        let mut c = pool.cmd();
+        c.arg(sub);
+        if sub == "add" {
+            c.arg("--foreground");
+        }
+        fails_with(
+            c.arg("--meta").arg(&meta).arg("--data").arg(other.data()),
+            if sub == "mkfs" {
+                "the data device already holds the data of pool 0x"
+            } else {
+                "the data device belongs to pool 0x"
+            },
+        );
+    }
+    other.check_clean();
     // A data device shorter than the pool it holds (a truncated file).
     let short = pool.dir.path().join("short");
     std::fs::write(&short, vec![0u8; 1 << 20]).unwrap();
@@ -431,7 +456,8 @@ fn add_with_relative_paths_registers_absolute_ones() {
 }
 
 /// `check`'s data accounting adds up to the device: blocks the volume
-/// maps, the journal's region and free space, as `dump` counts them.
+/// maps, the journal's region, free space and the label block, as `dump`
+/// counts them.
 #[test]
 fn check_accounts_for_every_data_block() {
     let pool = Pool::mkfs("64M");
@@ -459,7 +485,8 @@ fn check_accounts_for_every_data_block() {
     let dumped = run_ok(pool.pool_args(&mut dump));
     // "data block       4096 bytes, 20480 blocks (80.0 MiB)"
     let total = numbers(&dumped, "\ndata block ")[1];
-    assert_eq!(used + journal + free, total, "{checked}\n{dumped}");
+    // Block 0 is the data device's label.
+    assert_eq!(used + journal + free + 1, total, "{checked}\n{dumped}");
     assert!(journal > 0, "{checked}");
 }
 

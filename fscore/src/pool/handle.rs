@@ -172,16 +172,34 @@ fn open_locked(path: &Path, writable: bool) -> Result<FileStorage> {
     Ok(storage)
 }
 
-/// Refuses to format a metadata device that holds a pool unless
+/// Refuses to format devices that hold a pool (the metadata device's
+/// superblock) or a pool's data (the data device's label) unless
 /// `opts.overwrite`: the same mistake as mkfs over a mounted file system's
 /// device, and as silent.
-fn refuse_existing_pool(meta: &mut dyn Storage, opts: &MkfsOptions) -> Result<()> {
+fn refuse_existing_pool(
+    meta: &mut dyn Storage,
+    data: &mut dyn Storage,
+    opts: &MkfsOptions,
+) -> Result<()> {
     if opts.overwrite {
         return Ok(());
     }
-    match super::superblock::existing_pool(meta)? {
-        Some(pool) => Err(Error::PoolExists(pool)),
-        None => Ok(()),
+    if let Some(pool) = super::superblock::existing_pool(meta)? {
+        return Err(Error::PoolExists(format!(
+            "the metadata device already holds {pool}"
+        )));
+    }
+    // A label that does not even decode is still a pool's.
+    match super::label::read_label(data) {
+        Ok(None) => Ok(()),
+        Ok(Some(label)) => Err(Error::PoolExists(format!(
+            "the data device already holds the data of pool {:#018x}",
+            label.pool_id
+        ))),
+        Err(Error::BadFormat(what)) => Err(Error::PoolExists(format!(
+            "the data device already holds a pool's data ({what})"
+        ))),
+        Err(e) => Err(e),
     }
 }
 
@@ -252,7 +270,7 @@ impl Pool {
                 "{bytes}-byte metadata blocks on an O_DIRECT device (need {DIRECT_ALIGN_BYTES})"
             )));
         }
-        refuse_existing_pool(&mut meta_storage, opts)?;
+        refuse_existing_pool(&mut meta_storage, &mut data_storage, opts)?;
         if opts.preallocate {
             // Under the locks and after the checks above: a pool in use, a
             // pool not to be overwritten, or options refused, leave the
@@ -266,10 +284,10 @@ impl Pool {
     /// Formats pool storage given directly (tests use `SimDisk`).
     pub fn mkfs_on(
         mut meta: Box<dyn Storage>,
-        data: Box<dyn Storage>,
+        mut data: Box<dyn Storage>,
         opts: &MkfsOptions,
     ) -> Result<PoolInfo> {
-        refuse_existing_pool(meta.as_mut(), opts)?;
+        refuse_existing_pool(meta.as_mut(), data.as_mut(), opts)?;
         Ok(PoolState::mkfs(meta, data, opts)?.info())
     }
 

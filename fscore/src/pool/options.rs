@@ -84,6 +84,8 @@ pub struct PoolInfo {
     pub meta_block_bytes: u32,
     pub data_block_bytes: u32,
     pub meta_blocks: u64,
+    /// Blocks of the data device the pool covers; the first
+    /// `FIRST_DATA_BLOCK` hold its label and are never allocated.
     pub data_blocks: u64,
     /// Allocatable now.
     pub meta_free_blocks: u64,

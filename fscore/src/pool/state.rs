@@ -4,6 +4,7 @@
 use super::freelist;
 use super::freelog::{self, LogEntry};
 use super::journal::{self, Journal};
+use super::label::{verify_label, write_label, DataLabel, FIRST_DATA_BLOCK};
 use super::options::{
     valid_meta_block_bytes, MkfsOptions, OpenOptions, PoolInfo, DATA_BLOCK_BYTES,
 };
@@ -88,6 +89,9 @@ impl PoolState {
             return Err(Error::Invalid("metadata device too small".into()));
         }
         let data_blocks = opts.data_bytes / DATA_BLOCK_BYTES as u64;
+        if data_blocks < FIRST_DATA_BLOCK + 1 {
+            return Err(Error::Invalid("data device too small".into()));
+        }
         let pool_id = random_u64();
         let alloc = Allocator::all_free(first_block, meta_blocks);
         let mut store = BlockStore::new(
@@ -127,11 +131,21 @@ impl PoolState {
             journal: Extent::default(),
             journal_nonce: 0,
         };
+        // Labelled before the first superblock is written: a crash in
+        // between leaves a metadata device holding no pool.
+        let mut data = data;
+        write_label(
+            data.as_mut(),
+            DataLabel {
+                pool_id,
+                data_blocks,
+            },
+        )?;
         let meta_writer = store.shared_storage();
         let mut state = PoolState {
             store,
             data: std::sync::Arc::new(std::sync::Mutex::new(data)),
-            data_alloc: Allocator::all_free(0, data_blocks),
+            data_alloc: Allocator::all_free(FIRST_DATA_BLOCK, data_blocks),
             tree: Tree {
                 root,
                 height: 1,
@@ -208,6 +222,8 @@ impl PoolState {
                 )));
             }
         }
+        let mut data = data;
+        verify_label(data.as_mut(), sb.pool_id, sb.data_blocks)?;
         let first_block = Superblock::first_meta_block(sb.meta_block_bytes);
         let alloc = Allocator::new(first_block, sb.meta_blocks);
         let cache = cache_blocks(opts, sb.meta_block_bytes);
@@ -222,7 +238,7 @@ impl PoolState {
             alloc,
         );
         let (chain, extents) = freelist::read_chain(&mut store, sb.freelist, sb.meta_blocks)?;
-        let mut data_alloc = Allocator::new(0, sb.data_blocks);
+        let mut data_alloc = Allocator::new(FIRST_DATA_BLOCK, sb.data_blocks);
         load_free_extents(&mut store, &mut data_alloc, &sb, &extents)?;
         let log = freelog::read_log(&mut store, sb.freelog, sb.meta_blocks)?;
         let log_entries: u64 = log.iter().map(|(_, entries)| entries.len() as u64).sum();

@@ -116,10 +116,9 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         }
     }
     let info = match made {
-        Err(VolumeError::Pool(fscore::Error::PoolExists(pool))) => bail!(
-            "{} already holds {pool}: left as it is (`mkfs --force` formats over it, \
-             losing every volume in it)",
-            meta.display()
+        Err(VolumeError::Pool(fscore::Error::PoolExists(what))) => bail!(
+            "{what}: left as it is (`mkfs --force` formats over it, losing every volume \
+             in that pool)"
         ),
         created => created.with_context(|| {
             format!(
