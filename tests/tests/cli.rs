@@ -140,6 +140,11 @@ fn clear_errors_for_bad_pools() {
     let mut check = pool.cmd();
     check.arg("check");
     fails_with(pool.pool_args(&mut check), "in use");
+    // recover is for ublk devices; an NBD export's id says so.
+    fails_with(
+        pool.cmd().args(["recover", "-n", "0"]),
+        "nbd0 is an NBD export",
+    );
     pool.del(0);
     // Not a pool: a metadata file of garbage.
     let junk = pool.dir.path().join("junk");

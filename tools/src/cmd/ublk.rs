@@ -89,7 +89,19 @@ pub fn add(args: &AddArgs) -> Result<()> {
 
 /// `scoutfs-ublk recover -n N`: a new daemon for device N, whose daemon died.
 pub fn recover(args: &RecoverArgs) -> Result<()> {
-    let info = front::device_info(args.dev_id)?;
+    let info = match front::device_info(args.dev_id) {
+        Ok(info) => info,
+        // Not a ublk device: an NBD export of that id has nothing to
+        // recover into (no kernel device waits for a new daemon).
+        Err(_) if super::registry::get(args.dev_id).is_some() => bail!(
+            "nbd{} is an NBD export, not a ublk device: recover is for /dev/ublkbN; \
+             serve the pool again with `scoutfs-ublk add` (a dead daemon's entry is \
+             cleared by `del -n {}`)",
+            args.dev_id,
+            args.dev_id
+        ),
+        Err(e) => return Err(e.into()),
+    };
     if info.state != "QUIESCED" && info.state != "FAIL_IO" {
         bail!(
             "ublk device {} is {}: only a device whose daemon died can be recovered",
