@@ -396,25 +396,29 @@ fn ascending_inserts_pack_leaves_fuller_than_random_ones() {
     );
 }
 
+/// mkfs of a pool on SimDisks of META_BYTES and 1 MiB of data.
+fn mkfs_sim(meta: &SimDisk, data: &SimDisk, overwrite: bool) -> Result<fscore::PoolInfo, Error> {
+    let opts = MkfsOptions {
+        overwrite,
+        ..MkfsOptions::new(META_BYTES, 1 << 20)
+    };
+    Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
+}
+
+fn open_sim(meta: &SimDisk, data: &SimDisk) -> Result<Pool, Error> {
+    Pool::open_on(
+        Box::new(meta.clone()),
+        Box::new(data.clone()),
+        &OpenOptions::default(),
+    )
+}
+
 /// mkfs refuses a metadata device that holds a pool, leaving the pool as it
 /// was, even when one superblock slot is damaged or both are; it formats
 /// over it only with `overwrite`. A device with no fscore magic is formatted.
 #[test]
 fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
-    let mkfs = |meta: &SimDisk, data: &SimDisk, overwrite: bool| {
-        let opts = MkfsOptions {
-            overwrite,
-            ..MkfsOptions::new(META_BYTES, 1 << 20)
-        };
-        Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
-    };
-    let open = |meta: &SimDisk, data: &SimDisk| {
-        Pool::open_on(
-            Box::new(meta.clone()),
-            Box::new(data.clone()),
-            &OpenOptions::default(),
-        )
-    };
+    let (mkfs, open) = (mkfs_sim, open_sim);
     let (meta, data) = (SimDisk::new(META_BYTES), SimDisk::new(1 << 20));
     // Garbage without the magic is not a pool.
     meta.poke(0, &[0xa5; 8192]);
@@ -467,20 +471,7 @@ fn mkfs_refuses_to_format_over_a_pool_unless_told_to() {
 #[test]
 fn a_pool_opens_only_with_its_own_data_device() {
     let new_disks = || (SimDisk::new(META_BYTES), SimDisk::new(1 << 20));
-    let mkfs = |meta: &SimDisk, data: &SimDisk, overwrite: bool| {
-        let opts = MkfsOptions {
-            overwrite,
-            ..MkfsOptions::new(META_BYTES, 1 << 20)
-        };
-        Pool::mkfs_on(Box::new(meta.clone()), Box::new(data.clone()), &opts)
-    };
-    let open = |meta: &SimDisk, data: &SimDisk| {
-        Pool::open_on(
-            Box::new(meta.clone()),
-            Box::new(data.clone()),
-            &OpenOptions::default(),
-        )
-    };
+    let (mkfs, open) = (mkfs_sim, open_sim);
     let (meta_a, data_a) = new_disks();
     let (meta_b, data_b) = new_disks();
     let a = mkfs(&meta_a, &data_a, false).unwrap();
