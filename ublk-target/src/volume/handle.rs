@@ -122,12 +122,13 @@ impl<D: DataIo> VolumeHandle<D> {
         Ok(self.lookup(vblock, 1)?[0])
     }
 
-    /// Waits until no answered write of blocks `first..=last` is still
-    /// being written (it holds their range lock until they are mapped), so
-    /// the map shows every write already answered.
+    /// Waits until no write of blocks `first..=last` answered before the
+    /// call is still being written (it holds their range lock until they
+    /// are mapped), so the map shows every write already answered. Writers
+    /// arriving meanwhile are not waited for: no load can starve the wait.
     async fn settle_blocks(&self, first: u64, last: u64) {
         if self.volume.acked.any_pending() {
-            self.volume.locks.wait_unlocked(first, last).await;
+            self.volume.locks.wait_for_holders(first, last).await;
         }
     }
 
@@ -205,7 +206,7 @@ impl<D: DataIo> VolumeHandle<D> {
         block: &mut [u8],
     ) -> TargetResult<()> {
         for _ in 0..READ_RETRIES_MAX {
-            self.volume.locks.wait_unlocked(vblock, vblock).await;
+            self.volume.locks.wait_for_holders(vblock, vblock).await;
             let now = self.lookup_one(vblock)?;
             match now {
                 None => {
@@ -808,12 +809,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
         let v = &*self.volume;
         let first = offset / BLOCK_BYTES;
         let last = (offset + len - 1) / BLOCK_BYTES;
-        // Writes answered before this call are mapped first (their range
-        // locks are held until then); writers arriving meanwhile are not
-        // waited for, so a query over a busy range cannot be starved.
-        if v.acked.any_pending() {
-            v.locks.wait_for_holders(first, last).await;
-        }
+        self.settle_blocks(first, last).await;
         // One scan of the map's keys in the range, bounded by the mapped
         // blocks it visits, not by the range: a hole of any size costs one
         // descent, and a written range is answered in parts.

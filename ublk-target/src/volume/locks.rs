@@ -20,10 +20,16 @@ struct Held {
 }
 
 #[derive(Default)]
-pub struct RangeLocks {
-    held: Mutex<BTreeMap<u64, Held>>,
+struct Locked {
+    /// Held ranges by first block.
+    ranges: BTreeMap<u64, Held>,
     /// Locks taken so far: the next one's `seq`.
-    taken: std::sync::atomic::AtomicU64,
+    taken: u64,
+}
+
+#[derive(Default)]
+pub struct RangeLocks {
+    held: Mutex<Locked>,
 }
 
 pub struct RangeGuard<'a> {
@@ -32,7 +38,7 @@ pub struct RangeGuard<'a> {
 }
 
 impl RangeLocks {
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Held>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Locked> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -48,31 +54,22 @@ impl RangeLocks {
 
     /// True if any block of `first..=last` is locked right now.
     pub fn is_locked(&self, first: u64, last: u64) -> bool {
-        overlap(&self.map(), first, last).is_some()
-    }
-
-    /// Waits until no lock overlaps `first..=last` (without taking one).
-    pub async fn wait_unlocked(&self, first: u64, last: u64) {
-        drop(self.lock(first, last).await);
+        overlap(&self.map().ranges, first, last).is_some()
     }
 
     /// Waits until every lock that overlaps `first..=last` now has been
-    /// released; locks taken after the call are not waited for. Unlike
-    /// `wait_unlocked` it cannot be starved by new writers, however large
-    /// the range, and never blocks them.
+    /// released (without taking one); locks taken after the call are not
+    /// waited for, so new writers can neither starve the wait, however
+    /// large the range, nor be blocked by it.
     pub async fn wait_for_holders(&self, first: u64, last: u64) {
-        use std::sync::atomic::Ordering;
-        // Under the map's mutex, like every acquisition: a lock is either
-        // in the map now with a smaller seq, or taken later with a larger.
-        let before = {
-            let _map = self.map();
-            self.taken.load(Ordering::Relaxed)
-        };
+        // A lock is either held now with a smaller seq, or taken later
+        // with a larger one.
+        let before = self.map().taken;
         std::future::poll_fn(|cx| {
             let mut map = self.map();
             // Disjoint ranges by first block: walk back from the last one
             // starting in the range until one ends before it.
-            for (_, held) in map.range_mut(..=last).rev() {
+            for (_, held) in map.ranges.range_mut(..=last).rev() {
                 if held.last < first {
                     break;
                 }
@@ -104,20 +101,19 @@ impl<'a> Future for LockRange<'a> {
     type Output = RangeGuard<'a>;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RangeGuard<'a>> {
         let mut map = self.locks.map();
-        match overlap(&map, self.first, self.last) {
+        match overlap(&map.ranges, self.first, self.last) {
             Some(start) => {
-                map.get_mut(&start)
+                map.ranges
+                    .get_mut(&start)
                     .expect("overlap found it")
                     .waiting
                     .push(cx.waker().clone());
                 Poll::Pending
             }
             None => {
-                let seq = self
-                    .locks
-                    .taken
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                map.insert(
+                let seq = map.taken;
+                map.taken += 1;
+                map.ranges.insert(
                     self.first,
                     Held {
                         last: self.last,
@@ -136,7 +132,7 @@ impl<'a> Future for LockRange<'a> {
 
 impl Drop for RangeGuard<'_> {
     fn drop(&mut self) {
-        let held = self.locks.map().remove(&self.first);
+        let held = self.locks.map().ranges.remove(&self.first);
         if let Some(held) = held {
             held.waiting.into_iter().for_each(Waker::wake);
         }
