@@ -315,23 +315,23 @@ async fn execute_block_status<T: BlockTarget>(target: &T, request: Request) -> R
     } else {
         runs.len()
     };
-    let mut payload = Vec::with_capacity(4 + 8 * take);
-    payload.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
-    for run in runs.iter().take(take) {
-        let status = if run.hole { STATE_HOLE | STATE_ZERO } else { 0 };
-        // Within the request's u32 length (the target answers no more).
-        payload.extend_from_slice(&(run.bytes as u32).to_be_bytes());
-        payload.extend_from_slice(&status.to_be_bytes());
-    }
+    let payload_bytes = 4 + 8 * take;
     let mut header: ReplyHeader = structured_header(
         cookie,
         REPLY_FLAG_DONE,
         REPLY_TYPE_BLOCK_STATUS,
-        payload.len() as u32,
+        payload_bytes as u32,
     )
     .as_slice()
     .into();
-    header.extend_from_slice(&payload);
+    header.reserve(payload_bytes);
+    header.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+    for run in runs.iter().take(take) {
+        let status = if run.hole { STATE_HOLE | STATE_ZERO } else { 0 };
+        // Within the request's u32 length (the target answers no more).
+        header.extend_from_slice(&(run.bytes as u32).to_be_bytes());
+        header.extend_from_slice(&status.to_be_bytes());
+    }
     Reply { header, data: None }
 }
 

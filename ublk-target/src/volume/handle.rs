@@ -110,10 +110,7 @@ impl<D: DataIo> VolumeHandle<D> {
                 .map_err(target_error)?;
         }
         if let Some(vblock) = bad {
-            return Err(TargetError::Io(format!(
-                "corrupt map item at volume offset {}",
-                vblock * BLOCK_BYTES
-            )));
+            return Err(corrupt_map_item(vblock));
         }
         Ok(out)
     }
@@ -640,6 +637,14 @@ impl<'a> Acceptance<'a> {
     }
 }
 
+/// A map item of volume block `vblock` that does not decode.
+fn corrupt_map_item(vblock: u64) -> TargetError {
+    TargetError::Io(format!(
+        "corrupt map item at volume offset {}",
+        vblock * BLOCK_BYTES
+    ))
+}
+
 /// A failed data-device `what` ("read", "write") for volume block
 /// `vblock`, reported with its volume offset.
 fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
@@ -833,10 +838,7 @@ impl<D: DataIo> BlockTarget for VolumeHandle<D> {
             })
             .map_err(target_error)?;
         if let Some(vblock) = bad {
-            return Err(TargetError::Io(format!(
-                "corrupt map item at volume offset {}",
-                vblock * BLOCK_BYTES
-            )));
+            return Err(corrupt_map_item(vblock));
         }
         let end_bytes = (offset + len).min(scanned_to * BLOCK_BYTES);
         Ok(allocation_runs(offset, end_bytes, &mapped))
