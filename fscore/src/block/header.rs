@@ -86,10 +86,16 @@ pub(crate) fn init_header(block: &mut [u8], pool_id: u64, seq: u64, blkno: u64, 
     block[KIND_AT] = kind as u8;
 }
 
-/// Stamps the crc just before the block is written.
+/// Stamps the crc just before the block is written. Also the superblock's
+/// and the data label's: the crc32c of bytes 4.. in bytes 0..4.
 pub(crate) fn seal(block: &mut [u8]) {
     let crc = crc32c::crc32c(&block[MAGIC_AT..]);
     block[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Whether the crc `seal` stamped still matches the bytes.
+pub(crate) fn is_sealed(block: &[u8]) -> bool {
+    crc32c::crc32c(&block[MAGIC_AT..]) == le_u32(block, CRC_AT)
 }
 
 pub(crate) fn header_seq(block: &[u8]) -> u64 {
@@ -103,8 +109,7 @@ pub(crate) fn header_kind(block: &[u8]) -> u8 {
 /// Checks a block read from disk against the reference that led to it.
 pub(crate) fn check(block: &[u8], pool_id: u64, expected: BlockRef, kind: BlockKind) -> Result<()> {
     let at = expected.blkno;
-    let crc = crc32c::crc32c(&block[MAGIC_AT..]);
-    if crc != le_u32(block, CRC_AT) {
+    if !is_sealed(block) {
         return Err(Error::corrupt(at, "checksum mismatch"));
     }
     if le_u32(block, MAGIC_AT) != BLOCK_MAGIC {

@@ -10,7 +10,7 @@
 //! ```
 
 use super::superblock::FORMAT_VERSION;
-use crate::block::header::{le_u32, le_u64};
+use crate::block::header::{is_sealed, le_u32, le_u64, seal};
 use crate::error::{Error, Result};
 use crate::storage::Storage;
 use crate::DATA_BLOCK_BYTES;
@@ -34,8 +34,7 @@ impl DataLabel {
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         out[16..24].copy_from_slice(&self.pool_id.to_le_bytes());
         out[24..32].copy_from_slice(&self.data_blocks.to_le_bytes());
-        let crc = crc32c::crc32c(&out[4..]);
-        out[..4].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut out);
         out
     }
 
@@ -45,7 +44,7 @@ impl DataLabel {
             return Ok(None);
         }
         let bad = |what: String| Err(Error::BadFormat(format!("data device label: {what}")));
-        if crc32c::crc32c(&bytes[4..]) != le_u32(bytes, 0) {
+        if !is_sealed(bytes) {
             return bad("checksum mismatch".into());
         }
         let version = le_u32(bytes, 8);

@@ -3,7 +3,7 @@
 //! `s % 2`; open takes the valid slot with the greater seq.
 
 use crate::alloc::Extent;
-use crate::block::header::{le_u32, le_u64};
+use crate::block::header::{is_sealed, le_u32, le_u64, seal};
 use crate::block::BlockRef;
 use crate::error::{Error, Result};
 
@@ -126,8 +126,7 @@ impl Superblock {
         put(160, &self.journal.start.to_le_bytes());
         put(168, &self.journal.len.to_le_bytes());
         put(176, &self.journal_nonce.to_le_bytes());
-        let crc = crc32c::crc32c(&out[4..]);
-        out[..4].copy_from_slice(&crc.to_le_bytes());
+        seal(&mut out);
         out
     }
 
@@ -142,7 +141,7 @@ impl Superblock {
                 "superblock slot {slot}: no fscore magic"
             )));
         }
-        if crc32c::crc32c(&bytes[4..]) != le_u32(bytes, 0) {
+        if !is_sealed(bytes) {
             return Err(Error::corrupt(slot, "superblock checksum mismatch"));
         }
         let version = le_u32(bytes, 8);
