@@ -113,8 +113,9 @@ pub struct MkfsArgs {
     /// flushes stay one device flush. Takes as long as writing the files.
     #[arg(long)]
     pub preallocate: bool,
-    /// Format even if the metadata device already holds a pool, losing
-    /// every volume in it (without it, mkfs refuses such a device).
+    /// Format even if the metadata device already holds a pool or the data
+    /// device a pool's data, losing every volume in that pool (without it,
+    /// mkfs refuses such devices).
     #[arg(long, short = 'f')]
     pub force: bool,
 }

@@ -263,7 +263,9 @@ impl Pool {
         Pool::validate_devices(meta, data)?;
         prepare_file(meta, opts.meta_bytes)?;
         prepare_file(data, opts.data_bytes)?;
-        let (mut meta_storage, mut data_storage) = open_devices(meta, data, true)?;
+        // Validated above, before the files were created or grown.
+        let mut meta_storage = open_locked(meta, true)?;
+        let mut data_storage = open_locked(data, true)?;
         if meta_storage.is_direct() && (opts.meta_block_bytes as usize) < DIRECT_ALIGN_BYTES {
             let bytes = opts.meta_block_bytes;
             return Err(Error::Invalid(format!(
