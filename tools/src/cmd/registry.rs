@@ -114,14 +114,10 @@ pub fn publish(entry: &Entry) -> Result<()> {
     Ok(())
 }
 
+/// An entry file's contents. An empty file is an id reserved by a daemon
+/// still starting (None, quietly); anything else unreadable is reported,
+/// so a damaged entry does not just vanish from `list` or `del`.
 fn read_entry(path: &Path) -> Option<Entry> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-/// `read_entry` for a listing: an empty file is an id reserved by a daemon
-/// still starting (skipped quietly); anything else unreadable is reported,
-/// so a damaged entry does not just vanish from `list`.
-fn read_listed_entry(path: &Path) -> Option<Entry> {
     let bytes = std::fs::read(path).ok()?;
     if bytes.is_empty() {
         return None;
@@ -151,7 +147,7 @@ pub fn entries() -> Vec<Entry> {
             let name = name.to_string_lossy();
             name.starts_with("nbd-") && name.ends_with(".json")
         })
-        .filter_map(|e| read_listed_entry(&e.path()))
+        .filter_map(|e| read_entry(&e.path()))
         .collect();
     out.sort_by_key(|e| e.id);
     out
