@@ -274,9 +274,7 @@ fn answer_meta_context(option: u32, data: &[u8], export: &Export, session: &mut 
 /// The export name and the queries, when every length inside agrees with
 /// `data.len()`.
 fn parse_meta_context_request(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
-    let name_len = be_u32(data.get(0..4)?) as usize;
-    let name = data.get(4..4usize.checked_add(name_len)?)?;
-    let mut rest = &data[4 + name_len..];
+    let (name, mut rest) = split_name(data)?;
     let count = be_u32(rest.get(0..4)?);
     rest = &rest[4..];
     // Each query takes at least its 4-byte length: a count beyond what the
@@ -293,11 +291,17 @@ fn parse_meta_context_request(data: &[u8]) -> Option<(&[u8], Vec<&[u8]>)> {
     rest.is_empty().then_some((name, queries))
 }
 
-/// Returns the export name when the lengths inside agree with `data.len()`.
-fn parse_info_request(data: &[u8]) -> Option<&[u8]> {
+/// The export name that starts an option's data (length u32, then the
+/// name) and the bytes after it; None when the length overruns the data.
+fn split_name(data: &[u8]) -> Option<(&[u8], &[u8])> {
     let name_len = be_u32(data.get(0..4)?) as usize;
     let name = data.get(4..4usize.checked_add(name_len)?)?;
-    let rest = &data[4 + name_len..];
+    Some((name, &data[4 + name_len..]))
+}
+
+/// Returns the export name when the lengths inside agree with `data.len()`.
+fn parse_info_request(data: &[u8]) -> Option<&[u8]> {
+    let (name, rest) = split_name(data)?;
     let count = be_u16(rest.get(0..2)?) as usize;
     (rest.len() == 2 + 2 * count).then_some(name)
 }
