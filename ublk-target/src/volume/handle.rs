@@ -14,7 +14,8 @@
 //!    replaced blocks freed, and the new blocks are no longer in flight.
 //!
 //! Reads take no lock (while answered writes are unfinished they wait
-//! until their blocks' range locks are free): they look up the chunk, read
+//! until the range locks held on their blocks when they began are
+//! released, not for writers that come later): they look up the chunk, read
 //! mapped runs, verify each block's crc32c, and fill unmapped blocks with
 //! zeros without I/O. A mismatch is first told apart from a racing writer
 //! (the block is locked, or its mapping changed): only a mismatch on a
