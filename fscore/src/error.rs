@@ -31,8 +31,9 @@ pub enum Error {
     BadFormat(String),
     /// An earlier write or flush failed; nothing more is written until the
     /// pool is reopened (what landed on disk is unknown).
-    #[error("pool is poisoned by an earlier I/O error; reopen it")]
-    Poisoned,
+    /// The text is the first failure's.
+    #[error("pool is poisoned by an earlier error ({0}); reopen it")]
+    Poisoned(String),
     /// The caller passed something out of bounds (value too long, bad size).
     #[error("invalid argument: {0}")]
     Invalid(String),

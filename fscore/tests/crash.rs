@@ -109,12 +109,12 @@ fn a_failed_write_poisons_the_handle_until_reopen() {
     assert!(matches!(pool.commit(), Err(Error::Io(_))));
     assert!(matches!(
         pool.insert(&Key::new(0, 3), b"three"),
-        Err(Error::Poisoned)
+        Err(Error::Poisoned(_))
     ));
-    assert!(matches!(pool.commit(), Err(Error::Poisoned)));
+    assert!(matches!(pool.commit(), Err(Error::Poisoned(_))));
     assert!(matches!(
         pool.free_data(fscore::Extent::new(0, 1)),
-        Err(Error::Poisoned)
+        Err(Error::Poisoned(_))
     ));
     drop(pool);
     let mut zero = || 1u64; // drop every unflushed write

@@ -43,8 +43,9 @@ pub(crate) struct BlockStore {
     /// clean, and read from here until they are on disk.
     committing: BlockMap<(BlockBuf, u64)>,
     pub(crate) alloc: Allocator,
-    /// Set by a failed write or flush; nothing is written afterwards.
-    pub(crate) poisoned: bool,
+    /// Set by a failed write or flush (to its error's text, which later
+    /// refusals repeat); nothing is written afterwards.
+    poisoned: Option<String>,
 }
 
 /// Requests of an internal node's `ChildIndex` before it is built.
@@ -124,7 +125,7 @@ impl BlockStore {
             dirty: BlockMap::default(),
             committing: BlockMap::default(),
             alloc,
-            poisoned: false,
+            poisoned: None,
         }
     }
 
@@ -426,15 +427,20 @@ impl BlockStore {
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
-        if self.poisoned {
-            return Err(Error::Poisoned);
+        match &self.poisoned {
+            Some(cause) => Err(Error::Poisoned(cause.clone())),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Nothing more is written until reopen; the first cause is kept.
+    pub(crate) fn poison(&mut self, cause: &dyn std::fmt::Display) {
+        self.poisoned.get_or_insert_with(|| cause.to_string());
     }
 
     fn poison_on_error(&mut self, result: std::io::Result<()>) -> Result<()> {
-        if result.is_err() {
-            self.poisoned = true;
+        if let Err(e) = &result {
+            self.poison(e);
         }
         Ok(result?)
     }

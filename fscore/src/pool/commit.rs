@@ -140,7 +140,7 @@ impl PoolState {
         // in-flight extents are still allocated: it must not take them.
         if !self.nothing_to_write() {
             if let Err(error) = self.renew_journal_region() {
-                self.store.poisoned = true;
+                self.store.poison(&error);
                 return Err(error);
             }
         }
@@ -155,7 +155,7 @@ impl PoolState {
             .try_for_each(|&extent| self.data_alloc.claim(extent));
         if let Err(error) = claimed {
             // The caller named an extent it had not allocated.
-            self.store.poisoned = true;
+            self.store.poison(&error);
             return Err(error);
         }
         job
@@ -169,7 +169,7 @@ impl PoolState {
         let free_space = match self.persist_free_space() {
             Ok(free_space) => free_space,
             Err(error) => {
-                self.store.poisoned = true;
+                self.store.poison(&error);
                 return Err(error);
             }
         };
@@ -209,7 +209,7 @@ impl PoolState {
     /// free and its superblock the durable one. A failed write poisons.
     pub(crate) fn end_commit(&mut self, job: CommitJob, written: Result<()>) -> Result<()> {
         if let Err(error) = written {
-            self.store.poisoned = true;
+            self.store.poison(&error);
             return Err(error);
         }
         let Some(CommitWork { sb, free_space, .. }) = job.work else {

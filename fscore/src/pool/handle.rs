@@ -121,8 +121,8 @@ impl PendingSync<'_> {
             SyncKind::Journal(mut write) => {
                 let blocks = write.blocks.take().expect("finished once");
                 let written = write.io.write_journal(&blocks);
-                if written.is_err() {
-                    write.pool.lock().store.poisoned = true;
+                if let Err(e) = &written {
+                    write.pool.lock().store.poison(e);
                 }
                 written
             }
@@ -133,7 +133,7 @@ impl PendingSync<'_> {
 impl Drop for JournalWrite<'_> {
     fn drop(&mut self) {
         if self.blocks.is_some() {
-            self.pool.lock().store.poisoned = true;
+            self.pool.lock().store.poison(&"a journal write was dropped unfinished");
         }
     }
 }
@@ -141,7 +141,7 @@ impl Drop for JournalWrite<'_> {
 impl Drop for PendingCommit<'_> {
     fn drop(&mut self) {
         if self.job.is_some() {
-            self.pool.lock().store.poisoned = true;
+            self.pool.lock().store.poison(&"a commit was dropped unfinished");
         }
     }
 }
