@@ -272,7 +272,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         Ok::<_, anyhow::Error>(rows)
     })?;
-    volume.close().context("final commit")?;
+    volume.close()?;
     print_rows(args, size, &rows);
     Ok(())
 }

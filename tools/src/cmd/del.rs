@@ -1,6 +1,7 @@
 //! `scoutfs-ublk del -n N | -a`: stops devices. An NBD daemon gets SIGTERM
 //! (it finishes in-flight requests and commits) and `del` waits until it
-//! has exited.
+//! has exited, failing with the daemon's reason when its final commit (or
+//! its serving) failed.
 
 use super::registry::{self, Entry};
 use crate::cli::DelArgs;
@@ -65,6 +66,12 @@ fn stop(entry: &Entry) -> Result<()> {
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
     registry::release_id(entry.id);
+    if let Some(reason) = registry::take_failure(entry.id, entry.pid) {
+        bail!(
+            "the daemon stopped with an error: {reason}; see {}",
+            entry.log.display()
+        );
+    }
     println!("nbd{}: stopped", entry.id);
     Ok(())
 }

@@ -136,7 +136,10 @@ fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
         .build()?;
     let local = tokio::task::LocalSet::new();
     let served = local.block_on(&rt, serve_volume(spec, &volume, report));
-    let closed = volume.close().context("final commit");
+    let closed = volume.close().map_err(anyhow::Error::from);
+    if let Some(e) = served.as_ref().err().or(closed.as_ref().err()) {
+        registry::record_failure(spec.id, std::process::id(), &format!("{e:#}"));
+    }
     registry::release_id(spec.id);
     served?;
     closed?;

@@ -103,6 +103,28 @@ pub fn release_id(id: u32) {
     let _ = std::fs::remove_file(entry_path(id));
 }
 
+fn failure_path(id: u32) -> PathBuf {
+    run_dir().join(format!("nbd-{id}.failed"))
+}
+
+/// Records why daemon `pid` (device `id`) stopped with an error, for the
+/// `del` waiting for it: the daemon is not `del`'s child, so its exit
+/// status cannot tell. Written before the entry is released.
+pub fn record_failure(id: u32, pid: u32, reason: &str) {
+    let _ = std::fs::write(failure_path(id), format!("{pid}\n{reason}\n"));
+}
+
+/// The failure daemon `pid` recorded for device `id`, if any; the record
+/// is removed. A record of another pid (an earlier daemon with this id
+/// that no `del` waited for) is removed and not reported.
+pub fn take_failure(id: u32, pid: u32) -> Option<String> {
+    let path = failure_path(id);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    let (recorded, reason) = text.split_once('\n')?;
+    (recorded.parse() == Ok(pid)).then(|| reason.trim_end().to_string())
+}
+
 /// Publishes the entry (atomically: write a temporary file, rename).
 pub fn publish(entry: &Entry) -> Result<()> {
     let path = entry_path(entry.id);

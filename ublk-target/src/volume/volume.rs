@@ -80,6 +80,10 @@ pub enum VolumeError {
     BadSize(u64),
     #[error("the pool's journal does not fit its map ({0}); nothing was changed")]
     Journal(String),
+    /// The last commit (at close) failed: changes since the last completed
+    /// flush may be lost; what a flush made durable is kept.
+    #[error("the final commit failed: {0}")]
+    Commit(String),
 }
 
 type CommitResult = Result<(), String>;
@@ -234,8 +238,7 @@ impl Volume {
         if let Some(thread) = self.committer.lock().unwrap().take() {
             let _ = thread.join();
         }
-        self.commit_now(true)
-            .map_err(|e| VolumeError::Pool(fscore::Error::Invalid(e)))
+        self.commit_now(true).map_err(VolumeError::Commit)
     }
 
     /// Checks a pool that is not in use, including its data space: every

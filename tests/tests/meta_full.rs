@@ -1,0 +1,190 @@
+//! A metadata device that runs out of space (its file on a host file
+//! system that fills up): the daemon fails the flush that cannot commit
+//! instead of acknowledging it, `del` reports that its final commit
+//! failed, and once the host has room again the pool opens, `check` is
+//! clean and every write acknowledged before the last successful flush
+//! reads back.
+//!
+//! The metadata file lives on a small tmpfs this test mounts (root only).
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tests::{run, run_ok, NbdClient, Pool, CMD_FLUSH, CMD_WRITE};
+
+const VOLUME_BYTES: u64 = 1 << 30;
+const BLOCKS: u64 = VOLUME_BYTES / 4096;
+/// Writes between flushes.
+const BATCH: usize = 32;
+
+/// A tmpfs mounted for the test's lifetime.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        run_ok(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(path),
+        );
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+    fn resize(&self, size: &str) {
+        run_ok(
+            Command::new("mount")
+                .args(["-o", &format!("remount,size={size}")])
+                .arg(&self.path),
+        );
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
+/// Block `block`'s contents once written (each block is written once).
+fn pattern(block: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4096);
+    while b.len() < 4096 {
+        b.extend_from_slice(&block.to_le_bytes());
+        b.extend_from_slice(&(!block).to_le_bytes());
+    }
+    b
+}
+
+/// Writes every block once, in a shuffled order, with a flush after each
+/// batch, until a write or flush fails. Returns the blocks acknowledged
+/// before a successful flush, every block sent, and what failed.
+fn write_until_failure(client: &mut NbdClient) -> (HashSet<u64>, HashSet<u64>, String) {
+    let mut order: Vec<u64> = (0..BLOCKS).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    let mut durable = HashSet::new();
+    let mut sent = HashSet::new();
+    for batch in order.chunks(BATCH) {
+        for &block in batch {
+            client
+                .send(CMD_WRITE, block, block * 4096, &pattern(block), 0)
+                .unwrap();
+            sent.insert(block);
+        }
+        let mut failed = None;
+        for _ in batch {
+            let (block, errno) = client.reply().unwrap();
+            if errno != 0 {
+                failed.get_or_insert(format!("write of block {block}: errno {errno}"));
+            }
+        }
+        if let Some(failed) = failed {
+            return (durable, sent, failed);
+        }
+        client.send(CMD_FLUSH, u64::MAX, 0, &[], 0).unwrap();
+        match client.reply().unwrap() {
+            (_, 0) => durable.extend(batch),
+            (_, errno) => return (durable, sent, format!("flush: errno {errno}")),
+        }
+    }
+    panic!("all {BLOCKS} blocks written and flushed: the metadata never ran out of space");
+}
+
+#[test]
+fn metadata_device_out_of_space_loses_no_flushed_write() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test mounts a small tmpfs for the metadata file: run it as root"
+    );
+    let base = tests::binary().parent().unwrap().join("e2e");
+    std::fs::create_dir_all(&base).unwrap();
+    let pool = Pool {
+        dir: tempfile::tempdir_in(base).unwrap(),
+    };
+    let tmpfs = Tmpfs::mount(&pool.dir.path().join("small"), "4m");
+    let meta = tmpfs.path.join("meta");
+    let data = pool.data();
+    let pool_args = |c: &mut Command| {
+        c.arg("--meta").arg(&meta).arg("--data").arg(&data);
+    };
+    let socket = pool.dir.path().join("nbd.sock");
+    let add = |pool: &Pool| {
+        let mut c = pool.cmd();
+        c.arg("add")
+            .arg("--nbd")
+            .arg(format!("unix:{}", socket.display()));
+        pool_args(&mut c);
+        run_ok(&mut c);
+    };
+
+    let mut c = pool.cmd();
+    c.args(["mkfs", "--size", "1G"]);
+    pool_args(&mut c);
+    run_ok(&mut c);
+    add(&pool);
+    let mut client = NbdClient::connect(&socket).unwrap();
+    assert_eq!(client.size_bytes, VOLUME_BYTES);
+    let (durable, sent, failure) = write_until_failure(&mut client);
+    assert!(
+        durable.len() as u64 > BLOCKS / 100,
+        "only {} blocks durable before the metadata filled ({failure}): too little to prove anything",
+        durable.len()
+    );
+    drop(client);
+
+    // The final commit cannot succeed either: `del` must say so, not
+    // "stopped".
+    let out = run(pool.cmd().args(["del", "-n", "0"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "del succeeded after a failed commit: {stderr}"
+    );
+    assert!(
+        stderr.contains("the daemon stopped with an error")
+            && stderr.contains("final commit failed"),
+        "del's error names the failed final commit: {stderr}"
+    );
+
+    tmpfs.resize("256m");
+    let mut c = pool.cmd();
+    c.arg("check");
+    pool_args(&mut c);
+    let checked = run_ok(&mut c);
+    assert!(checked.contains("clean"), "{checked}");
+
+    add(&pool);
+    let mut client = NbdClient::connect(&socket).unwrap();
+    let zeros = vec![0u8; 4096];
+    const PER_READ: u64 = 256;
+    for first in (0..BLOCKS).step_by(PER_READ as usize) {
+        let got = client
+            .read_at(first * 4096, (PER_READ * 4096) as u32)
+            .unwrap();
+        for (i, got) in got.chunks(4096).enumerate() {
+            let block = first + i as u64;
+            let written = got == pattern(block).as_slice();
+            let ok = if durable.contains(&block) {
+                written
+            } else if sent.contains(&block) {
+                written || got == zeros.as_slice()
+            } else {
+                got == zeros.as_slice()
+            };
+            assert!(
+                ok,
+                "block {block} (durable: {}, sent: {}) reads back neither its write nor zeros as allowed",
+                durable.contains(&block),
+                sent.contains(&block)
+            );
+        }
+    }
+    drop(client);
+    run_ok(pool.cmd().args(["del", "-n", "0"]));
+}
