@@ -114,6 +114,7 @@ cleanup_all() {
     scoutfs-ublk del -a >/dev/null 2>&1
     killall -9 scoutfs-ublk 2>/dev/null
     scoutfs-ublk del -a >/dev/null 2>&1
+    umount /mnt/small 2>/dev/null
     losetup -D 2>/dev/null
     rm -f /tmp/src /tmp/fio-*.log
 }

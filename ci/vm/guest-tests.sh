@@ -240,6 +240,44 @@ test_crash() {
     check_pool
 }
 
+# 8. A full metadata device: the metadata file on a 1 MiB tmpfs. Random
+#    writes with an fsync every 32 run until the pool cannot commit; the
+#    failing flush reaches fio as an error, `del` fails naming the final
+#    commit, and once the tmpfs is grown the pool checks clean and what was
+#    synced before still reads back.
+test_meta_full() {
+    mkdir -p /mnt/small
+    mount -t tmpfs -o size=1m tmpfs /mnt/small
+    rm -f $POOL_DATA
+    scoutfs-ublk mkfs --meta /mnt/small/meta --data $POOL_DATA --size $POOL_SIZE
+    scoutfs-ublk add -n 0 --meta /mnt/small/meta --data $POOL_DATA
+    wait_for $DEV
+    dd if=/dev/urandom of=/tmp/src bs=1M count=4 2>/dev/null
+    dd if=/tmp/src of=$DEV bs=1M oflag=direct conv=fsync
+    if fio --name=fill --filename=$DEV --ioengine=io_uring --direct=1 \
+        --rw=randwrite --bs=4k --iodepth=32 --offset=4M --size=1020M \
+        --fsync=32 >/tmp/fio-fill.log 2>&1; then
+        echo "fio wrote 1 GiB without an error: the metadata never filled"
+        return 1
+    fi
+    grep -i "error" /tmp/fio-fill.log | head -3
+    if scoutfs-ublk del -n 0 2>/tmp/del.err; then
+        echo "del succeeded after a failed commit"
+        return 1
+    fi
+    cat /tmp/del.err
+    grep -q "final commit failed" /tmp/del.err
+    wait_for ! $DEV
+    mount -o remount,size=64m /mnt/small
+    scoutfs-ublk check --meta /mnt/small/meta --data $POOL_DATA
+    scoutfs-ublk add -n 0 --meta /mnt/small/meta --data $POOL_DATA
+    wait_for $DEV
+    same_bytes /tmp/src $DEV 4
+    del_dev
+    scoutfs-ublk check --meta /mnt/small/meta --data $POOL_DATA
+    umount /mnt/small
+}
+
 [ "${1:-}" = "--define" ] && return 0
 
 run_test persist 60
@@ -250,4 +288,5 @@ run_test recover 120
 run_test del_busy 60
 run_test sigterm 45
 run_test crash 60
+run_test meta_full 90
 say "GUEST-SUMMARY passed=$passed failed=$failed"

@@ -21,7 +21,7 @@ pub enum Command {
     Mkfs(MkfsArgs),
     /// Serve the pool's volume: /dev/ublkbN where the kernel has ublk, else an NBD export.
     Add(AddArgs),
-    /// Stop a served device, committing first.
+    /// Stop a served device, committing first (fails if that commit fails).
     Del(DelArgs),
     /// List served devices.
     List(ListArgs),

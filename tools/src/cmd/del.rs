@@ -66,7 +66,7 @@ fn stop(entry: &Entry) -> Result<()> {
         std::thread::sleep(Duration::from_millis(POLL_MS));
     }
     registry::release_id(entry.id);
-    if let Some(reason) = registry::take_failure(entry.id, entry.pid) {
+    if let Some(reason) = registry::take_failure(&registry::nbd_device(entry.id), entry.pid) {
         bail!(
             "the daemon stopped with an error: {reason}; see {}",
             entry.log.display()

@@ -138,7 +138,11 @@ fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
     let served = local.block_on(&rt, serve_volume(spec, &volume, report));
     let closed = volume.close().map_err(anyhow::Error::from);
     if let Some(e) = served.as_ref().err().or(closed.as_ref().err()) {
-        registry::record_failure(spec.id, std::process::id(), &format!("{e:#}"));
+        registry::record_failure(
+            &registry::nbd_device(spec.id),
+            std::process::id(),
+            &format!("{e:#}"),
+        );
     }
     registry::release_id(spec.id);
     served?;

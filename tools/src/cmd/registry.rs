@@ -103,22 +103,31 @@ pub fn release_id(id: u32) {
     let _ = std::fs::remove_file(entry_path(id));
 }
 
-fn failure_path(id: u32) -> PathBuf {
-    run_dir().join(format!("nbd-{id}.failed"))
+/// A device's name in the run directory: `nbd-N` or `ublk-N`.
+pub fn nbd_device(id: u32) -> String {
+    format!("nbd-{id}")
+}
+pub fn ublk_device(id: u32) -> String {
+    format!("ublk-{id}")
 }
 
-/// Records why daemon `pid` (device `id`) stopped with an error, for the
-/// `del` waiting for it: the daemon is not `del`'s child, so its exit
-/// status cannot tell. Written before the entry is released.
-pub fn record_failure(id: u32, pid: u32, reason: &str) {
-    let _ = std::fs::write(failure_path(id), format!("{pid}\n{reason}\n"));
+fn failure_path(device: &str) -> PathBuf {
+    run_dir().join(format!("{device}.failed"))
 }
 
-/// The failure daemon `pid` recorded for device `id`, if any; the record
-/// is removed. A record of another pid (an earlier daemon with this id
+/// Records why daemon `pid` (serving `device`) stopped with an error, for
+/// the `del` waiting for it: the daemon is not `del`'s child, so its exit
+/// status cannot tell. An NBD daemon writes it before releasing its entry.
+pub fn record_failure(device: &str, pid: u32, reason: &str) {
+    let _ = std::fs::create_dir_all(run_dir());
+    let _ = std::fs::write(failure_path(device), format!("{pid}\n{reason}\n"));
+}
+
+/// The failure daemon `pid` recorded for `device`, if any; the record is
+/// removed. A record of another pid (an earlier daemon of this device
 /// that no `del` waited for) is removed and not reported.
-pub fn take_failure(id: u32, pid: u32) -> Option<String> {
-    let path = failure_path(id);
+pub fn take_failure(device: &str, pid: u32) -> Option<String> {
+    let path = failure_path(device);
     let text = std::fs::read_to_string(&path).ok()?;
     let _ = std::fs::remove_file(&path);
     let (recorded, reason) = text.split_once('\n')?;

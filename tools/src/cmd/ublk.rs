@@ -133,8 +133,19 @@ pub fn del(dev_id: Option<u32>, all: bool) -> Result<()> {
     };
     let mut failures = Vec::new();
     for id in ids {
+        let daemon_pid = front::device_info(id).map(|info| info.daemon_pid).ok();
         if let Err(e) = front::delete(id) {
             failures.push(format!("device {id}: {e}"));
+            continue;
+        }
+        let device = super::registry::ublk_device(id);
+        if let Some(reason) = daemon_pid
+            .filter(|&pid| pid > 0)
+            .and_then(|pid| super::registry::take_failure(&device, pid as u32))
+        {
+            failures.push(format!(
+                "device {id}: the daemon stopped with an error: {reason}; see {DAEMON_LOG}"
+            ));
         }
     }
     if !failures.is_empty() {
@@ -317,11 +328,26 @@ fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'stat
         target_data: spec.pool.to_json(),
     };
     let shared = volume.clone();
+    // The device's id once live: a failure is recorded under it for `del`.
+    let serving = Arc::new(std::sync::OnceLock::new());
+    let serving_id = serving.clone();
+    let started = move |dev_id: u32| {
+        let _ = serving_id.set(dev_id);
+        started(dev_id)
+    };
     let served = front::serve(config, move |_, data_io| shared.handle(data_io), started);
     let closed = volume.close();
-    served?;
-    closed.context("closing the pool")?;
-    Ok(())
+    let result = served
+        .map_err(anyhow::Error::from)
+        .and_then(|_| Ok(closed?));
+    if let (Err(e), Some(&dev_id)) = (&result, serving.get()) {
+        super::registry::record_failure(
+            &super::registry::ublk_device(dev_id),
+            std::process::id(),
+            &format!("{e:#}"),
+        );
+    }
+    result
 }
 
 #[cfg(test)]
