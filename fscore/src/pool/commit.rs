@@ -1,5 +1,6 @@
 //! The commit protocol (docs/format.md, "Commit"):
-//! 1. the data device is made durable (data the new metadata points at;
+//! 1. the data device's label gets this commit's seq, and the data device
+//!    is made durable (the label and the data the new metadata points at;
 //!    started first, waited for before step 5);
 //! 2. the free space as it will be after this commit is persisted: either
 //!    appended to the free-space log (this transaction's allocations and
@@ -20,6 +21,7 @@
 use super::freelist;
 use super::freelog::{self, LogEntry};
 use super::journal::{JOURNAL_BLOCKS_MAX, JOURNAL_DEVICE_FRACTION};
+use super::label::{label_write, DataLabel};
 use super::state::PoolState;
 use super::superblock::Superblock;
 use crate::alloc::Extent;
@@ -64,8 +66,8 @@ pub(crate) struct CommitIo {
 }
 
 impl CommitIo {
-    /// Steps 1 and 3-5: data durable, dirty blocks written and durable,
-    /// then the superblock written and durable.
+    /// Steps 1 and 3-5: label written, data durable, dirty blocks written
+    /// and durable, then the superblock written and durable.
     ///
     /// The data device's flush is started first and waited for only before
     /// the superblock: it runs while the metadata is written and flushed, so
@@ -75,7 +77,16 @@ impl CommitIo {
             lock_storage(&self.data).flush()?;
             return Ok(());
         };
-        lock_storage(&self.data).flush_begin()?;
+        let (label_at, label) = label_write(DataLabel {
+            pool_id: sb.pool_id,
+            data_blocks: sb.data_blocks,
+            commit_seq: sb.seq,
+        });
+        {
+            let mut data = lock_storage(&self.data);
+            data.write_batch(&[(label_at, &label)])?;
+            data.flush_begin()?;
+        }
         let writes: Vec<(u64, &[u8])> = blocks
             .iter()
             .map(|(offset, block)| (*offset, &block[..]))

@@ -133,7 +133,10 @@ impl PendingSync<'_> {
 impl Drop for JournalWrite<'_> {
     fn drop(&mut self) {
         if self.blocks.is_some() {
-            self.pool.lock().store.poison(&"a journal write was dropped unfinished");
+            self.pool
+                .lock()
+                .store
+                .poison(&"a journal write was dropped unfinished");
         }
     }
 }
@@ -141,7 +144,10 @@ impl Drop for JournalWrite<'_> {
 impl Drop for PendingCommit<'_> {
     fn drop(&mut self) {
         if self.job.is_some() {
-            self.pool.lock().store.poison(&"a commit was dropped unfinished");
+            self.pool
+                .lock()
+                .store
+                .poison(&"a commit was dropped unfinished");
         }
     }
 }

@@ -4,9 +4,18 @@
 //! something else) is refused before a single data block is written; and
 //! mkfs refuses a data device that holds a pool's data unless told to.
 //!
+//! Every commit that writes a superblock rewrites the label with that
+//! commit's seq first, made durable by the commit's data flush, before the
+//! superblock is written. So the label's seq is the superblock's, or one
+//! more when a crash kept the superblock from landing; anything else means
+//! one device is an older copy than the other (a data file restored from a
+//! backup beside a newer metadata file), and open refuses the pair instead
+//! of serving blocks whose checksums will not match.
+//!
 //! ```text
 //!   0 crc32c u32 (over bytes 4..4096)   4 magic u32 "FSDL"   8 format_version u32
-//!  12 zero u32   16 pool_id u64   24 data_blocks u64   32..4096 zero
+//!  12 zero u32   16 pool_id u64   24 data_blocks u64   32 commit_seq u64
+//!  40..4096 zero
 //! ```
 
 use super::superblock::FORMAT_VERSION;
@@ -17,7 +26,7 @@ use crate::DATA_BLOCK_BYTES;
 
 const LABEL_MAGIC: u32 = u32::from_le_bytes(*b"FSDL");
 const LABEL_BYTES: usize = DATA_BLOCK_BYTES as usize;
-const ZERO_FROM: usize = 32;
+const ZERO_FROM: usize = 40;
 /// The data blocks the allocator manages start after the label.
 pub const FIRST_DATA_BLOCK: u64 = 1;
 
@@ -25,6 +34,9 @@ pub const FIRST_DATA_BLOCK: u64 = 1;
 pub(crate) struct DataLabel {
     pub(crate) pool_id: u64,
     pub(crate) data_blocks: u64,
+    /// The seq of the last commit that wrote it (0 from mkfs, before the
+    /// first superblock).
+    pub(crate) commit_seq: u64,
 }
 
 impl DataLabel {
@@ -34,6 +46,7 @@ impl DataLabel {
         out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         out[16..24].copy_from_slice(&self.pool_id.to_le_bytes());
         out[24..32].copy_from_slice(&self.data_blocks.to_le_bytes());
+        out[32..40].copy_from_slice(&self.commit_seq.to_le_bytes());
         seal(&mut out);
         out
     }
@@ -59,8 +72,14 @@ impl DataLabel {
         Ok(Some(DataLabel {
             pool_id: le_u64(bytes, 16),
             data_blocks: le_u64(bytes, 24),
+            commit_seq: le_u64(bytes, 32),
         }))
     }
+}
+
+/// The label's bytes at its place on the data device (for a commit's batch).
+pub(crate) fn label_write(label: DataLabel) -> (u64, Vec<u8>) {
+    (0, label.encode())
 }
 
 /// Writes the label and makes it durable.
@@ -80,10 +99,31 @@ pub(crate) fn read_label(data: &mut dyn Storage) -> Result<Option<DataLabel>> {
     DataLabel::decode(&bytes)
 }
 
-/// Refuses a data device that is not `pool_id`'s, saying whose it is.
-pub(crate) fn verify_label(data: &mut dyn Storage, pool_id: u64, data_blocks: u64) -> Result<()> {
+/// Refuses a data device that is not `pool_id`'s, saying whose it is, and
+/// one from another time than the metadata device at commit `seq`.
+pub(crate) fn verify_label(
+    data: &mut dyn Storage,
+    pool_id: u64,
+    data_blocks: u64,
+    seq: u64,
+) -> Result<()> {
     match read_label(data)? {
-        Some(label) if label.pool_id == pool_id && label.data_blocks == data_blocks => Ok(()),
+        Some(label) if label.pool_id == pool_id && label.data_blocks == data_blocks => {
+            let at = label.commit_seq;
+            if at == seq || at == seq + 1 {
+                Ok(())
+            } else if at < seq {
+                Err(Error::BadFormat(format!(
+                    "the data device is older than the metadata device: its label is from \
+                     commit {at}, the metadata is at commit {seq} (a stale copy of the data device?)"
+                )))
+            } else {
+                Err(Error::BadFormat(format!(
+                    "the metadata device is older than the data device: it is at commit {seq}, \
+                     the data device's label is from commit {at} (a stale copy of the metadata device?)"
+                )))
+            }
+        }
         Some(label) if label.pool_id == pool_id => Err(Error::BadFormat(format!(
             "the data device's label says {} data blocks, the pool {data_blocks}",
             label.data_blocks
@@ -110,15 +150,31 @@ mod tests {
         let label = DataLabel {
             pool_id: 0xfeed,
             data_blocks: 256,
+            commit_seq: 7,
         };
         write_label(&mut disk, label).unwrap();
         assert_eq!(read_label(&mut disk).unwrap(), Some(label));
-        verify_label(&mut disk, 0xfeed, 256).unwrap();
-        for (pool, blocks, says) in [
-            (0xbeef, 256, "belongs to pool 0x000000000000feed"),
-            (0xfeed, 255, "says 256 data blocks"),
+        // The superblock at the label's commit, or one before (the commit
+        // that wrote the label did not land its superblock).
+        verify_label(&mut disk, 0xfeed, 256, 7).unwrap();
+        verify_label(&mut disk, 0xfeed, 256, 6).unwrap();
+        for (pool, blocks, seq, says) in [
+            (0xbeef, 256, 7, "belongs to pool 0x000000000000feed"),
+            (0xfeed, 255, 7, "says 256 data blocks"),
+            (
+                0xfeed,
+                256,
+                8,
+                "the data device is older than the metadata device",
+            ),
+            (
+                0xfeed,
+                256,
+                5,
+                "the metadata device is older than the data device",
+            ),
         ] {
-            let e = verify_label(&mut disk, pool, blocks)
+            let e = verify_label(&mut disk, pool, blocks, seq)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(says), "{e}");

@@ -139,6 +139,7 @@ impl PoolState {
             DataLabel {
                 pool_id,
                 data_blocks,
+                commit_seq: 0,
             },
         )?;
         let meta_writer = store.shared_storage();
@@ -223,7 +224,7 @@ impl PoolState {
             }
         }
         let mut data = data;
-        verify_label(data.as_mut(), sb.pool_id, sb.data_blocks)?;
+        verify_label(data.as_mut(), sb.pool_id, sb.data_blocks, sb.seq)?;
         let first_block = Superblock::first_meta_block(sb.meta_block_bytes);
         let alloc = Allocator::new(first_block, sb.meta_blocks);
         let cache = cache_blocks(opts, sb.meta_block_bytes);

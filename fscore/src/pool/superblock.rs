@@ -12,7 +12,7 @@ pub(crate) const SUPER_BYTES: usize = 4096;
 pub(crate) const SUPER_MAGIC: u32 = u32::from_le_bytes(*b"FSSB");
 /// Format version: bumped on any incompatible layout change (see the log in
 /// docs/format.md).
-pub(crate) const FORMAT_VERSION: u32 = 4;
+pub(crate) const FORMAT_VERSION: u32 = 5;
 /// Both slots end here; metadata blocks start at the first block boundary
 /// at or after it.
 pub(crate) const SUPER_AREA_BYTES: u64 = 2 * SUPER_BYTES as u64;
