@@ -1,7 +1,7 @@
 //! A metadata device that runs out of space (its file on a host file
 //! system that fills up): the daemon fails the flush that cannot commit
-//! instead of acknowledging it, `del` reports that its final commit
-//! failed, and once the host has room again the pool opens, `check` is
+//! instead of acknowledging it, goes on serving reads and refuses writes,
+//! `del` reports that its final commit failed, and once the host has room again the pool opens, `check` is
 //! clean and every write acknowledged before the last successful flush
 //! reads back.
 //!
@@ -135,6 +135,25 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
         durable.len() as u64 > BLOCKS / 100,
         "only {} blocks durable before the metadata filled ({failure}): too little to prove anything",
         durable.len()
+    );
+    // Reads go on (from what the pool holds in memory and on the data
+    // device); writes are refused, not acknowledged and lost.
+    let mut some_durable: Vec<u64> = durable.iter().copied().take(64).collect();
+    some_durable.sort_unstable();
+    for &block in &some_durable {
+        let got = client.read_at(block * 4096, 4096).unwrap_or_else(|e| {
+            panic!("read of block {block} after the pool stopped committing: {e}")
+        });
+        assert!(got == pattern(block), "block {block} read back wrong");
+    }
+    let block = some_durable[0];
+    client
+        .send(CMD_WRITE, block, block * 4096, &[0x77; 4096], 0)
+        .unwrap();
+    let (_, errno) = client.reply().unwrap();
+    assert_ne!(
+        errno, 0,
+        "a write after the pool stopped committing must fail"
     );
     drop(client);
 
