@@ -242,8 +242,8 @@ test_crash() {
 
 # 8. A full metadata device: the metadata file on a 1 MiB tmpfs. Random
 #    writes with an fsync every 32 run until the pool cannot commit; the
-#    failing flush reaches fio as an error, `del` fails naming the final
-#    commit, and once the tmpfs is grown the pool checks clean and what was
+#    failing flush reaches fio as an error, reads go on and writes fail,
+#    `del` fails naming the final commit, and once the tmpfs is grown the pool checks clean and what was
 #    synced before still reads back.
 test_meta_full() {
     mkdir -p /mnt/small
@@ -261,6 +261,12 @@ test_meta_full() {
         return 1
     fi
     grep -i "error" /tmp/fio-fill.log | head -3
+    # Reads go on; a write is refused.
+    same_bytes /tmp/src $DEV 4
+    if dd if=/dev/zero of=$DEV bs=4k count=1 oflag=direct conv=fsync 2>/dev/null; then
+        echo "a write was acknowledged by a pool that cannot commit"
+        return 1
+    fi
     if scoutfs-ublk del -n 0 2>/tmp/del.err; then
         echo "del succeeded after a failed commit"
         return 1
