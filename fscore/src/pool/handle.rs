@@ -329,6 +329,14 @@ impl Pool {
         })
     }
 
+    /// Reads bytes of the data device through the pool's own handle on it,
+    /// for a caller whose pool is on storage given directly (`open_on`).
+    pub fn read_data(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let data = self.lock().data.clone();
+        let read = crate::block::store::lock_storage(&data).read_at(offset, buf);
+        read.map_err(Error::Io)
+    }
+
     /// Held by a commit or sync from its beginning to its end: one at a time.
     fn one_at_a_time(&self) -> MutexGuard<'_, ()> {
         self.committing

@@ -129,6 +129,18 @@ impl DataBlocks for DataFile {
     }
 }
 
+/// The data device read through the pool's own handle on it (a pool on
+/// storage given directly, `Volume::open_on`).
+pub(crate) struct PoolData<'a>(pub(crate) &'a fscore::Pool);
+
+impl DataBlocks for PoolData<'_> {
+    fn read(&mut self, pblock: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0
+            .read_data(pblock * map::BLOCK_BYTES, buf)
+            .map_err(std::io::Error::other)
+    }
+}
+
 /// Whether the data the last sync's records leave mapped is on the data
 /// device: the sync's journal blocks and its data reach the device in any
 /// order before its flush, so a crash during that flush can leave the

@@ -138,14 +138,20 @@ impl Volume {
         size_bytes: u64,
         mkfs: &MkfsOptions,
     ) -> Result<PoolInfo, VolumeError> {
-        if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
-            return Err(VolumeError::BadSize(size_bytes));
-        }
+        check_size(size_bytes)?;
         Pool::mkfs(meta, data, mkfs)?;
         let pool = Pool::open(meta, data, &OpenOptions::default())?;
+        Volume::format(&pool, size_bytes)?;
+        Ok(pool.info())
+    }
+
+    /// Records a volume of `size_bytes` in a freshly made pool and commits:
+    /// `create` on storage given directly (tests use `fscore::SimDisk`).
+    pub fn format(pool: &Pool, size_bytes: u64) -> Result<(), VolumeError> {
+        check_size(size_bytes)?;
         pool.insert(&map::volume_key(VOLUME_ID), &map::encode_volume(size_bytes))?;
         pool.commit()?;
-        Ok(pool.info())
+        Ok(())
     }
 
     /// Opens the pool (locking its files) and starts the commit thread.
@@ -154,19 +160,35 @@ impl Volume {
         data: &Path,
         opts: &VolumeOptions,
     ) -> Result<Arc<Volume>, VolumeError> {
-        let pool = Pool::open(
-            meta,
-            data,
-            &OpenOptions {
-                cache_bytes: opts.cache_bytes,
-                journal_blocks_max: fscore::JOURNAL_BLOCKS_MAX,
-            },
-        )?;
+        let pool = Pool::open(meta, data, &pool_options(opts))?;
+        Volume::start(pool, data, opts, JournalDevice::File(data))
+    }
+
+    /// `open` on storage given directly (tests use `fscore::SimDisk`; the
+    /// front end's `DataIo` must reach the same data device). `data_path`
+    /// is empty.
+    pub fn open_on(
+        meta: Box<dyn fscore::Storage>,
+        data: Box<dyn fscore::Storage>,
+        opts: &VolumeOptions,
+    ) -> Result<Arc<Volume>, VolumeError> {
+        let pool = Pool::open_on(meta, data, &pool_options(opts))?;
+        Volume::start(pool, Path::new(""), opts, JournalDevice::Pool)
+    }
+
+    /// Applies the journal (checking its last sync's data on
+    /// `journal_device`) and starts the commit thread.
+    fn start(
+        pool: Pool,
+        data: &Path,
+        opts: &VolumeOptions,
+        journal_device: JournalDevice,
+    ) -> Result<Arc<Volume>, VolumeError> {
         let size_bytes = pool
             .get(&map::volume_key(VOLUME_ID))?
             .and_then(|v| map::decode_volume(&v))
             .ok_or(VolumeError::NoVolume(VOLUME_ID))?;
-        apply_journal(&pool, data)?;
+        apply_journal(&pool, journal_device)?;
         let volume = Arc::new(Volume {
             open_gen: AtomicU64::new(pool.generation()),
             reserve_blocks: RESERVE_BLOCKS_MAX.min(pool.info().data_blocks / 4),
@@ -245,6 +267,14 @@ impl Volume {
     /// data block free or referenced by exactly one map item.
     pub fn check(meta: &Path, data: &Path) -> Result<CheckReport, VolumeError> {
         Ok(fscore::check_with_data_refs(meta, data, map::data_refs)?)
+    }
+
+    /// `check` on storage given directly.
+    pub fn check_on(
+        meta: Box<dyn fscore::Storage>,
+        data: Box<dyn fscore::Storage>,
+    ) -> Result<CheckReport, VolumeError> {
+        Ok(Pool::check_on(meta, data, Some(&map::data_refs))?)
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, CommitQueue> {
@@ -422,14 +452,28 @@ impl Volume {
 
 /// Applies what syncs made durable after the last commit (the journal)
 /// and commits it, before anything else touches the pool.
-fn apply_journal(pool: &Pool, data: &Path) -> Result<(), VolumeError> {
+/// Where open reads the data the journal's last sync left mapped.
+enum JournalDevice<'a> {
+    /// The data device file, through the page cache.
+    File(&'a Path),
+    /// The pool's own handle (storage given directly).
+    Pool,
+}
+
+fn apply_journal(pool: &Pool, device: JournalDevice) -> Result<(), VolumeError> {
     let found = pool.take_journal();
     if found.records.is_empty() {
         return Ok(());
     }
-    let mut device = journal::DataFile(std::fs::File::open(data).map_err(fscore::Error::Io)?);
     let last = &found.records[found.last_sync_from..];
-    let whole = journal::last_sync_is_whole(last, &mut device).map_err(VolumeError::Journal)?;
+    let whole = match device {
+        JournalDevice::File(path) => {
+            let file = std::fs::File::open(path).map_err(fscore::Error::Io)?;
+            journal::last_sync_is_whole(last, &mut journal::DataFile(file))
+        }
+        JournalDevice::Pool => journal::last_sync_is_whole(last, &mut journal::PoolData(pool)),
+    }
+    .map_err(VolumeError::Journal)?;
     let records = if whole {
         &found.records[..]
     } else {
@@ -447,6 +491,20 @@ fn apply_journal(pool: &Pool, data: &Path) -> Result<(), VolumeError> {
         records.len()
     );
     Ok(())
+}
+
+fn check_size(size_bytes: u64) -> Result<(), VolumeError> {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(BLOCK_BYTES) {
+        return Err(VolumeError::BadSize(size_bytes));
+    }
+    Ok(())
+}
+
+fn pool_options(opts: &VolumeOptions) -> OpenOptions {
+    OpenOptions {
+        cache_bytes: opts.cache_bytes,
+        journal_blocks_max: fscore::JOURNAL_BLOCKS_MAX,
+    }
 }
 
 /// Turns a pool error into the error a front end reports.
