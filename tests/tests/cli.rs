@@ -232,6 +232,13 @@ fn tcp_list_dump_and_del_all() {
     assert!(printed.contains(uri));
     let info = run_ok(Command::new("nbdinfo").arg(uri));
     assert!(info.contains("67108864"), "{info}");
+    for can in [
+        "can_multi_conn: true",
+        "can_fast_zero: true",
+        "can_zero: true",
+    ] {
+        assert!(info.contains(can), "nbdinfo lacks {can:?}:\n{info}");
+    }
     assert_eq!(entry["state"], "LIVE");
     // A second daemon in the same run dir gets the next id.
     let b = Pool::mkfs("64M");

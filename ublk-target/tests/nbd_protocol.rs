@@ -315,6 +315,7 @@ fn options_list_info_unknown_and_go() {
         TX_SEND_FUA,
         TX_SEND_TRIM,
         TX_SEND_WRITE_ZEROES,
+        TX_SEND_FAST_ZERO,
     ] {
         assert_eq!(flags & f, f);
     }
@@ -379,6 +380,38 @@ fn every_command_with_structured_replies() {
     assert_eq!(c.reply(), (6, 0, vec![]));
     c.request(CMD_READ, 0, 7, 512, 0, &[]);
     assert_eq!(c.reply(), (7, 0, vec![]));
+}
+
+/// WRITE_ZEROES with FAST_ZERO zeroes (by unmapping, in the volume); with
+/// NO_HOLE as well it would have to write, so it fails at once with
+/// ENOTSUP and changes nothing.
+#[test]
+fn fast_zero_zeroes_or_fails_at_once() {
+    let server = Server::start();
+    let mut c = Client::ready(&server);
+    c.request(CMD_WRITE, 0, 1, 8192, 8192, &[0x5au8; 8192]);
+    assert_eq!(c.reply(), (1, 0, vec![]));
+    c.request(
+        CMD_WRITE_ZEROES,
+        CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE,
+        2,
+        8192,
+        4096,
+        &[],
+    );
+    assert_eq!(c.reply().1, NBD_ENOTSUP);
+    c.request(CMD_READ, 0, 3, 8192, 8192, &[]);
+    assert_eq!(
+        c.reply(),
+        (3, 0, vec![0x5a; 8192]),
+        "ENOTSUP changed nothing"
+    );
+    c.request(CMD_WRITE_ZEROES, CMD_FLAG_FAST_ZERO, 4, 8192, 4096, &[]);
+    assert_eq!(c.reply(), (4, 0, vec![]));
+    let mut expect = vec![0u8; 4096];
+    expect.extend_from_slice(&[0x5a; 4096]);
+    c.request(CMD_READ, 0, 5, 8192, 8192, &[]);
+    assert_eq!(c.reply(), (5, 0, expect));
 }
 
 #[test]

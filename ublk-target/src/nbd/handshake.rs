@@ -36,6 +36,7 @@ impl Export {
             | TX_SEND_TRIM
             | TX_SEND_WRITE_ZEROES
             | TX_CAN_MULTI_CONN
+            | TX_SEND_FAST_ZERO
     }
 
     /// The default export ("") is this one too, as with qemu-nbd.

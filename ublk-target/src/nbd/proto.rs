@@ -60,12 +60,15 @@ pub const TX_SEND_FUA: u16 = 1 << 3;
 pub const TX_SEND_TRIM: u16 = 1 << 5;
 pub const TX_SEND_WRITE_ZEROES: u16 = 1 << 6;
 pub const TX_CAN_MULTI_CONN: u16 = 1 << 8;
+pub const TX_SEND_FAST_ZERO: u16 = 1 << 11;
 
 // Command flags (u16).
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
 /// BLOCK_STATUS: one descriptor only.
 pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// WRITE_ZEROES: only if faster than writing zeroes, else fail at once.
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
 // Command types (u16).
 pub const CMD_READ: u16 = 0;

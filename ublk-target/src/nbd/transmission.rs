@@ -224,6 +224,16 @@ async fn execute<T: BlockTarget>(
         }
         CMD_FLUSH => target.flush().await,
         CMD_TRIM => target.discard(offset, length).await,
+        // A fast zero (a client choosing between zeroing now and writing
+        // zeroes itself) is an unmap, which only changes the map; zeroes
+        // that must stay allocated (NO_HOLE) cost a write, so it fails at
+        // once with ENOTSUP, as the protocol asks.
+        CMD_WRITE_ZEROES
+            if request.flags & (CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE)
+                == CMD_FLAG_FAST_ZERO | CMD_FLAG_NO_HOLE =>
+        {
+            Err(TargetError::NotSupported)
+        }
         CMD_WRITE_ZEROES => {
             let may_unmap = request.flags & CMD_FLAG_NO_HOLE == 0;
             let zeroed = target.write_zeroes(offset, length, may_unmap).await;
