@@ -6,7 +6,8 @@
 //! its unflushed writes (some torn at 512-byte granularity), and the
 //! recovered pool must check clean, open, and read back, for every sector:
 //! its contents at the last completed flush (or its last FUA write), or
-//! something written to it since. Never anything else, never an error.
+//! something written to it since. Never anything else, never an error;
+//! also when power fails again during that recovery.
 //! Repeated with the crash at every one of the workload's I/O events, for
 //! requests one at a time and eight at a time.
 
@@ -419,6 +420,31 @@ fn recover_and_verify(meta: &SimDisk, data: &SimDisk, model: &Model, seed: u64, 
     let meta = SimDisk::from_image(meta.crash_image(&mut random));
     let data = SimDisk::from_image(data.crash_image(&mut random));
     let at = format!("seed {seed} crash at event {crash_at}");
+    let report = Volume::check_on(Box::new(meta.clone()), Box::new(data.clone()))
+        .unwrap_or_else(|e| panic!("{at}: check failed: {e}"));
+    assert!(report.is_clean(), "{at}: check found {:?}", report.problems);
+
+    // Power fails again during recovery (open applies the journal and
+    // commits, close commits) at one of its first events: recovering from
+    // that must give the same answers.
+    let again = random() % 12;
+    let (meta, data) = {
+        let clock = Clock::new(again);
+        let device = |disk: &SimDisk| Device {
+            disk: disk.clone(),
+            clock: clock.clone(),
+        };
+        if let Ok(volume) =
+            Volume::open_on(Box::new(device(&meta)), Box::new(device(&data)), &options())
+        {
+            let _ = volume.close();
+        }
+        (
+            SimDisk::from_image(meta.crash_image(&mut random)),
+            SimDisk::from_image(data.crash_image(&mut random)),
+        )
+    };
+    let at = format!("{at}, again at event {again} of recovery");
     let report = Volume::check_on(Box::new(meta.clone()), Box::new(data.clone()))
         .unwrap_or_else(|e| panic!("{at}: check failed: {e}"));
     assert!(report.is_clean(), "{at}: check found {:?}", report.problems);
