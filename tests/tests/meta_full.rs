@@ -170,6 +170,10 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
             && stderr.contains("final commit failed"),
         "del's error names the failed final commit: {stderr}"
     );
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("`add` the pool again"),
+        "del's error gives the cause and what to do: {stderr}"
+    );
 
     tmpfs.resize("256m");
     let mut c = pool.cmd();

@@ -67,10 +67,7 @@ fn stop(entry: &Entry) -> Result<()> {
     }
     registry::release_id(entry.id);
     if let Some(reason) = registry::take_failure(&registry::nbd_device(entry.id), entry.pid) {
-        bail!(
-            "the daemon stopped with an error: {reason}; see {}",
-            entry.log.display()
-        );
+        bail!("{}", registry::failure_message(&reason, &entry.log));
     }
     println!("nbd{}: stopped", entry.id);
     Ok(())

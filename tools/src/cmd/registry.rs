@@ -123,6 +123,16 @@ pub fn record_failure(device: &str, pid: u32, reason: &str) {
     let _ = std::fs::write(failure_path(device), format!("{pid}\n{reason}\n"));
 }
 
+/// What `del` says of a daemon that stopped with an error, and what to do.
+pub fn failure_message(reason: &str, log: &Path) -> String {
+    format!(
+        "the daemon stopped with an error: {reason}; see {}. Writes a completed \
+         flush covered are on disk: fix the cause, then `scoutfs-ublk check` and \
+         `add` the pool again",
+        log.display()
+    )
+}
+
 /// The failure daemon `pid` recorded for `device`, if any; the record is
 /// removed. A record of another pid (an earlier daemon of this device
 /// that no `del` waited for) is removed and not reported.

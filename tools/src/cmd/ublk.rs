@@ -143,9 +143,8 @@ pub fn del(dev_id: Option<u32>, all: bool) -> Result<()> {
             .filter(|&pid| pid > 0)
             .and_then(|pid| super::registry::take_failure(&device, pid as u32))
         {
-            failures.push(format!(
-                "device {id}: the daemon stopped with an error: {reason}; see {DAEMON_LOG}"
-            ));
+            let message = super::registry::failure_message(&reason, Path::new(DAEMON_LOG));
+            failures.push(format!("device {id}: {message}"));
         }
     }
     if !failures.is_empty() {
