@@ -8,6 +8,9 @@ pub fn parse_size(text: &str) -> Result<u64> {
         Some(i) => text.split_at(i),
         None => (text, ""),
     };
+    if digits.is_empty() {
+        bail!("size {text:?} does not start with a number");
+    }
     let shift = match unit
         .trim_end_matches(['i', 'B', 'b'])
         .to_ascii_uppercase()
@@ -21,7 +24,7 @@ pub fn parse_size(text: &str) -> Result<u64> {
         _ => bail!("size {text:?}: unknown unit {unit:?} (use K, M, G or T)"),
     };
     let Ok(number) = digits.parse::<u64>() else {
-        bail!("size {text:?} does not start with a number");
+        bail!("size {text:?} is too large");
     };
     match number.checked_mul(1u64 << shift) {
         Some(bytes) if bytes > 0 => Ok(bytes),
@@ -55,6 +58,10 @@ mod tests {
         assert!(parse_size("G").is_err());
         assert!(parse_size("3X").is_err());
         assert!(parse_size("99999999999T").is_err());
+        let overflow = parse_size("99999999999999999999").unwrap_err().to_string();
+        assert!(overflow.contains("too large"), "{overflow}");
+        let negative = parse_size("-1").unwrap_err().to_string();
+        assert!(negative.contains("does not start with a number"), "{negative}");
         assert_eq!(human(2 << 30), "2.0 GiB");
     }
 }
