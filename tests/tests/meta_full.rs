@@ -1,6 +1,7 @@
 //! A metadata device that runs out of space (its file on a host file
 //! system that fills up): the daemon fails the flush that cannot commit
-//! instead of acknowledging it, goes on serving reads and refuses writes,
+//! instead of acknowledging it, `list` shows the device FAILED with the
+//! cause, the daemon goes on serving reads and refuses writes,
 //! `del` reports that its final commit failed, and once the host has room again the pool opens, `check` is
 //! clean and every write acknowledged before the last successful flush
 //! reads back.
@@ -136,6 +137,25 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
         "only {} blocks durable before the metadata filled ({failure}): too little to prove anything",
         durable.len()
     );
+    // `list` shows the device FAILED, with the cause, within a few seconds
+    // (the daemon looks once a second).
+    let mut entry = pool.entry(0);
+    for _ in 0..50 {
+        if entry["state"] == "FAILED" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        entry = pool.entry(0);
+    }
+    assert_eq!(entry["state"], "FAILED", "{entry}");
+    let cause = entry["failure"].as_str().unwrap_or_default();
+    assert!(cause.contains("No space left on device"), "{entry}");
+    let listed = run_ok(pool.cmd().arg("list"));
+    assert!(
+        listed.contains("nbd0: FAILED") && listed.contains("No space left on device"),
+        "{listed}"
+    );
+
     // Reads go on (from what the pool holds in memory and on the data
     // device); writes are refused, not acknowledged and lost.
     let mut some_durable: Vec<u64> = durable.iter().copied().take(64).collect();

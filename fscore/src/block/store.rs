@@ -433,6 +433,11 @@ impl BlockStore {
         }
     }
 
+    /// The failure that poisoned the store, if one did.
+    pub(crate) fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
     /// Nothing more is written until reopen; the first cause is kept.
     pub(crate) fn poison(&mut self, cause: &dyn std::fmt::Display) {
         self.poisoned.get_or_insert_with(|| cause.to_string());

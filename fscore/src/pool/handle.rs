@@ -361,6 +361,12 @@ impl Pool {
         self.lock().info()
     }
 
+    /// Why the pool stopped writing (a failed write, flush or commit: it is
+    /// poisoned until reopened), or None while it works.
+    pub fn failure(&self) -> Option<String> {
+        self.lock().store.poisoned().map(str::to_owned)
+    }
+
     /// Nodes and items per level of the tree, root level first (reads the
     /// internal nodes only).
     pub fn tree_shape(&self) -> Result<Vec<crate::tree::LevelShape>> {

@@ -53,15 +53,19 @@ pub fn run(args: &ListArgs) -> Result<()> {
             e.meta.display(),
             e.data.display()
         );
+        if let (true, Some(failure)) = (e.daemon_running(), &e.failure) {
+            println!("  failed: {failure} (reads only; del, fix the cause, add again)");
+        }
     }
     Ok(())
 }
 
+/// LIVE, FAILED (running, its pool no longer writes) or DEAD.
 fn state(entry: &registry::Entry) -> &'static str {
-    if entry.daemon_running() {
-        "LIVE"
-    } else {
-        "DEAD"
+    match (entry.daemon_running(), &entry.failure) {
+        (true, None) => "LIVE",
+        (true, Some(_)) => "FAILED",
+        (false, _) => "DEAD",
     }
 }
 

@@ -176,6 +176,7 @@ async fn serve_volume(
         size_bytes: volume.size_bytes(),
         log: spec.log.clone(),
         started: registry::start_time(std::process::id()),
+        failure: None,
     };
     registry::publish(&entry)?;
     let info = usage(&entry);
@@ -192,16 +193,41 @@ async fn serve_volume(
         human(volume.size_bytes()),
         entry.uri
     );
-    serve(listener, handle, export, async move {
+    let watch = tokio::task::spawn_local(mark_failure(entry, volume.clone()));
+    let served = serve(listener, handle, export, async move {
         stop.await;
         log::info!("nbd daemon {}: stopping", spec.id);
     })
-    .await?;
+    .await;
+    watch.abort();
+    served?;
     Ok(())
 }
 
 /// The export of `size_bytes` this project serves: named `EXPORT_NAME`,
 /// any sector-aligned request, whole data blocks preferred.
+/// How often the daemon looks whether its pool stopped writing.
+const FAILURE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Marks the registry entry once the pool stops writing, so `list` shows
+/// the device FAILED with the reason while it still serves reads.
+async fn mark_failure(mut entry: Entry, volume: std::sync::Arc<Volume>) {
+    loop {
+        tokio::time::sleep(FAILURE_POLL).await;
+        if let Some(failure) = volume.failure() {
+            log::error!(
+                "nbd daemon {}: the pool stopped writing: {failure}",
+                entry.id
+            );
+            entry.failure = Some(failure);
+            if let Err(e) = registry::publish(&entry) {
+                log::warn!("nbd daemon {}: marking its entry failed: {e:#}", entry.id);
+            }
+            return;
+        }
+    }
+}
+
 pub fn export(size_bytes: u64) -> Export {
     Export {
         name: EXPORT_NAME.into(),

@@ -32,6 +32,10 @@ pub struct Entry {
     /// in entries written before it was recorded.
     #[serde(default)]
     pub started: Option<u64>,
+    /// Set by the daemon once its pool stopped writing (say, a full
+    /// metadata device): it still serves reads; writes and flushes fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl Entry {

@@ -61,7 +61,10 @@ mod tests {
         let overflow = parse_size("99999999999999999999").unwrap_err().to_string();
         assert!(overflow.contains("too large"), "{overflow}");
         let negative = parse_size("-1").unwrap_err().to_string();
-        assert!(negative.contains("does not start with a number"), "{negative}");
+        assert!(
+            negative.contains("does not start with a number"),
+            "{negative}"
+        );
         assert_eq!(human(2 << 30), "2.0 GiB");
     }
 }

@@ -233,6 +233,12 @@ impl Volume {
         self.pool.info()
     }
 
+    /// Why the pool stopped writing (reads go on, writes and flushes fail
+    /// until it is reopened), or None while it works.
+    pub fn failure(&self) -> Option<String> {
+        self.pool.failure()
+    }
+
     /// Nodes and items per level of the pool's tree, root level first.
     pub fn tree_shape(&self) -> Result<Vec<fscore::LevelShape>, VolumeError> {
         Ok(self.pool.tree_shape()?)
