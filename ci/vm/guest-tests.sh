@@ -242,7 +242,8 @@ test_crash() {
 
 # 8. A full metadata device: the metadata file on a 1 MiB tmpfs. Random
 #    writes with an fsync every 32 run until the pool cannot commit; the
-#    failing flush reaches fio as an error, reads go on and writes fail,
+#    failing flush reaches fio as an error, list shows the pool failed,
+#    reads go on and writes fail,
 #    `del` fails naming the final commit, and once the tmpfs is grown the pool checks clean and what was
 #    synced before still reads back.
 test_meta_full() {
@@ -261,6 +262,18 @@ test_meta_full() {
         return 1
     fi
     grep -i "error" /tmp/fio-fill.log | head -3
+    # list shows the failed pool and its cause (the daemon looks each second).
+    tries=0
+    until scoutfs-ublk list -n 0 | grep -q "failed: the pool stopped writing.*No space left"; do
+        if [ $tries -ge 50 ]; then
+            scoutfs-ublk list -n 0
+            echo "list never showed the failed pool"
+            return 1
+        fi
+        sleep 0.1
+        tries=$((tries + 1))
+    done
+    scoutfs-ublk list --json | grep -q '"failure"'
     # Reads go on; a write is refused.
     same_bytes /tmp/src $DEV 4
     if dd if=/dev/zero of=$DEV bs=4k count=1 oflag=direct conv=fsync 2>/dev/null; then

@@ -141,9 +141,15 @@ pub fn failure_message(reason: &str, log: &Path) -> String {
 /// removed. A record of another pid (an earlier daemon of this device
 /// that no `del` waited for) is removed and not reported.
 pub fn take_failure(device: &str, pid: u32) -> Option<String> {
-    let path = failure_path(device);
-    let text = std::fs::read_to_string(&path).ok()?;
-    let _ = std::fs::remove_file(&path);
+    let failure = peek_failure(device, pid);
+    let _ = std::fs::remove_file(failure_path(device));
+    failure
+}
+
+/// The failure daemon `pid` recorded for `device`, if any, left in place
+/// (a running daemon's: its pool stopped writing).
+pub fn peek_failure(device: &str, pid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(failure_path(device)).ok()?;
     let (recorded, reason) = text.split_once('\n')?;
     (recorded.parse() == Ok(pid)).then(|| reason.trim_end().to_string())
 }

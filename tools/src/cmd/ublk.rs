@@ -165,10 +165,20 @@ fn device_infos(dev_id: Option<u32>) -> Result<Vec<front::DeviceInfo>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// Prints ublk devices as ublksrv's `ublk list` does.
+/// The failure a running daemon recorded for device `info` (its pool
+/// stopped writing), if any.
+fn live_failure(info: &front::DeviceInfo) -> Option<String> {
+    let pid = u32::try_from(info.daemon_pid).ok().filter(|&pid| pid > 0)?;
+    super::registry::peek_failure(&super::registry::ublk_device(info.dev_id), pid)
+}
+
+/// Prints ublk devices as ublksrv's `ublk list` does, and a failed pool.
 pub fn list_text(dev_id: Option<u32>) -> Result<()> {
     for info in device_infos(dev_id)? {
         print!("{}", info.ublksrv_text());
+        if let Some(failure) = live_failure(&info) {
+            println!("\tfailed: {failure} (reads only; del, fix the cause, add again)");
+        }
     }
     Ok(())
 }
@@ -180,6 +190,9 @@ pub fn list_json(dev_id: Option<u32>) -> Result<Vec<serde_json::Value>> {
         .map(|info| {
             let mut value = info.to_json();
             value["kind"] = "ublk".into();
+            if let Some(failure) = live_failure(info) {
+                value["failure"] = failure.into();
+            }
             value
         })
         .collect())
@@ -306,6 +319,42 @@ fn open_volume(meta: &Path, data: &Path) -> Result<Arc<Volume>, VolumeError> {
     }
 }
 
+/// How often a daemon looks whether its pool stopped writing.
+const FAILURE_POLL: Duration = Duration::from_secs(1);
+
+/// Records the failure as soon as the pool stops writing (a full metadata
+/// device, say), so `list` shows it while the device still serves reads.
+/// Watches until the returned sender is dropped.
+fn watch_for_failure(
+    volume: Arc<Volume>,
+    serving: Arc<std::sync::OnceLock<u32>>,
+) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::Builder::new()
+        .name("failure-watch".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(FAILURE_POLL)
+            {
+                if let (Some(failure), Some(&dev_id)) = (volume.failure(), serving.get()) {
+                    eprintln!(
+                        "scoutfs-ublk daemon: /dev/ublkb{dev_id}'s pool stopped writing: {failure}"
+                    );
+                    let reason = format!("the pool stopped writing: {failure}");
+                    let device = super::registry::ublk_device(dev_id);
+                    super::registry::record_failure(&device, std::process::id(), &reason);
+                    return;
+                }
+            }
+        });
+    if let Err(e) = watcher {
+        eprintln!(
+            "scoutfs-ublk daemon: no failure watcher ({e}): list will not show a failed pool"
+        );
+    }
+    stop
+}
+
 /// Opens the pool, serves its volume until the device stops, then closes
 /// the pool (a last commit). Each queue thread gets its own volume handle,
 /// doing data I/O through that queue's ring.
@@ -334,7 +383,9 @@ fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'stat
         let _ = serving_id.set(dev_id);
         started(dev_id)
     };
+    let watching = watch_for_failure(volume.clone(), serving.clone());
     let served = front::serve(config, move |_, data_io| shared.handle(data_io), started);
+    drop(watching);
     let closed = volume.close();
     let result = served
         .map_err(anyhow::Error::from)
