@@ -2,9 +2,10 @@
 //! system that fills up): the daemon fails the flush that cannot commit
 //! instead of acknowledging it, `list` shows the device FAILED with the
 //! cause, the daemon goes on serving reads and refuses writes,
-//! `del` reports that its final commit failed, and once the host has room again the pool opens, `check` is
-//! clean and every write acknowledged before the last successful flush
-//! reads back.
+//! `del` reports that its final commit failed, an open with too little
+//! room made says it could not apply the journal and changes nothing, and
+//! once the host has room again the pool opens, `check` is clean and every
+//! write acknowledged before the last successful flush reads back.
 //!
 //! The metadata file lives on a small tmpfs this test mounts (root only).
 
@@ -195,12 +196,44 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
         "del's error gives the cause and what to do: {stderr}"
     );
 
-    tmpfs.resize("256m");
+    // Too little room made: the open that applies the journal cannot
+    // commit; it says so, and the pool is as it was.
+    let check = || {
+        let mut c = pool.cmd();
+        c.arg("check");
+        pool_args(&mut c);
+        let checked = run_ok(&mut c);
+        assert!(checked.contains("clean"), "{checked}");
+        checked
+    };
+    let records: u64 = check()
+        .lines()
+        .find_map(|l| l.strip_prefix("journal: ")?.split(' ').next()?.parse().ok())
+        .expect("check reports the journal's records");
+    // Thousands of map changes need far more than 16 KiB of new metadata.
+    assert!(
+        records > 1000,
+        "{records} journal records: too few to prove anything"
+    );
+    tmpfs.resize("4112k");
     let mut c = pool.cmd();
-    c.arg("check");
+    c.arg("add")
+        .arg("--nbd")
+        .arg(format!("unix:{}", socket.display()));
     pool_args(&mut c);
-    let checked = run_ok(&mut c);
-    assert!(checked.contains("clean"), "{checked}");
+    let out = run(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "add with too little room: {stderr}");
+    assert!(
+        stderr.contains(&format!("applying the {records} journal records"))
+            && stderr.contains("No space left on device")
+            && stderr.contains("nothing was lost"),
+        "{stderr}"
+    );
+    check();
+
+    tmpfs.resize("256m");
+    check();
 
     add(&pool);
     let mut client = NbdClient::connect(&socket).unwrap();

@@ -80,6 +80,16 @@ pub enum VolumeError {
     BadSize(u64),
     #[error("the pool's journal does not fit its map ({0}); nothing was changed")]
     Journal(String),
+    /// The commit that applies the journal at open failed: the pool is as
+    /// it was (the journal stays until a commit takes it).
+    #[error(
+        "applying the {records} journal records synced after the last commit: {source} \
+         (nothing was lost: they are applied at the next open)"
+    )]
+    Replay {
+        records: usize,
+        source: fscore::Error,
+    },
     /// The last commit (at close) failed: changes since the last completed
     /// flush may be lost; what a flush made durable is kept.
     #[error("the final commit failed: {0}")]
@@ -491,7 +501,10 @@ fn apply_journal(pool: &Pool, device: JournalDevice) -> Result<(), VolumeError> 
         &found.records[..found.last_sync_from]
     };
     journal::replay(pool, records, pool.generation()).map_err(VolumeError::Journal)?;
-    pool.commit()?;
+    pool.commit().map_err(|source| VolumeError::Replay {
+        records: records.len(),
+        source,
+    })?;
     log::info!(
         "volume {VOLUME_ID}: applied {} journal records after the last commit",
         records.len()
