@@ -50,6 +50,10 @@ impl AlignedBuf {
         // SAFETY: ptr is valid for len bytes and uniquely borrowed.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr is valid for len bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
 }
 
 impl Drop for AlignedBuf {
@@ -161,13 +165,14 @@ impl FileStorage {
         Ok(())
     }
 
-    /// Submits the prepared entries and waits for all of them; each must
-    /// transfer exactly its expected byte count.
+    /// Submits the prepared entries and waits for all of them. An error
+    /// completion fails the call; entries that transferred fewer bytes than
+    /// expected are returned as (entry, bytes transferred).
     fn run(
         &mut self,
         entries: &[io_uring::squeue::Entry],
         expected_bytes: &[usize],
-    ) -> io::Result<()> {
+    ) -> io::Result<Vec<(usize, usize)>> {
         self.check_no_flush_in_flight()?;
         for entry in entries {
             // SAFETY: every buffer an entry points to outlives this call.
@@ -176,19 +181,37 @@ impl FileStorage {
         }
         let mut done = 0;
         let mut failure = None;
+        let mut short = Vec::new();
         while done < entries.len() {
             self.ring.submit_and_wait(entries.len() - done)?;
             for cqe in self.ring.completion() {
                 done += 1;
-                let expected = expected_bytes[cqe.user_data() as usize];
+                let slot = cqe.user_data() as usize;
                 if cqe.result() < 0 {
                     failure = Some(io::Error::from_raw_os_error(-cqe.result()));
-                } else if cqe.result() as usize != expected {
-                    failure = Some(io::Error::new(io::ErrorKind::UnexpectedEof, "short I/O"));
+                } else if cqe.result() as usize != expected_bytes[slot] {
+                    short.push((slot, cqe.result() as usize));
                 }
             }
         }
-        failure.map_or(Ok(()), Err)
+        failure.map_or(Ok(short), Err)
+    }
+
+    /// Writes what a short write left of `pieces` (laid end to end from
+    /// `offset`), past its first `written` bytes, with plain pwrite: that
+    /// either completes it or fails with the reason the write stopped
+    /// short (ENOSPC, EFBIG), rather than a bare short count.
+    fn write_rest(&self, offset: u64, pieces: &[&[u8]], mut written: usize) -> io::Result<()> {
+        let mut at = offset;
+        for piece in pieces {
+            let skip = written.min(piece.len());
+            written -= skip;
+            if skip < piece.len() {
+                self.file.write_all_at(&piece[skip..], at + skip as u64)?;
+            }
+            at += piece.len() as u64;
+        }
+        Ok(())
     }
 
     fn write_runs(
@@ -233,6 +256,8 @@ impl FileStorage {
         let mut entries = Vec::with_capacity(runs.len());
         let mut expected = Vec::with_capacity(runs.len());
         let mut at = 0;
+        // Where each staged run sits in the staging buffer.
+        let mut staged_at = vec![0; runs.len()];
         let base = self.staging.ptr;
         let staging = self.staging.as_mut_slice();
         for (slot, ((start, members, len), direct)) in runs.iter().zip(&direct).enumerate() {
@@ -262,6 +287,7 @@ impl FileStorage {
                 // SAFETY: `at` is within the staging buffer, which outlives
                 // the submission (`run` waits for every completion).
                 let ptr = unsafe { base.add(at) };
+                staged_at[slot] = at;
                 at += len.next_multiple_of(DIRECT_ALIGN_BYTES);
                 opcode::Write::new(fd, ptr, *len as u32)
                     .offset(*start)
@@ -270,7 +296,17 @@ impl FileStorage {
             entries.push(entry.user_data(slot as u64));
             expected.push(*len);
         }
-        self.run(&entries, &expected)
+        for (slot, written) in self.run(&entries, &expected)? {
+            let (start, members, len) = &runs[slot];
+            let pieces: Vec<&[u8]> = if direct[slot] {
+                members.iter().map(|index| writes[*index].1).collect()
+            } else {
+                let at = staged_at[slot];
+                vec![&self.staging.as_slice()[at..at + len]]
+            };
+            self.write_rest(*start, &pieces, written)?;
+        }
+        Ok(())
     }
 
     /// An fdatasync of the device (what `flush_begin` submits).
@@ -313,7 +349,9 @@ impl Storage for FileStorage {
             .offset(offset)
             .build()
             .user_data(0);
-        self.run(&[entry], &[buf.len()])?;
+        if !self.run(&[entry], &[buf.len()])?.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read"));
+        }
         buf.copy_from_slice(&self.read_buf.as_mut_slice()[..buf.len()]);
         Ok(())
     }
