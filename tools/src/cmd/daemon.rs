@@ -1,9 +1,46 @@
 //! What the NBD and ublk daemons share when `add` forks them: the pipe a
-//! daemon reports on, and leaving the caller's session for a log file.
+//! daemon reports on, leaving the caller's session for a log file, and
+//! watching the pool for a failure.
 
 use anyhow::{Context, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use ublk_target::volume::Volume;
+
+/// How often a daemon looks whether its pool stopped writing.
+const FAILURE_POLL: Duration = Duration::from_secs(1);
+
+/// Watches the pool from a thread until the returned sender is dropped.
+/// Once the pool stops writing (a full metadata device, say), records the
+/// failure under `device()` (the device's name in the run directory, None
+/// until it is known), so `list` shows it while the daemon still serves
+/// reads and `del` reports it.
+pub fn watch_for_failure(
+    volume: Arc<Volume>,
+    device: impl Fn() -> Option<String> + Send + 'static,
+) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let watcher = std::thread::Builder::new()
+        .name("failure-watch".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(FAILURE_POLL)
+            {
+                if let (Some(failure), Some(device)) = (volume.failure(), device()) {
+                    log::error!("{device}: the pool stopped writing: {failure}");
+                    let reason = format!("the pool stopped writing: {failure}");
+                    super::registry::record_failure(&device, std::process::id(), &reason);
+                    return;
+                }
+            }
+        });
+    if let Err(e) = watcher {
+        log::warn!("no failure watcher ({e}): list will not show a failed pool");
+    }
+    stop
+}
 
 /// A close-on-exec pipe: (read end, write end).
 pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {

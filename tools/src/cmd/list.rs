@@ -38,6 +38,9 @@ pub fn run(args: &ListArgs) -> Result<()> {
             let mut v = serde_json::to_value(e).expect("entry serializes");
             v["kind"] = "nbd".into();
             v["state"] = state(e).into();
+            if let Some(failure) = e.live_failure() {
+                v["failure"] = failure.into();
+            }
             v
         }));
         return print_json(true, &list);
@@ -53,7 +56,7 @@ pub fn run(args: &ListArgs) -> Result<()> {
             e.meta.display(),
             e.data.display()
         );
-        if let (true, Some(failure)) = (e.daemon_running(), &e.failure) {
+        if let Some(failure) = e.live_failure() {
             println!("  failed: {failure} (reads only; del, fix the cause, add again)");
         }
     }
@@ -62,10 +65,12 @@ pub fn run(args: &ListArgs) -> Result<()> {
 
 /// LIVE, FAILED (running, its pool no longer writes) or DEAD.
 fn state(entry: &registry::Entry) -> &'static str {
-    match (entry.daemon_running(), &entry.failure) {
-        (true, None) => "LIVE",
-        (true, Some(_)) => "FAILED",
-        (false, _) => "DEAD",
+    if !entry.daemon_running() {
+        "DEAD"
+    } else if entry.live_failure().is_some() {
+        "FAILED"
+    } else {
+        "LIVE"
     }
 }
 

@@ -5,7 +5,7 @@
 //! exits. SIGTERM or SIGINT stop the daemon cleanly: it stops accepting,
 //! finishes in-flight requests, commits, unregisters and exits.
 
-use super::daemon::{detach, pipe};
+use super::daemon::{detach, pipe, watch_for_failure};
 use super::registry::{self, Entry};
 use super::size::human;
 use crate::cli::AddArgs;
@@ -176,7 +176,6 @@ async fn serve_volume(
         size_bytes: volume.size_bytes(),
         log: spec.log.clone(),
         started: registry::start_time(std::process::id()),
-        failure: None,
     };
     registry::publish(&entry)?;
     let info = usage(&entry);
@@ -193,41 +192,18 @@ async fn serve_volume(
         human(volume.size_bytes()),
         entry.uri
     );
-    let watch = tokio::task::spawn_local(mark_failure(entry, volume.clone()));
-    let served = serve(listener, handle, export, async move {
+    let id = spec.id;
+    let _watching = watch_for_failure(volume.clone(), move || Some(registry::nbd_device(id)));
+    serve(listener, handle, export, async move {
         stop.await;
         log::info!("nbd daemon {}: stopping", spec.id);
     })
-    .await;
-    watch.abort();
-    served?;
+    .await?;
     Ok(())
 }
 
 /// The export of `size_bytes` this project serves: named `EXPORT_NAME`,
 /// any sector-aligned request, whole data blocks preferred.
-/// How often the daemon looks whether its pool stopped writing.
-const FAILURE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Marks the registry entry once the pool stops writing, so `list` shows
-/// the device FAILED with the reason while it still serves reads.
-async fn mark_failure(mut entry: Entry, volume: std::sync::Arc<Volume>) {
-    loop {
-        tokio::time::sleep(FAILURE_POLL).await;
-        if let Some(failure) = volume.failure() {
-            log::error!(
-                "nbd daemon {}: the pool stopped writing: {failure}",
-                entry.id
-            );
-            entry.failure = Some(failure);
-            if let Err(e) = registry::publish(&entry) {
-                log::warn!("nbd daemon {}: marking its entry failed: {e:#}", entry.id);
-            }
-            return;
-        }
-    }
-}
-
 pub fn export(size_bytes: u64) -> Export {
     Export {
         name: EXPORT_NAME.into(),

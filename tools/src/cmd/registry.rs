@@ -32,10 +32,6 @@ pub struct Entry {
     /// in entries written before it was recorded.
     #[serde(default)]
     pub started: Option<u64>,
-    /// Set by the daemon once its pool stopped writing (say, a full
-    /// metadata device): it still serves reads; writes and flushes fail.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
 }
 
 impl Entry {
@@ -46,6 +42,12 @@ impl Entry {
             || self
                 .started
                 .is_some_and(|started| start_time(self.pid) != Some(started))
+    }
+
+    /// Why the running daemon's pool stopped writing, if it did (recorded
+    /// by the daemon's failure watcher): it still serves reads.
+    pub fn live_failure(&self) -> Option<String> {
+        peek_failure(&nbd_device(self.id), self.pid).filter(|_| self.daemon_running())
     }
 
     /// Whether the daemon this entry describes is still running: its pid

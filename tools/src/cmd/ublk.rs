@@ -133,16 +133,13 @@ pub fn del(dev_id: Option<u32>, all: bool) -> Result<()> {
     };
     let mut failures = Vec::new();
     for id in ids {
-        let daemon_pid = front::device_info(id).map(|info| info.daemon_pid).ok();
+        let pid = front::device_info(id).ok().as_ref().and_then(daemon_pid);
         if let Err(e) = front::delete(id) {
             failures.push(format!("device {id}: {e}"));
             continue;
         }
         let device = super::registry::ublk_device(id);
-        if let Some(reason) = daemon_pid
-            .filter(|&pid| pid > 0)
-            .and_then(|pid| super::registry::take_failure(&device, pid as u32))
-        {
+        if let Some(reason) = pid.and_then(|pid| super::registry::take_failure(&device, pid)) {
             let message = super::registry::failure_message(&reason, Path::new(DAEMON_LOG));
             failures.push(format!("device {id}: {message}"));
         }
@@ -168,8 +165,15 @@ fn device_infos(dev_id: Option<u32>) -> Result<Vec<front::DeviceInfo>> {
 /// The failure a running daemon recorded for device `info` (its pool
 /// stopped writing), if any.
 fn live_failure(info: &front::DeviceInfo) -> Option<String> {
-    let pid = u32::try_from(info.daemon_pid).ok().filter(|&pid| pid > 0)?;
-    super::registry::peek_failure(&super::registry::ublk_device(info.dev_id), pid)
+    super::registry::peek_failure(
+        &super::registry::ublk_device(info.dev_id),
+        daemon_pid(info)?,
+    )
+}
+
+/// The device's daemon pid, if it has one.
+fn daemon_pid(info: &front::DeviceInfo) -> Option<u32> {
+    u32::try_from(info.daemon_pid).ok().filter(|&pid| pid > 0)
 }
 
 /// Prints ublk devices as ublksrv's `ublk list` does, and a failed pool.
@@ -319,42 +323,6 @@ fn open_volume(meta: &Path, data: &Path) -> Result<Arc<Volume>, VolumeError> {
     }
 }
 
-/// How often a daemon looks whether its pool stopped writing.
-const FAILURE_POLL: Duration = Duration::from_secs(1);
-
-/// Records the failure as soon as the pool stops writing (a full metadata
-/// device, say), so `list` shows it while the device still serves reads.
-/// Watches until the returned sender is dropped.
-fn watch_for_failure(
-    volume: Arc<Volume>,
-    serving: Arc<std::sync::OnceLock<u32>>,
-) -> std::sync::mpsc::Sender<()> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let watcher = std::thread::Builder::new()
-        .name("failure-watch".into())
-        .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                stopped.recv_timeout(FAILURE_POLL)
-            {
-                if let (Some(failure), Some(&dev_id)) = (volume.failure(), serving.get()) {
-                    eprintln!(
-                        "scoutfs-ublk daemon: /dev/ublkb{dev_id}'s pool stopped writing: {failure}"
-                    );
-                    let reason = format!("the pool stopped writing: {failure}");
-                    let device = super::registry::ublk_device(dev_id);
-                    super::registry::record_failure(&device, std::process::id(), &reason);
-                    return;
-                }
-            }
-        });
-    if let Err(e) = watcher {
-        eprintln!(
-            "scoutfs-ublk daemon: no failure watcher ({e}): list will not show a failed pool"
-        );
-    }
-    stop
-}
-
 /// Opens the pool, serves its volume until the device stops, then closes
 /// the pool (a last commit). Each queue thread gets its own volume handle,
 /// doing data I/O through that queue's ring.
@@ -383,7 +351,10 @@ fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'stat
         let _ = serving_id.set(dev_id);
         started(dev_id)
     };
-    let watching = watch_for_failure(volume.clone(), serving.clone());
+    let watched = serving.clone();
+    let watching = super::daemon::watch_for_failure(volume.clone(), move || {
+        watched.get().map(|&id| super::registry::ublk_device(id))
+    });
     let served = front::serve(config, move |_, data_io| shared.handle(data_io), started);
     drop(watching);
     let closed = volume.close();
