@@ -84,7 +84,8 @@ pub(crate) fn label_write(label: DataLabel) -> (u64, Vec<u8>) {
 
 /// Writes the label and makes it durable.
 pub(crate) fn write_label(data: &mut dyn Storage, label: DataLabel) -> Result<()> {
-    data.write_batch(&[(0, &label.encode())])?;
+    let (at, bytes) = label_write(label);
+    data.write_batch(&[(at, &bytes)])?;
     data.flush()?;
     Ok(())
 }
