@@ -297,6 +297,34 @@ test_meta_full() {
     umount /mnt/small
 }
 
+# 9. A daemon that panics (injected, on a thread of its own) dies at once
+#    with its reason recorded: list shows the device's daemon died and
+#    why, del fails with the panic, and the pool, added again, checks
+#    clean and holds what was synced.
+test_panic() {
+    new_pool
+    SCOUTFS_UBLK_INJECT_PANIC_MS=8000 scoutfs-ublk add -n 0 --meta $POOL_META --data $POOL_DATA
+    wait_for $DEV
+    daemon=$(daemon_pid 0)
+    dd if=/dev/urandom of=/tmp/src bs=1M count=4 2>/dev/null
+    dd if=/tmp/src of=$DEV bs=1M oflag=direct conv=fsync
+    wait_gone "$daemon"
+    scoutfs-ublk list -n 0 | tee /tmp/list.txt
+    grep -q "died: the daemon panicked.*SCOUTFS_UBLK_INJECT_PANIC_MS" /tmp/list.txt
+    if scoutfs-ublk del -n 0 2>/tmp/del.err; then
+        echo "del succeeded after the daemon panicked"
+        return 1
+    fi
+    cat /tmp/del.err
+    grep -q "the daemon panicked" /tmp/del.err
+    wait_for ! $DEV
+    check_pool
+    add_dev
+    same_bytes /tmp/src $DEV 4
+    del_dev
+    check_pool
+}
+
 [ "${1:-}" = "--define" ] && return 0
 
 run_test persist 60
@@ -308,4 +336,5 @@ run_test del_busy 60
 run_test sigterm 45
 run_test crash 60
 run_test meta_full 90
+run_test panic 60
 say "GUEST-SUMMARY passed=$passed failed=$failed"

@@ -1,11 +1,12 @@
 //! What the NBD and ublk daemons share when `add` forks them: the pipe a
-//! daemon reports on, leaving the caller's session for a log file, and
-//! watching the pool for a failure.
+//! daemon reports on, leaving the caller's session for a log file,
+//! watching the pool for a failure, and dying of a panic with its reason
+//! recorded.
 
 use anyhow::{Context, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use ublk_target::volume::Volume;
 
@@ -40,6 +41,61 @@ pub fn watch_for_failure(
         log::warn!("no failure watcher ({e}): list will not show a failed pool");
     }
     stop
+}
+
+/// The name the daemon's device has in the run directory, once known.
+static DEVICE: OnceLock<String> = OnceLock::new();
+
+/// Environment variable: a daemon panics this many milliseconds after it
+/// starts serving. A fault injection for tests of what a panic leaves.
+pub const INJECT_PANIC_ENV: &str = "SCOUTFS_UBLK_INJECT_PANIC_MS";
+
+/// Makes a panic on any of the daemon's threads end the daemon, with its
+/// reason recorded for `del` and `list` (under the device's name once
+/// `device_known` gave it). Unwinding would let the other threads go on
+/// serving with whatever state the panic left half-changed; an abort is a
+/// crash, which the pool's journal makes safe: what a completed flush
+/// covered is on disk. The default hook still prints the message (and a
+/// backtrace if asked) to the daemon's log first.
+pub fn abort_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(device) = DEVICE.get() {
+            // One line: `list` and `del` print it.
+            let thread = std::thread::current();
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let reason = format!(
+                "the daemon panicked (thread {}{location}): {}",
+                thread.name().unwrap_or("unnamed"),
+                info.payload_as_str().unwrap_or("a non-text panic")
+            );
+            super::registry::record_failure(device, std::process::id(), &reason);
+        }
+        print(info);
+        std::process::abort();
+    }));
+}
+
+/// Names the daemon's device (`nbd-N`, `ublk-N`) for a panic's record,
+/// and starts the panic `INJECT_PANIC_ENV` asks for, if any.
+pub fn device_known(device: String) {
+    let _ = DEVICE.set(device);
+    let Some(ms) = std::env::var(INJECT_PANIC_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    log::warn!("{INJECT_PANIC_ENV}={ms}: this daemon will panic in {ms} ms");
+    let _ = std::thread::Builder::new()
+        .name("inject-panic".into())
+        .spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            panic!("injected by {INJECT_PANIC_ENV}");
+        });
 }
 
 /// A close-on-exec pipe: (read end, write end).

@@ -1,7 +1,7 @@
 //! `scoutfs-ublk del -n N | -a`: stops devices. An NBD daemon gets SIGTERM
 //! (it finishes in-flight requests and commits) and `del` waits until it
 //! has exited, failing with the daemon's reason when its final commit (or
-//! its serving) failed.
+//! its serving) failed, or when it had died of a panic.
 
 use super::registry::{self, Entry};
 use crate::cli::DelArgs;
@@ -43,6 +43,10 @@ pub fn run(args: &DelArgs) -> Result<()> {
 fn stop(entry: &Entry) -> Result<()> {
     if !entry.daemon_running() {
         registry::release_id(entry.id);
+        // A daemon that panicked recorded why before it aborted.
+        if let Some(reason) = registry::take_failure(&registry::nbd_device(entry.id), entry.pid) {
+            bail!("{}", registry::failure_message(&reason, &entry.log));
+        }
         println!("nbd{}: daemon was not running; entry removed", entry.id);
         return Ok(());
     }

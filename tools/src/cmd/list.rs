@@ -38,7 +38,7 @@ pub fn run(args: &ListArgs) -> Result<()> {
             let mut v = serde_json::to_value(e).expect("entry serializes");
             v["kind"] = "nbd".into();
             v["state"] = state(e).into();
-            if let Some(failure) = e.live_failure() {
+            if let Some(failure) = e.failure() {
                 v["failure"] = failure.into();
             }
             v
@@ -56,8 +56,12 @@ pub fn run(args: &ListArgs) -> Result<()> {
             e.meta.display(),
             e.data.display()
         );
-        if let Some(failure) = e.live_failure() {
-            println!("  failed: {failure} (reads only; del, fix the cause, add again)");
+        match e.failure() {
+            Some(failure) if e.daemon_running() => {
+                println!("  failed: {failure} (reads only; del, fix the cause, add again)")
+            }
+            Some(failure) => println!("  died: {failure} (del, then check and add again)"),
+            None => {}
         }
     }
     Ok(())
@@ -67,7 +71,7 @@ pub fn run(args: &ListArgs) -> Result<()> {
 fn state(entry: &registry::Entry) -> &'static str {
     if !entry.daemon_running() {
         "DEAD"
-    } else if entry.live_failure().is_some() {
+    } else if entry.failure().is_some() {
         "FAILED"
     } else {
         "LIVE"

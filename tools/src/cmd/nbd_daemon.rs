@@ -5,7 +5,7 @@
 //! exits. SIGTERM or SIGINT stop the daemon cleanly: it stops accepting,
 //! finishes in-flight requests, commits, unregisters and exits.
 
-use super::daemon::{detach, pipe, watch_for_failure};
+use super::daemon::{abort_on_panic, detach, device_known, pipe, watch_for_failure};
 use super::registry::{self, Entry};
 use super::size::human;
 use crate::cli::AddArgs;
@@ -123,6 +123,7 @@ fn start(spec: &Spec) -> Result<()> {
 /// Opens the volume and serves it until SIGTERM/SIGINT. `report` is the
 /// pipe to the starting command (None in the foreground: print instead).
 fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
+    abort_on_panic();
     let volume =
         Volume::open(&spec.meta, &spec.data, &VolumeOptions::default()).with_context(|| {
             format!(
@@ -193,6 +194,7 @@ async fn serve_volume(
         entry.uri
     );
     let id = spec.id;
+    device_known(registry::nbd_device(id));
     let _watching = watch_for_failure(volume.clone(), move || Some(registry::nbd_device(id)));
     serve(listener, handle, export, async move {
         stop.await;

@@ -44,10 +44,10 @@ impl Entry {
                 .is_some_and(|started| start_time(self.pid) != Some(started))
     }
 
-    /// Why the running daemon's pool stopped writing, if it did (recorded
-    /// by the daemon's failure watcher): it still serves reads.
-    pub fn live_failure(&self) -> Option<String> {
-        peek_failure(&nbd_device(self.id), self.pid).filter(|_| self.daemon_running())
+    /// Why the daemon failed, if it recorded it: its pool stopped writing
+    /// (a running daemon still serves reads), or it panicked (and is gone).
+    pub fn failure(&self) -> Option<String> {
+        peek_failure(&nbd_device(self.id), self.pid)
     }
 
     /// Whether the daemon this entry describes is still running: its pid

@@ -162,9 +162,9 @@ fn device_infos(dev_id: Option<u32>) -> Result<Vec<front::DeviceInfo>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The failure a running daemon recorded for device `info` (its pool
-/// stopped writing), if any.
-fn live_failure(info: &front::DeviceInfo) -> Option<String> {
+/// The failure the daemon of device `info` recorded, if any: its pool
+/// stopped writing (it still serves reads) or it panicked (it is gone).
+fn recorded_failure(info: &front::DeviceInfo) -> Option<String> {
     super::registry::peek_failure(
         &super::registry::ublk_device(info.dev_id),
         daemon_pid(info)?,
@@ -180,8 +180,12 @@ fn daemon_pid(info: &front::DeviceInfo) -> Option<u32> {
 pub fn list_text(dev_id: Option<u32>) -> Result<()> {
     for info in device_infos(dev_id)? {
         print!("{}", info.ublksrv_text());
-        if let Some(failure) = live_failure(&info) {
-            println!("\tfailed: {failure} (reads only; del, fix the cause, add again)");
+        match recorded_failure(&info) {
+            Some(failure) if daemon_pid(&info).is_some_and(super::registry::alive) => {
+                println!("\tfailed: {failure} (reads only; del, fix the cause, add again)")
+            }
+            Some(failure) => println!("\tdied: {failure} (del, then check and add again)"),
+            None => {}
         }
     }
     Ok(())
@@ -194,7 +198,7 @@ pub fn list_json(dev_id: Option<u32>) -> Result<Vec<serde_json::Value>> {
         .map(|info| {
             let mut value = info.to_json();
             value["kind"] = "ublk".into();
-            if let Some(failure) = live_failure(info) {
+            if let Some(failure) = recorded_failure(info) {
                 value["failure"] = failure.into();
             }
             value
@@ -327,6 +331,7 @@ fn open_volume(meta: &Path, data: &Path) -> Result<Arc<Volume>, VolumeError> {
 /// the pool (a last commit). Each queue thread gets its own volume handle,
 /// doing data I/O through that queue's ring.
 fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'static) -> Result<()> {
+    super::daemon::abort_on_panic();
     let (meta, data) = (&spec.pool.meta, &spec.pool.data);
     let volume = open_volume(meta, data).with_context(|| {
         format!(
@@ -349,6 +354,7 @@ fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'stat
     let serving_id = serving.clone();
     let started = move |dev_id: u32| {
         let _ = serving_id.set(dev_id);
+        super::daemon::device_known(super::registry::ublk_device(dev_id));
         started(dev_id)
     };
     let watched = serving.clone();
