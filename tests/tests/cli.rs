@@ -140,7 +140,24 @@ fn clear_errors_for_bad_pools() {
     let mut check = pool.cmd();
     check.arg("check");
     fails_with(pool.pool_args(&mut check), "in use");
+    pool.del(0);
+    // An address in use: the daemon that could not listen tells `add`
+    // why, and leaves no failure record behind for a later device of its
+    // id.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut busy = pool.cmd();
+    busy.args(["add", "--nbd"])
+        .arg(taken.local_addr().unwrap().to_string());
+    fails_with(pool.pool_args(&mut busy), "Address already in use");
+    let records: Vec<_> = std::fs::read_dir(pool.run_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".failed"))
+        .collect();
+    assert!(records.is_empty(), "left behind: {records:?}");
     // recover is for ublk devices; an NBD export's id says so.
+    let _d = pool.add();
     fails_with(
         pool.cmd().args(["recover", "-n", "0"]),
         "nbd0 is an NBD export",

@@ -138,7 +138,10 @@ fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let served = local.block_on(&rt, serve_volume(spec, &volume, report));
     let closed = volume.close().map_err(anyhow::Error::from);
-    if let Some(e) = served.as_ref().err().or(closed.as_ref().err()) {
+    // Recorded for `del` once the daemon has served (published its
+    // entry); a failure to start reaches `add` through the pipe instead.
+    let published = registry::get(spec.id).is_some_and(|e| e.pid == std::process::id());
+    if let (Some(e), true) = (served.as_ref().err().or(closed.as_ref().err()), published) {
         registry::record_failure(
             &registry::nbd_device(spec.id),
             std::process::id(),
