@@ -12,7 +12,7 @@ use ublk_target::nbd::{serve, Address, Export, Listener};
 use ublk_target::target::{check_range, TargetResult};
 use ublk_target::{BlockTarget, MemTarget};
 
-const SIZE_BYTES: u64 = 32 << 20;
+const SIZE_BYTES: u64 = 128 << 20;
 
 /// MemTarget, except that a read at offset `GATED_OFFSET` waits until a
 /// write lands at `RELEASE_OFFSET`: lets a test hold one request in flight
@@ -619,5 +619,84 @@ fn writes_answered_before_they_are_done_are_bounded_in_bytes() {
         512,
         &[],
     );
+    assert_eq!(c.reply(), (2, 0, vec![(writes - 1) as u8; 512]));
+}
+
+/// A connection's requests hold at most `PAYLOAD_BYTES_IN_FLIGHT_MAX`
+/// bytes of payload: with every write held (a FUA write is answered when
+/// done), the server stops reading the socket once that much is in, and
+/// reads the rest once they are let go (from another connection).
+#[test]
+fn payload_bytes_in_flight_are_bounded() {
+    use ublk_target::nbd::PAYLOAD_BYTES_IN_FLIGHT_MAX;
+    const MIB: usize = 1 << 20;
+    let server = Server::start();
+    let mut c = Client::ready(&server);
+    let room = PAYLOAD_BYTES_IN_FLIGHT_MAX / MIB;
+    let writes = room + 16;
+    assert!(HELD_FROM as usize + writes * MIB <= SIZE_BYTES as usize);
+    let mut stream = Vec::new();
+    for i in 0..writes {
+        let request = Request {
+            flags: CMD_FLAG_FUA,
+            kind: CMD_WRITE,
+            cookie: 100 + i as u64,
+            offset: HELD_FROM + (i * MIB) as u64,
+            length: MIB as u32,
+        };
+        stream.extend_from_slice(&request.encode());
+        stream.extend(std::iter::repeat_n(i as u8, MIB));
+    }
+    // Sends until the server has read nothing for a second and a half.
+    c.s.set_write_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut sent = 0;
+    while sent < stream.len() {
+        match c.s.write(&stream[sent..]) {
+            Ok(n) => sent += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("sending: {e}"),
+        }
+    }
+    // Let go of the held writes (first: a server stopping with writes
+    // held would wait for them); the server reads on, and answers all.
+    let mut other = Client::ready(&server);
+    other.request(CMD_READ, 0, 1, UNHOLD_OFFSET, 512, &[]);
+    assert_eq!(other.reply().1, 0);
+    let request_bytes = REQUEST_HEADER_BYTES + MIB;
+    // The server took every payload that fits (the socket's buffer and
+    // the server's read-ahead hold a little more, well under a request).
+    assert!(
+        sent >= room * request_bytes,
+        "the server stopped reading after {} of {room} payloads that fit",
+        sent / request_bytes
+    );
+    assert!(
+        sent < (room + 2) * request_bytes,
+        "the server read {} requests of 1 MiB while {room} MiB of payload was in flight",
+        sent / request_bytes
+    );
+    c.s.set_write_timeout(None).unwrap();
+    c.send(&stream[sent..]);
+    let mut answered: Vec<(u64, u32)> = (0..writes)
+        .map(|_| {
+            let (cookie, errno, _) = c.reply();
+            (cookie, errno)
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(
+        answered,
+        (0..writes).map(|i| (100 + i as u64, 0)).collect::<Vec<_>>()
+    );
+    let last = HELD_FROM + ((writes - 1) * MIB) as u64;
+    c.request(CMD_READ, 0, 2, last, 512, &[]);
     assert_eq!(c.reply(), (2, 0, vec![(writes - 1) as u8; 512]));
 }

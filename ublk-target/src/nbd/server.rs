@@ -19,7 +19,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Clients served at once; one more is refused with a log line. Each holds
-/// at most `IN_FLIGHT_MAX` requests, so this bounds the server's memory.
+/// at most `IN_FLIGHT_MAX` requests and `PAYLOAD_BYTES_IN_FLIGHT_MAX` bytes
+/// of their payloads, so this bounds the server's memory.
 pub const CONNECTIONS_MAX: usize = 64;
 /// A client that has not chosen an export by then is dropped, so silent
 /// connections cannot hold the slots.

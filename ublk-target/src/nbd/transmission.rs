@@ -5,9 +5,11 @@
 //! answered as soon as the volume accepts it, before its data lands
 //! (`BlockTarget::write_answering`; docs/volume.md).
 //!
-//! At most `IN_FLIGHT_MAX` requests run at once: the reader stops reading
-//! until one finishes, so a client cannot make the server buffer without
-//! bound. The writer batches the replies that are ready into one write.
+//! At most `IN_FLIGHT_MAX` requests, holding at most
+//! `PAYLOAD_BYTES_IN_FLIGHT_MAX` bytes of payload, run at once: the reader
+//! stops reading until one finishes, so a client cannot make the server
+//! buffer without bound. The writer batches the replies that are ready
+//! into one write.
 
 use super::handshake::Session;
 use super::proto::*;
@@ -15,12 +17,20 @@ use crate::aligned::AlignedBuf;
 use crate::target::{BlockTarget, TargetError};
 use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Requests one connection may have in flight: above the kernel nbd
 /// client's and fio's usual queue depths (32-128), and with 32 MiB payloads
 /// it bounds the memory one connection can pin.
 pub const IN_FLIGHT_MAX: usize = 128;
+/// Payload bytes one connection's requests may hold at once: write data
+/// read from the socket and not yet done, read data not yet sent. A
+/// request waits for room before its payload is read (a write) or its
+/// buffer is allocated (a read). Without it, 128 requests of 32 MiB would
+/// let one client pin 4 GiB. Twice the largest payload: one such request
+/// always fits, and 1-2 MiB requests (qemu-img, nbdcopy) keep 32-64 in
+/// flight.
+pub const PAYLOAD_BYTES_IN_FLIGHT_MAX: usize = 2 * PAYLOAD_BYTES_MAX as usize;
 /// Payload bytes of one connection's writes answered before their data
 /// landed (each holds its buffer until then). Past it, writes are answered
 /// when done: with 1 MiB writes and the client's slots freed by early
@@ -45,10 +55,12 @@ pub enum TransmissionError {
 /// bytes and the offset): no allocation per reply.
 type ReplyHeader = smallvec::SmallVec<[u8; 32]>;
 
-/// A reply ready to send: header bytes, then an optional read payload.
+/// A reply ready to send: header bytes, then an optional read payload
+/// (with its share of the connection's payload budget, given back once
+/// it is sent).
 struct Reply {
     header: ReplyHeader,
-    data: Option<AlignedBuf>,
+    data: Option<(AlignedBuf, Option<OwnedSemaphorePermit>)>,
 }
 
 /// Serves requests until the client sends DISC or closes, a framing error,
@@ -68,6 +80,7 @@ where
     let structured = session.structured;
     let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let in_flight = std::sync::Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let payload_room = std::sync::Arc::new(Semaphore::new(PAYLOAD_BYTES_IN_FLIGHT_MAX));
     let (replies, reply_queue) = mpsc::channel::<Reply>(IN_FLIGHT_MAX);
     let writer_task = tokio::task::spawn_local(write_replies(writer, reply_queue));
     // One wait for the whole connection, polled before each header (not a
@@ -108,6 +121,16 @@ where
             .acquire_owned()
             .await
             .expect("semaphore never closed");
+        // A longer read is refused (execute_read) and needs no room.
+        let payload_bytes = match request.kind {
+            CMD_WRITE | CMD_READ => request.length.min(PAYLOAD_BYTES_MAX),
+            _ => 0,
+        };
+        let room = payload_room
+            .clone()
+            .acquire_many_owned(payload_bytes)
+            .await
+            .expect("semaphore never closed");
         let payload = if request.kind == CMD_WRITE {
             let mut buf = AlignedBuf::reuse(request.length as usize);
             if let Err(e) = reader.read_exact(&mut buf).await {
@@ -132,7 +155,11 @@ where
                 write_answering_early(&*target, request, &data, structured, &replies).await;
                 answered_bytes.set(answered_bytes.get() - data.len());
             } else {
-                let reply = execute(&*target, request, payload, session).await;
+                let mut reply = execute(&*target, request, payload, session).await;
+                if let Some((_, budget)) = &mut reply.data {
+                    // A read's buffer: room given back once it is sent.
+                    *budget = Some(room);
+                }
                 // The writer is gone only when the client is: nothing to tell.
                 let _ = replies.send(reply).await;
             }
@@ -276,7 +303,7 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
     if !structured {
         return Reply {
             header: simple_reply(cookie, 0).as_slice().into(),
-            data: Some(buf),
+            data: Some((buf, None)),
         };
     }
     if buf.is_empty() {
@@ -299,7 +326,7 @@ async fn execute_read<T: BlockTarget>(target: &T, request: Request, structured: 
     header.extend_from_slice(&request.offset.to_be_bytes());
     Reply {
         header,
-        data: Some(buf),
+        data: Some((buf, None)),
     }
 }
 
@@ -370,7 +397,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     while let Some(mut reply) = queue.recv().await {
         loop {
             writer.write_all(&reply.header).await?;
-            if let Some(data) = &reply.data {
+            if let Some((data, _)) = &reply.data {
                 writer.write_all(data).await?;
             }
             match queue.try_recv() {
