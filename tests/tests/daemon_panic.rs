@@ -12,7 +12,7 @@ use tests::{run, run_ok, NbdClient, Pool, CMD_FLUSH, CMD_WRITE};
 
 const INJECT_PANIC_ENV: &str = "SCOUTFS_UBLK_INJECT_PANIC_MS";
 /// Long enough to write and flush the blocks below first.
-const PANIC_AFTER_MS: u64 = 3000;
+const PANIC_AFTER_MS: u64 = 5000;
 const BLOCKS: u64 = 256;
 
 fn pattern(block: u64) -> Vec<u8> {
