@@ -112,3 +112,53 @@ fn hostile_clients_do_not_hurt_the_export() {
     let log = std::fs::read_to_string(pool.run_dir().join("nbd-0.log")).unwrap();
     assert!(log.contains("closing") && log.contains("exceeds"), "{log}");
 }
+
+/// A client that fails every request, or reconnects with a broken
+/// handshake (garbage for an option), over and over cannot fill the disk holding the daemon's log:
+/// each kind of line is rate-limited (ublk-target's `log_limit`: at most
+/// `BURST` lines per `WINDOW`, then one line counting the rest).
+#[test]
+fn floods_of_failures_are_logged_at_a_bounded_rate() {
+    const BURST: usize = 10;
+    const WINDOW_SECS: u64 = 5;
+    const FLOOD: u64 = 2000;
+    let pool = Pool::mkfs("64M");
+    let d = pool.add();
+    let started = std::time::Instant::now();
+    let mut c = NbdClient::connect(&d.socket).unwrap();
+    for cookie in 0..FLOOD {
+        c.send(CMD_READ, cookie, 64 << 20, &[], 4096).unwrap();
+    }
+    for _ in 0..FLOOD {
+        assert_eq!(c.reply().unwrap().1, 22, "an out-of-range read is EINVAL");
+    }
+    drop(c);
+    for _ in 0..FLOOD / 10 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        // Client flags, then garbage where an option belongs.
+        s.write_all(&1u32.to_be_bytes()).unwrap();
+        s.write_all(&[0xff; 16]).unwrap();
+        assert!(closed(&mut s));
+    }
+    // Every failure was answered; the export serves on.
+    let mut c = NbdClient::connect(&d.socket).unwrap();
+    assert_eq!(c.read_at(0, 4096).unwrap(), vec![0; 4096]);
+    drop(c);
+    let windows = (started.elapsed().as_secs() / WINDOW_SECS + 1) as usize;
+    pool.del(0);
+    let log = std::fs::read_to_string(pool.run_dir().join("nbd-0.log")).unwrap();
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    let failed = count("failed: ");
+    let handshakes = count("handshake: ");
+    assert!(
+        (1..=BURST * windows).contains(&failed),
+        "{failed} lines of failed requests for {FLOOD} failures in {windows} windows"
+    );
+    assert!(
+        (1..=BURST * windows).contains(&handshakes),
+        "{handshakes} lines of failed handshakes for {} in {windows} windows",
+        FLOOD / 10
+    );
+}

@@ -6,6 +6,8 @@
 //! did, and the caller closes the connection.
 
 use super::proto::*;
+use super::server::CONNECTION_ERRORS;
+use crate::log_limit::log_limited;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Options one client may send before choosing an export: a client looping
@@ -140,7 +142,9 @@ fn answer_option(
         OPT_EXPORT_NAME => {
             if !export.matches(data) {
                 // No error reply exists for this option: the spec says close.
-                log::warn!(
+                log_limited!(
+                    CONNECTION_ERRORS,
+                    log::Level::Warn,
                     "nbd: client asked for unknown export {:?}",
                     String::from_utf8_lossy(data)
                 );

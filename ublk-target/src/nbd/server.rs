@@ -18,6 +18,15 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::log_limit::{log_limited, LogLimit};
+
+/// Lines a client causes per connection, which a reconnecting client
+/// repeats at will: connected and disconnected, and apart from them (so
+/// that many clients coming and going do not hide a hostile one) refused,
+/// failed handshakes and connections closed for an error.
+pub(crate) static CONNECTIONS: LogLimit = LogLimit::new("nbd: connection messages");
+pub(crate) static CONNECTION_ERRORS: LogLimit = LogLimit::new("nbd: connection errors");
+
 /// Clients served at once; one more is refused with a log line. Each holds
 /// at most `IN_FLIGHT_MAX` requests and `PAYLOAD_BYTES_IN_FLIGHT_MAX` bytes
 /// of their payloads, so this bounds the server's memory.
@@ -156,13 +165,21 @@ where
             Ok(pair) => pair,
             Err(e) => {
                 // e.g. EMFILE: keep serving the clients we have.
-                log::warn!("nbd: accept failed: {e}");
+                log_limited!(
+                    CONNECTION_ERRORS,
+                    log::Level::Warn,
+                    "nbd: accept failed: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         if connections.len() >= CONNECTIONS_MAX {
-            log::warn!("nbd: refusing {peer}: already {CONNECTIONS_MAX} clients");
+            log_limited!(
+                CONNECTION_ERRORS,
+                log::Level::Warn,
+                "nbd: refusing {peer}: already {CONNECTIONS_MAX} clients"
+            );
             continue;
         }
         let (target, export, stop) = (target.clone(), export.clone(), stop_rx.clone());
@@ -218,27 +235,45 @@ async fn serve_client<S, T>(
     let session = match tokio::time::timeout(timeout, handshake(&mut stream, export)).await {
         Ok(Ok(Negotiated::Transmission(session))) => session,
         Ok(Ok(Negotiated::Closed)) => {
-            log::info!("nbd: {peer} left during the handshake");
+            log_limited!(
+                CONNECTIONS,
+                log::Level::Info,
+                "nbd: {peer} left during the handshake"
+            );
             return;
         }
         Ok(Err(e)) => {
-            log::warn!("nbd: closing {peer}: handshake: {e}");
+            log_limited!(
+                CONNECTION_ERRORS,
+                log::Level::Warn,
+                "nbd: closing {peer}: handshake: {e}"
+            );
             return;
         }
         Err(_) => {
-            log::warn!("nbd: closing {peer}: no export chosen within {HANDSHAKE_TIMEOUT_MS} ms");
+            log_limited!(
+                CONNECTION_ERRORS,
+                log::Level::Warn,
+                "nbd: closing {peer}: no export chosen within {HANDSHAKE_TIMEOUT_MS} ms"
+            );
             return;
         }
     };
-    log::info!(
+    log_limited!(
+        CONNECTIONS,
+        log::Level::Info,
         "nbd: {peer} connected (structured replies: {}, base:allocation: {})",
         session.structured,
         session.base_allocation
     );
     let (reader, writer) = tokio::io::split(stream);
     match transmission(reader, writer, target, session, stop).await {
-        Ok(()) => log::info!("nbd: {peer} disconnected"),
-        Err(e) => log::warn!("nbd: closing {peer}: {e}"),
+        Ok(()) => log_limited!(CONNECTIONS, log::Level::Info, "nbd: {peer} disconnected"),
+        Err(e) => log_limited!(
+            CONNECTION_ERRORS,
+            log::Level::Warn,
+            "nbd: closing {peer}: {e}"
+        ),
     }
 }
 

@@ -14,6 +14,7 @@
 use super::handshake::Session;
 use super::proto::*;
 use crate::aligned::AlignedBuf;
+use crate::log_limit::{log_limited, LogLimit};
 use crate::target::{BlockTarget, TargetError};
 use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -372,9 +373,16 @@ async fn execute_block_status<T: BlockTarget>(target: &T, request: Request) -> R
     Reply { header, data: None }
 }
 
+/// A client can fail every request it sends (out of range, say).
+static REQUEST_ERRORS: LogLimit = LogLimit::new("nbd: failed requests");
+
 /// The one place a target error becomes an NBD errno.
 fn error_reply(cookie: u64, structured: bool, e: &TargetError) -> Reply {
-    log::warn!("nbd: request {cookie:#x} failed: {e}");
+    log_limited!(
+        REQUEST_ERRORS,
+        log::Level::Warn,
+        "nbd: request {cookie:#x} failed: {e}"
+    );
     let errno = match e {
         TargetError::Invalid(_) => NBD_EINVAL,
         TargetError::NoSpace => NBD_ENOSPC,

@@ -8,6 +8,7 @@
 //! `completion_result` is the one place where an error becomes a negative
 //! errno.
 
+use crate::log_limit::{log_limited, LogLimit};
 use crate::target::{BlockTarget, TargetError, TargetResult, SECTOR_BYTES};
 use libublk::sys;
 
@@ -121,6 +122,10 @@ fn buffer_part(buf: &mut [u8], len: u64) -> TargetResult<&mut [u8]> {
     Ok(&mut buf[..len as usize])
 }
 
+/// A program can fail every request it sends (a corrupted block read in a
+/// loop, say).
+static REQUEST_ERRORS: LogLimit = LogLimit::new("ublk: failed requests");
+
 /// The completion result for the kernel: bytes done, or a negative errno.
 /// This is the only place where a `TargetError` becomes an errno.
 pub(crate) fn completion_result(result: TargetResult<u32>) -> i32 {
@@ -128,7 +133,11 @@ pub(crate) fn completion_result(result: TargetResult<u32>) -> i32 {
         Ok(bytes) => bytes as i32,
         Err(e) => {
             if !matches!(e, TargetError::NotSupported) {
-                log::warn!("ublk: request failed: {e}");
+                log_limited!(
+                    REQUEST_ERRORS,
+                    log::Level::Warn,
+                    "ublk: request failed: {e}"
+                );
             }
             -e.errno()
         }

@@ -28,6 +28,7 @@ use super::journal::Record;
 use super::map::{self, Mapping, BLOCK_BYTES};
 use super::volume::{target_error, Volume};
 use crate::aligned::{is_block_aligned, AlignedBuf};
+use crate::log_limit::{log_limited, LogLimit};
 use crate::target::{check_range, Allocation, BlockTarget, TargetError, TargetResult};
 use fscore::Extent;
 use futures::channel::oneshot;
@@ -35,6 +36,9 @@ use futures::{StreamExt, TryStreamExt};
 use std::cell::RefCell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+
+/// A client can read a corrupted block, or a failing device's, in a loop.
+static DATA_ERRORS: LogLimit = LogLimit::new("volume: data errors");
 
 /// Blocks handled as one unit (1 MiB): bounds the bounce buffer, the lock
 /// range and the allocation of one step of a large request.
@@ -224,7 +228,9 @@ impl<D: DataIo> VolumeHandle<D> {
                 }
             }
         }
-        log::error!(
+        log_limited!(
+            DATA_ERRORS,
+            log::Level::Error,
             "volume {}: checksum mismatch at volume offset {} (data block {})",
             self.volume.volume_id,
             vblock * BLOCK_BYTES,
@@ -420,7 +426,9 @@ impl<D: DataIo> VolumeHandle<D> {
         block: &mut [u8],
     ) -> TargetResult<()> {
         if !self.read_blocks(vblock, &[old], block).await?.is_empty() {
-            log::error!(
+            log_limited!(
+                DATA_ERRORS,
+                log::Level::Error,
                 "volume {}: checksum mismatch at volume offset {}",
                 self.volume.volume_id,
                 vblock * BLOCK_BYTES
@@ -627,7 +635,11 @@ impl<'a> Acceptance<'a> {
         match self.stage.into_inner() {
             Stage::Answered(answered) => {
                 if let Err(e) = &result {
-                    log::error!("write at volume offset {offset} failed after its answer: {e}");
+                    log_limited!(
+                        DATA_ERRORS,
+                        log::Level::Error,
+                        "write at volume offset {offset} failed after its answer: {e}"
+                    );
                 }
                 answered.end(result);
             }
@@ -654,7 +666,9 @@ fn data_error(what: &str, vblock: u64, e: std::io::Error) -> TargetError {
         // The pool had the block; the file system under a sparse data file
         // did not. The client is told ENOSPC, as for a full pool (a thin
         // device's answer), not an I/O error.
-        log::error!(
+        log_limited!(
+            DATA_ERRORS,
+            log::Level::Error,
             "data {what} at volume offset {offset}: {e}: the data device's file system \
              is full (a sparse pool takes host space as it is written; \
              `mkfs --preallocate` reserves it)"
