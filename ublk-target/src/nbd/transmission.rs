@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// Requests one connection may have in flight: above the kernel nbd
-/// client's and fio's usual queue depths (32-128), and with 32 MiB payloads
-/// it bounds the memory one connection can pin.
+/// client's and fio's usual queue depths (32-128). The memory their
+/// payloads pin is bounded apart (`PAYLOAD_BYTES_IN_FLIGHT_MAX`).
 pub const IN_FLIGHT_MAX: usize = 128;
 /// Payload bytes one connection's requests may hold at once: write data
 /// read from the socket and not yet done, read data not yet sent. A
@@ -57,8 +57,8 @@ pub enum TransmissionError {
 type ReplyHeader = smallvec::SmallVec<[u8; 32]>;
 
 /// A reply ready to send: header bytes, then an optional read payload
-/// (with its share of the connection's payload budget, given back once
-/// it is sent).
+/// (with its room in the connection's payload bytes, given back once it
+/// is sent).
 struct Reply {
     header: ReplyHeader,
     data: Option<(AlignedBuf, Option<OwnedSemaphorePermit>)>,
@@ -157,9 +157,9 @@ where
                 answered_bytes.set(answered_bytes.get() - data.len());
             } else {
                 let mut reply = execute(&*target, request, payload, session).await;
-                if let Some((_, budget)) = &mut reply.data {
-                    // A read's buffer: room given back once it is sent.
-                    *budget = Some(room);
+                if let Some((_, held)) = &mut reply.data {
+                    // A read's buffer: its room is given back once sent.
+                    *held = Some(room);
                 }
                 // The writer is gone only when the client is: nothing to tell.
                 let _ = replies.send(reply).await;
