@@ -70,13 +70,24 @@ pub fn abort_on_panic() {
             let reason = format!(
                 "the daemon panicked (thread {}{location}): {}",
                 thread.name().unwrap_or("unnamed"),
-                info.payload_as_str().unwrap_or("a non-text panic")
+                panic_message(info.payload())
             );
             super::registry::record_failure(device, std::process::id(), &reason);
         }
         print(info);
         std::process::abort();
     }));
+}
+
+/// A panic's message: `panic!` carries a `&str` or a `String`.
+/// (`PanicHookInfo::payload_as_str` does this from Rust 1.91 only.)
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    match payload.downcast_ref::<&str>() {
+        Some(text) => text,
+        None => payload
+            .downcast_ref::<String>()
+            .map_or("a non-text panic", String::as_str),
+    }
 }
 
 /// Names the daemon's device (`nbd-N`, `ublk-N`) for a panic's record,
