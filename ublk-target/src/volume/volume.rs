@@ -171,7 +171,7 @@ impl Volume {
         opts: &VolumeOptions,
     ) -> Result<Arc<Volume>, VolumeError> {
         let pool = Pool::open(meta, data, &pool_options(opts))?;
-        Volume::start(pool, data, opts, JournalDevice::File(data))
+        Volume::start(pool, opts, JournalDevice::File(data))
     }
 
     /// `open` on storage given directly (tests use `fscore::SimDisk`; the
@@ -183,17 +183,17 @@ impl Volume {
         opts: &VolumeOptions,
     ) -> Result<Arc<Volume>, VolumeError> {
         let pool = Pool::open_on(meta, data, &pool_options(opts))?;
-        Volume::start(pool, Path::new(""), opts, JournalDevice::Pool)
+        Volume::start(pool, opts, JournalDevice::Pool)
     }
 
     /// Applies the journal (checking its last sync's data on
     /// `journal_device`) and starts the commit thread.
     fn start(
         pool: Pool,
-        data: &Path,
         opts: &VolumeOptions,
         journal_device: JournalDevice,
     ) -> Result<Arc<Volume>, VolumeError> {
+        let data_path = journal_device.path().to_path_buf();
         let size_bytes = pool
             .get(&map::volume_key(VOLUME_ID))?
             .and_then(|v| map::decode_volume(&v))
@@ -210,7 +210,7 @@ impl Volume {
             locks: RangeLocks::default(),
             acked: AckedWrites::default(),
             changes: AtomicU64::new(0),
-            data_path: data.to_path_buf(),
+            data_path,
             opts: opts.clone(),
             queue: Mutex::new(CommitQueue::default()),
             wake_committer: Condvar::new(),
@@ -466,8 +466,6 @@ impl Volume {
     }
 }
 
-/// Applies what syncs made durable after the last commit (the journal)
-/// and commits it, before anything else touches the pool.
 /// Where open reads the data the journal's last sync left mapped.
 enum JournalDevice<'a> {
     /// The data device file, through the page cache.
@@ -476,6 +474,18 @@ enum JournalDevice<'a> {
     Pool,
 }
 
+impl JournalDevice<'_> {
+    /// The data device's path: empty for storage given directly.
+    fn path(&self) -> &Path {
+        match self {
+            JournalDevice::File(path) => path,
+            JournalDevice::Pool => Path::new(""),
+        }
+    }
+}
+
+/// Applies what syncs made durable after the last commit (the journal)
+/// and commits it, before anything else touches the pool.
 fn apply_journal(pool: &Pool, device: JournalDevice) -> Result<(), VolumeError> {
     let found = pool.take_journal();
     if found.records.is_empty() {
