@@ -14,14 +14,10 @@ use ublk_target::volume::Volume;
 const FAILURE_POLL: Duration = Duration::from_secs(1);
 
 /// Watches the pool from a thread until the returned sender is dropped.
-/// Once the pool stops writing (a full metadata device, say), records the
-/// failure under `device()` (the device's name in the run directory, None
-/// until it is known), so `list` shows it while the daemon still serves
-/// reads and `del` reports it.
-pub fn watch_for_failure(
-    volume: Arc<Volume>,
-    device: impl Fn() -> Option<String> + Send + 'static,
-) -> std::sync::mpsc::Sender<()> {
+/// Once the pool stops writing (a full metadata device, say) and the
+/// device is known, records the failure, so `list` shows it while the
+/// daemon still serves reads and `del` reports it.
+pub fn watch_for_failure(volume: Arc<Volume>) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     let watcher = std::thread::Builder::new()
         .name("failure-watch".into())
@@ -29,10 +25,9 @@ pub fn watch_for_failure(
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                 stopped.recv_timeout(FAILURE_POLL)
             {
-                if let (Some(failure), Some(device)) = (volume.failure(), device()) {
+                if let (Some(failure), Some(device)) = (volume.failure(), DEVICE.get()) {
                     log::error!("{device}: the pool stopped writing: {failure}");
-                    let reason = format!("the pool stopped writing: {failure}");
-                    super::registry::record_failure(&device, std::process::id(), &reason);
+                    record_failure(&format!("the pool stopped writing: {failure}"));
                     return;
                 }
             }
@@ -43,8 +38,18 @@ pub fn watch_for_failure(
     stop
 }
 
-/// The name the daemon's device has in the run directory, once known.
+/// The name the daemon's device has in the run directory (`nbd-N`,
+/// `ublk-N`), once it serves.
 static DEVICE: OnceLock<String> = OnceLock::new();
+
+/// Records why this daemon failed, for `del` and `list`, under its
+/// device's name. Nothing before the device is known: a daemon that never
+/// served told `add` why through its pipe.
+pub fn record_failure(reason: &str) {
+    if let Some(device) = DEVICE.get() {
+        super::registry::record_failure(device, std::process::id(), reason);
+    }
+}
 
 /// Environment variable: a daemon panics this many milliseconds after it
 /// starts serving. A fault injection for tests of what a panic leaves.
@@ -60,20 +65,18 @@ pub const INJECT_PANIC_ENV: &str = "SCOUTFS_UBLK_INJECT_PANIC_MS";
 pub fn abort_on_panic() {
     let print = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if let Some(device) = DEVICE.get() {
-            // One line: `list` and `del` print it.
-            let thread = std::thread::current();
-            let location = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()))
-                .unwrap_or_default();
-            let reason = format!(
-                "the daemon panicked (thread {}{location}): {}",
-                thread.name().unwrap_or("unnamed"),
-                panic_message(info.payload())
-            );
-            super::registry::record_failure(device, std::process::id(), &reason);
-        }
+        // One line: `list` and `del` print it.
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let reason = format!(
+            "the daemon panicked (thread {}{location}): {}",
+            thread.name().unwrap_or("unnamed"),
+            panic_message(info.payload())
+        );
+        record_failure(&reason);
         print(info);
         std::process::abort();
     }));

@@ -56,12 +56,8 @@ pub fn run(args: &ListArgs) -> Result<()> {
             e.meta.display(),
             e.data.display()
         );
-        match e.failure() {
-            Some(failure) if e.daemon_running() => {
-                println!("  failed: {failure} (reads only; del, fix the cause, add again)")
-            }
-            Some(failure) => println!("  died: {failure} (del, then check and add again)"),
-            None => {}
+        if let Some(failure) = e.failure() {
+            println!("  {}", registry::failure_line(&failure, e.daemon_running()));
         }
     }
     Ok(())

@@ -5,7 +5,9 @@
 //! exits. SIGTERM or SIGINT stop the daemon cleanly: it stops accepting,
 //! finishes in-flight requests, commits, unregisters and exits.
 
-use super::daemon::{abort_on_panic, detach, device_known, pipe, watch_for_failure};
+use super::daemon::{
+    abort_on_panic, detach, device_known, pipe, record_failure, watch_for_failure,
+};
 use super::registry::{self, Entry};
 use super::size::human;
 use crate::cli::AddArgs;
@@ -138,15 +140,10 @@ fn run(spec: &Spec, report: Option<&mut std::fs::File>) -> Result<()> {
     let local = tokio::task::LocalSet::new();
     let served = local.block_on(&rt, serve_volume(spec, &volume, report));
     let closed = volume.close().map_err(anyhow::Error::from);
-    // Recorded for `del` once the daemon has served (published its
-    // entry); a failure to start reaches `add` through the pipe instead.
-    let published = registry::get(spec.id).is_some_and(|e| e.pid == std::process::id());
-    if let (Some(e), true) = (served.as_ref().err().or(closed.as_ref().err()), published) {
-        registry::record_failure(
-            &registry::nbd_device(spec.id),
-            std::process::id(),
-            &format!("{e:#}"),
-        );
+    // For `del`, once the daemon has served; a failure to start reaches
+    // `add` through the pipe instead.
+    if let Some(e) = served.as_ref().err().or(closed.as_ref().err()) {
+        record_failure(&format!("{e:#}"));
     }
     registry::release_id(spec.id);
     served?;
@@ -196,9 +193,8 @@ async fn serve_volume(
         human(volume.size_bytes()),
         entry.uri
     );
-    let id = spec.id;
-    device_known(registry::nbd_device(id));
-    let _watching = watch_for_failure(volume.clone(), move || Some(registry::nbd_device(id)));
+    device_known(registry::nbd_device(spec.id));
+    let _watching = watch_for_failure(volume.clone());
     serve(listener, handle, export, async move {
         stop.await;
         log::info!("nbd daemon {}: stopping", spec.id);

@@ -129,6 +129,16 @@ pub fn record_failure(device: &str, pid: u32, reason: &str) {
     let _ = std::fs::write(failure_path(device), format!("{pid}\n{reason}\n"));
 }
 
+/// How `list` shows a recorded failure, and what to do: the daemon is
+/// still `running` (its pool stopped writing) or it died.
+pub fn failure_line(failure: &str, running: bool) -> String {
+    if running {
+        format!("failed: {failure} (reads only; del, fix the cause, add again)")
+    } else {
+        format!("died: {failure} (del, then check and add again)")
+    }
+}
+
 /// What `del` says of a daemon that stopped with an error, and what to do.
 pub fn failure_message(reason: &str, log: &Path) -> String {
     format!(

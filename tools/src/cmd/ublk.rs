@@ -180,12 +180,9 @@ fn daemon_pid(info: &front::DeviceInfo) -> Option<u32> {
 pub fn list_text(dev_id: Option<u32>) -> Result<()> {
     for info in device_infos(dev_id)? {
         print!("{}", info.ublksrv_text());
-        match recorded_failure(&info) {
-            Some(failure) if daemon_pid(&info).is_some_and(super::registry::alive) => {
-                println!("\tfailed: {failure} (reads only; del, fix the cause, add again)")
-            }
-            Some(failure) => println!("\tdied: {failure} (del, then check and add again)"),
-            None => {}
+        if let Some(failure) = recorded_failure(&info) {
+            let running = daemon_pid(&info).is_some_and(super::registry::alive);
+            println!("\t{}", super::registry::failure_line(&failure, running));
         }
     }
     Ok(())
@@ -349,30 +346,20 @@ fn serve_pool(spec: &DaemonSpec, started: impl FnOnce(u32) + Send + Sync + 'stat
         target_data: spec.pool.to_json(),
     };
     let shared = volume.clone();
-    // The device's id once live: a failure is recorded under it for `del`.
-    let serving = Arc::new(std::sync::OnceLock::new());
-    let serving_id = serving.clone();
+    // Once live, failures are recorded under the device's name for `del`.
     let started = move |dev_id: u32| {
-        let _ = serving_id.set(dev_id);
         super::daemon::device_known(super::registry::ublk_device(dev_id));
         started(dev_id)
     };
-    let watched = serving.clone();
-    let watching = super::daemon::watch_for_failure(volume.clone(), move || {
-        watched.get().map(|&id| super::registry::ublk_device(id))
-    });
+    let watching = super::daemon::watch_for_failure(volume.clone());
     let served = front::serve(config, move |_, data_io| shared.handle(data_io), started);
     drop(watching);
     let closed = volume.close();
     let result = served
         .map_err(anyhow::Error::from)
         .and_then(|_| Ok(closed?));
-    if let (Err(e), Some(&dev_id)) = (&result, serving.get()) {
-        super::registry::record_failure(
-            &super::registry::ublk_device(dev_id),
-            std::process::id(),
-            &format!("{e:#}"),
-        );
+    if let Err(e) = &result {
+        super::daemon::record_failure(&format!("{e:#}"));
     }
     result
 }
