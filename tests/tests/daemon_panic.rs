@@ -7,6 +7,7 @@
 //! The panic is injected (`SCOUTFS_UBLK_INJECT_PANIC_MS`) on a thread of
 //! its own, as a panic in the pool's commit thread would come.
 
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 use tests::{run, run_ok, NbdClient, Pool, CMD_FLUSH, CMD_WRITE};
 
@@ -32,6 +33,22 @@ fn a_panicking_daemon_dies_with_its_reason_and_loses_no_flushed_write() {
             .arg(format!("unix:{}", socket.display()));
         if inject {
             c.env(INJECT_PANIC_ENV, PANIC_AFTER_MS.to_string());
+            // The abort would leave a core file wherever the machine's
+            // limit allows one: the daemon inherits a limit of none.
+            // SAFETY: setrlimit only, between fork and exec.
+            unsafe {
+                c.pre_exec(|| {
+                    let none = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_CORE, &none) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
         }
         run_ok(pool.pool_args(&mut c));
     };
