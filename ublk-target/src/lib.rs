@@ -6,14 +6,12 @@
 //!   (`TargetError`), and `MemTarget`, an in-memory target for front-end
 //!   tests.
 //! - `aligned`: `AlignedBuf`, 4096-aligned buffers for O_DIRECT.
-//! - `log_limit`: rate limits for the log lines a client can cause.
 //! - `nbd`: the NBD front end (handshake, transmission, listener).
 //! - `volume`: the volume engine (map in fscore's btree, copy-on-write data,
 //!   checksums, commits) and `DataIo`, how it reaches the data device.
 //! - `ublk`: the ublk front end (/dev/ublkbN through libublk).
 
 pub mod aligned;
-pub mod log_limit;
 pub mod nbd;
 pub mod target;
 pub mod ublk;

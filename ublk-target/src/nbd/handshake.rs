@@ -7,7 +7,7 @@
 
 use super::proto::*;
 use super::server::CONNECTION_ERRORS;
-use crate::log_limit::log_limited;
+use log_ratelimit::log_limited;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Options one client may send before choosing an export: a client looping

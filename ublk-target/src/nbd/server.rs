@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::log_limit::{log_limited, LogLimit};
+use log_ratelimit::{log_limited, LogLimit};
 
 /// Lines a client causes per connection, which a reconnecting client
 /// repeats at will: connected and disconnected, and apart from them (so

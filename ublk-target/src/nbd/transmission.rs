@@ -14,8 +14,8 @@
 use super::handshake::Session;
 use super::proto::*;
 use crate::aligned::AlignedBuf;
-use crate::log_limit::{log_limited, LogLimit};
 use crate::target::{BlockTarget, TargetError};
+use log_ratelimit::{log_limited, LogLimit};
 use std::rc::Rc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};

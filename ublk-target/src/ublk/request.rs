@@ -8,9 +8,9 @@
 //! `completion_result` is the one place where an error becomes a negative
 //! errno.
 
-use crate::log_limit::{log_limited, LogLimit};
 use crate::target::{BlockTarget, TargetError, TargetResult, SECTOR_BYTES};
 use libublk::sys;
+use log_ratelimit::{log_limited, LogLimit};
 
 /// A request as the front end hands it to the target; offsets and lengths in
 /// bytes.

@@ -4,6 +4,9 @@
 //! the disk holding the daemon's log. Like the kernel's printk_ratelimit:
 //! at most `BURST` lines per `WINDOW` for each kind of event; the lines
 //! past it are counted, and the next line logged says how many.
+//!
+//! Its own crate so that the daemons that share nothing else (the volume's
+//! front ends and lockd) share this.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,6 +54,15 @@ impl LogLimit {
         self.name
     }
 
+    /// Lines logged per window.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Whether one more line may be logged now: `Some(n)`, n being the
     /// lines suppressed since the last one logged, or None (suppressed).
     pub fn admit(&self) -> Option<u64> {
@@ -78,24 +90,28 @@ impl LogLimit {
 
 /// `log::log!` at `level` through the `LogLimit` `limit`: logged while the
 /// limit admits it, after a line saying how many were suppressed before.
+#[macro_export]
 macro_rules! log_limited {
     ($limit:expr, $level:expr, $($arg:tt)+) => {
         if let Some(suppressed) = $limit.admit() {
             if suppressed > 0 {
-                log::log!(
+                $crate::__log::log!(
                     $level,
                     "{}: {} more suppressed (at most {} every {:?})",
                     $limit.name(),
                     suppressed,
-                    $crate::log_limit::BURST,
-                    $crate::log_limit::WINDOW
+                    $limit.burst(),
+                    $limit.window()
                 );
             }
-            log::log!($level, $($arg)+);
+            $crate::__log::log!($level, $($arg)+);
         }
     };
 }
-pub(crate) use log_limited;
+
+/// For `log_limited!`: the `log` crate as this crate sees it.
+#[doc(hidden)]
+pub use log as __log;
 
 #[cfg(test)]
 mod tests {
