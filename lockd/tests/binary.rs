@@ -1,7 +1,9 @@
 //! The `lockd` program: it serves on the address given, `lockd stat` prints a
 //! running daemon's counts (and fails clearly for a wrong cluster id), and
-//! SIGTERM shuts it down cleanly (exit status 0, unix socket file removed).
+//! SIGTERM shuts it down cleanly (exit status 0, unix socket file removed),
+//! and a client failing in a loop cannot grow its log without bound.
 
+use std::io::{Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -37,6 +39,11 @@ fn start(listen: &str) -> Daemon {
 /// got: no port picked by the test that something else may take first).
 /// Its log goes on being drained so the daemon never blocks on it.
 fn listening_on(daemon: &mut Daemon) -> String {
+    listening_on_with_log(daemon).0
+}
+
+/// `listening_on`, and the rest of the daemon's log once it exits.
+fn listening_on_with_log(daemon: &mut Daemon) -> (String, std::thread::JoinHandle<Vec<String>>) {
     use std::io::BufRead;
     let stderr = daemon.0.stderr.take().expect("stderr is piped");
     let mut lines = std::io::BufReader::new(stderr).lines();
@@ -45,8 +52,8 @@ fn listening_on(daemon: &mut Daemon) -> String {
         let line = line.expect("reading lockd's log");
         if let Some(rest) = line.split("lockd listening on ").nth(1) {
             let endpoint = rest.split(',').next().unwrap().to_string();
-            std::thread::spawn(move || lines.for_each(drop));
-            return endpoint;
+            let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+            return (endpoint, rest);
         }
         seen.push(line);
     }
@@ -114,4 +121,50 @@ fn a_unix_socket_daemon_removes_its_socket_on_sigterm() {
     assert!(path.exists());
     assert!(terminate(daemon).success());
     assert!(!path.exists(), "socket file left behind");
+}
+
+#[test]
+fn a_flood_of_bad_connections_is_logged_at_a_bounded_rate() {
+    // log-ratelimit's defaults: 10 lines of a kind per 5 s window.
+    const BURST: usize = 10;
+    const WINDOW_SECS: u64 = 5;
+    const FLOOD: usize = 1000;
+    let mut daemon = start("127.0.0.1:0");
+    let (addr, log) = listening_on_with_log(&mut daemon);
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        // Not a greeting: the daemon closes the connection.
+        stream.write_all(&[0xff; 64]).unwrap();
+        let mut buf = [0u8; 256];
+        loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) => panic!("lockd did not close a bad connection: {e}"),
+            }
+        }
+    }
+    // Every bad connection was closed; the daemon serves on.
+    assert!(stat_when_up(&addr).status.success());
+    let windows = (started.elapsed().as_secs() / WINDOW_SECS + 1) as usize;
+    assert!(terminate(daemon).success());
+    let log = log.join().unwrap();
+    let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();
+    let closed = count("closed: ");
+    let closing = count("closing connection ");
+    assert!(
+        closed + closing > 0,
+        "no line for {FLOOD} bad connections; the log:\n{}",
+        log.join("\n")
+    );
+    assert!(
+        closed <= BURST * windows && closing <= BURST * windows,
+        "{closed} lines of closed connections and {closing} of connections closed \
+         for cause, for {FLOOD} bad connections in {windows} windows"
+    );
 }

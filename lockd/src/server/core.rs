@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
+use log_ratelimit::{log_limited, LogLimit};
 
 use super::locks::{ClientId, LockAction, LockServer};
 use crate::net::{Received, Session};
@@ -14,6 +15,10 @@ use crate::wire::{
 };
 
 pub type ConnId = u64;
+
+/// A client that opens sessions in a loop causes one line each: limited
+/// (as the daemon's per-connection lines are).
+static SESSIONS_ENDED: LogLimit = LogLimit::new("lockd: sessions ended by their grace period");
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -557,7 +562,11 @@ impl ServerCore {
             .collect();
         expired.sort_unstable();
         for client in expired {
-            log::info!("client {client:#x}: grace period over, releasing its locks");
+            log_limited!(
+                SESSIONS_ENDED,
+                log::Level::Info,
+                "client {client:#x}: grace period over, releasing its locks"
+            );
             self.end_session(now_us, client, out);
         }
         let mut actions = std::mem::take(&mut self.actions);

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use log_ratelimit::{log_limited, LogLimit};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -25,6 +26,13 @@ const EVENTS_QUEUE_MAX: usize = 1024;
 const EVENTS_PER_WAKE_MAX: usize = 64;
 /// Timer resolution for heartbeats, timeouts, grace and recovery.
 const TICK_MS: u64 = 50;
+
+// A client that connects in a loop, or sends garbage in a loop, must not
+// fill the disk holding the daemon's log: the lines it can cause once per
+// connection are rate-limited, each kind on its own.
+static CONNECTIONS: LogLimit = LogLimit::new("lockd: connection messages");
+static CONNECTION_ERRORS: LogLimit = LogLimit::new("lockd: connections closed for cause");
+static ACCEPT_ERRORS: LogLimit = LogLimit::new("lockd: accept failures");
 
 enum CoreEvent {
     Accepted(u64, Arc<Outbox>),
@@ -115,7 +123,7 @@ async fn accept_loop(listener: Arc<Listener>, events: mpsc::Sender<CoreEvent>) {
             }
             Err(error) => {
                 // Out of descriptors and the like: wait, do not spin.
-                log::warn!("accept failed: {error}");
+                log_limited!(ACCEPT_ERRORS, log::Level::Warn, "accept failed: {error}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -198,7 +206,11 @@ fn handle_event(
         CoreEvent::Conn(ConnEvent::Closed(conn, reason)) => {
             if let Some((outbox, _)) = outboxes.conns.remove(&conn) {
                 outbox.close();
-                log::info!("connection {conn} closed: {reason}");
+                log_limited!(
+                    CONNECTIONS,
+                    log::Level::Info,
+                    "connection {conn} closed: {reason}"
+                );
                 core.handle(now_us, ServerInput::Disconnected(conn), out);
             }
         }
@@ -228,7 +240,11 @@ fn flush(core: &mut ServerCore, now_us: u64, out: &mut Vec<ServerOutput>, outbox
                         // A refusal's reply goes out before the close.
                         outbox.append(&mut staging);
                         outbox.close();
-                        log::warn!("closing connection {conn}: {reason}");
+                        log_limited!(
+                            CONNECTION_ERRORS,
+                            log::Level::Warn,
+                            "closing connection {conn}: {reason}"
+                        );
                     }
                 }
             }
@@ -240,7 +256,11 @@ fn flush(core: &mut ServerCore, now_us: u64, out: &mut Vec<ServerOutput>, outbox
             if outbox.append(staging) > OUTBOX_MAX_BYTES {
                 outbox.close();
                 outboxes.conns.remove(&conn);
-                log::warn!("closing connection {conn}: peer does not read ({OUTBOX_MAX_BYTES} bytes queued)");
+                log_limited!(
+                    CONNECTION_ERRORS,
+                    log::Level::Warn,
+                    "closing connection {conn}: peer does not read ({OUTBOX_MAX_BYTES} bytes queued)"
+                );
                 core.handle(now_us, ServerInput::Disconnected(conn), out);
             }
         }
