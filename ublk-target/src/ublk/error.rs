@@ -9,12 +9,10 @@ pub enum FrontEndError {
     /// A libublk call failed; `what` says which step.
     #[error("{what}: {detail}")]
     Ublk { what: String, detail: String },
-    /// A system call or file operation failed.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    /// A system call or file operation failed. The cause is in the
+    /// message, not the error's source (`{:#}` would print it twice).
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     /// Bad arguments or a device in the wrong state.
     #[error("{0}")]
     Invalid(String),
@@ -40,21 +38,47 @@ impl FrontEndError {
     pub(crate) fn errno(what: impl Into<String>, res: i32) -> FrontEndError {
         FrontEndError::Io {
             what: what.into(),
-            source: std::io::Error::from_raw_os_error(res.abs()),
+            cause: std::io::Error::from_raw_os_error(res.abs()),
         }
     }
 
     pub(crate) fn sys(what: impl Into<String>, e: nix::Error) -> FrontEndError {
         FrontEndError::Io {
             what: what.into(),
-            source: std::io::Error::from(e),
+            cause: std::io::Error::from(e),
         }
     }
 
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> FrontEndError {
+    pub(crate) fn io(what: impl Into<String>, cause: std::io::Error) -> FrontEndError {
         FrontEndError::Io {
             what: what.into(),
-            source,
+            cause,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error and its sources as `{:#}` prints them (anyhow, the CLI).
+    fn with_sources(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut next = e.source();
+        while let Some(source) = next {
+            text += &format!(": {source}");
+            next = source.source();
+        }
+        text
+    }
+
+    #[test]
+    fn the_cause_of_a_failed_call_is_printed_once() {
+        let e = FrontEndError::errno("opening /dev/ublkc7", -libc::ENOENT);
+        let text = with_sources(&e);
+        assert_eq!(
+            text,
+            "opening /dev/ublkc7: No such file or directory (os error 2)"
+        );
     }
 }

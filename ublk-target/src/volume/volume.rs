@@ -81,14 +81,16 @@ pub enum VolumeError {
     #[error("the pool's journal does not fit its map ({0}); nothing was changed")]
     Journal(String),
     /// The commit that applies the journal at open failed: the pool is as
-    /// it was (the journal stays until a commit takes it).
+    /// it was (the journal stays until a commit takes it). The cause is in
+    /// the message, mid-sentence, so it is not also the error's source
+    /// (which `{:#}` would print a second time).
     #[error(
-        "applying the {records} journal records synced after the last commit: {source} \
+        "applying the {records} journal records synced after the last commit: {cause} \
          (nothing was lost: they are applied at the next open)"
     )]
     Replay {
         records: usize,
-        source: fscore::Error,
+        cause: fscore::Error,
     },
     /// The last commit (at close) failed: changes since the last completed
     /// flush may be lost; what a flush made durable is kept.
@@ -511,9 +513,9 @@ fn apply_journal(pool: &Pool, device: JournalDevice) -> Result<(), VolumeError> 
         &found.records[..found.last_sync_from]
     };
     journal::replay(pool, records, pool.generation()).map_err(VolumeError::Journal)?;
-    pool.commit().map_err(|source| VolumeError::Replay {
+    pool.commit().map_err(|cause| VolumeError::Replay {
         records: records.len(),
-        source,
+        cause,
     })?;
     log::info!(
         "volume {VOLUME_ID}: applied {} journal records after the last commit",
