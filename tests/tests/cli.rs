@@ -2,10 +2,11 @@
 //! a missing device, a pool in use, a wrong format, a bad size and a
 //! polling time past its bound, TCP
 //! serving with the real port in the URI, `list` text and JSON, `dump`,
-//! and `del -a` stopping every daemon cleanly.
+//! `del -a` stopping every daemon cleanly, and the warning for a sparse
+//! pool larger than the free space of its file system.
 
 use std::process::Command;
-use tests::{binary, require_tool, run, run_ok, Pool};
+use tests::{binary, require_tool, run, run_ok, Pool, Tmpfs};
 
 fn fails_with(c: &mut Command, needle: &str) {
     let out = run(c);
@@ -683,4 +684,68 @@ fn add_refuses_a_stale_copy_of_the_data_device() {
     let d = pool.add();
     d.qemu_io_ok(&["read -P 0x33 0 64k"]);
     pool.del(0);
+}
+
+#[test]
+fn mkfs_and_add_warn_of_a_sparse_pool_larger_than_its_file_system() {
+    // SAFETY: geteuid has no preconditions.
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test mounts a small tmpfs for the pool: run it as root"
+    );
+    let base = binary().parent().unwrap().join("e2e");
+    std::fs::create_dir_all(&base).unwrap();
+    let pool = Pool {
+        dir: tempfile::tempdir_in(base).unwrap(),
+    };
+    let small = Tmpfs::mount(&pool.dir.path().join("small"), "96m");
+    let files = |name: &str| {
+        (
+            small.path.join(format!("{name}.meta")),
+            small.path.join(format!("{name}.data")),
+        )
+    };
+    let mkfs = |size: &str, (meta, data): &(std::path::PathBuf, std::path::PathBuf)| {
+        run(pool
+            .cmd()
+            .args(["mkfs", "--size", size, "--meta"])
+            .arg(meta)
+            .arg("--data")
+            .arg(data))
+    };
+    let warning = "can still grow by";
+
+    // 1 GiB (and its metadata and slack) in sparse files on 96 MiB: made,
+    // with the warning naming the free space and the way out.
+    let big = files("big");
+    let out = mkfs("1G", &big);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(warning)
+            && stderr.contains("has 96.0 MiB free")
+            && stderr.contains("--preallocate"),
+        "{stderr}"
+    );
+    // `add` says it again, and serves.
+    let socket = pool.dir.path().join("nbd.sock");
+    let out = run(pool
+        .cmd()
+        .args(["add", "--nbd"])
+        .arg(format!("unix:{}", socket.display()))
+        .arg("--meta")
+        .arg(&big.0)
+        .arg("--data")
+        .arg(&big.1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains(warning), "{stderr}");
+    pool.del(0);
+
+    // A pool that fits what is free: no warning.
+    let out = mkfs("8M", &files("fits"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("warning"),
+        "{stderr}"
+    );
 }

@@ -12,46 +12,14 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+
 use std::process::Command;
-use tests::{run, run_ok, NbdClient, Pool, CMD_FLUSH, CMD_WRITE};
+use tests::{run, run_ok, NbdClient, Pool, Tmpfs, CMD_FLUSH, CMD_WRITE};
 
 const VOLUME_BYTES: u64 = 1 << 30;
 const BLOCKS: u64 = VOLUME_BYTES / 4096;
 /// Writes between flushes.
 const BATCH: usize = 32;
-
-/// A tmpfs mounted for the test's lifetime.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(path).unwrap();
-        run_ok(
-            Command::new("mount")
-                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-                .arg(path),
-        );
-        Tmpfs {
-            path: path.to_path_buf(),
-        }
-    }
-    fn resize(&self, size: &str) {
-        run_ok(
-            Command::new("mount")
-                .args(["-o", &format!("remount,size={size}")])
-                .arg(&self.path),
-        );
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
 
 /// Block `block`'s contents once written (each block is written once).
 fn pattern(block: u64) -> Vec<u8> {

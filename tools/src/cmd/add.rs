@@ -8,6 +8,9 @@ use std::path::absolute;
 pub fn run(args: &AddArgs) -> Result<()> {
     args.pool.require_devices()?;
     let args = &with_absolute_paths(args)?;
+    if let Some(warning) = super::host_space::shortfall(&[&args.pool.meta, &args.pool.data]) {
+        eprintln!("{warning}");
+    }
     if args.nbd.is_none() && super::ublk::available() {
         super::ublk::add(args)
     } else {

@@ -137,6 +137,9 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
         meta.display(),
         data.display()
     );
+    if let Some(warning) = super::host_space::shortfall(&[meta, data]) {
+        eprintln!("{warning}");
+    }
     Ok(())
 }
 
