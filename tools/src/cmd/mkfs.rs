@@ -128,14 +128,17 @@ pub fn run(args: &MkfsArgs) -> Result<()> {
             )
         })?,
     };
+    // The data device's blocks hold the volume and its copy-on-write slack.
     println!(
-        "pool {:#018x}: volume of {} ({} data blocks), metadata {} at {}, data at {}",
+        "pool {:#018x}: volume of {}, data {} at {} ({} blocks with copy-on-write slack), \
+         metadata {} at {}",
         info.pool_id,
         human(volume_bytes),
+        human(info.data_blocks * BLOCK_BYTES),
+        data.display(),
         info.data_blocks,
         human(meta_bytes),
         meta.display(),
-        data.display()
     );
     if let Some(warning) = super::host_space::shortfall(&[meta, data]) {
         eprintln!("{warning}");
