@@ -17,6 +17,9 @@ pub mod target;
 pub mod ublk;
 pub mod volume;
 
+#[cfg(test)]
+mod test_support;
+
 pub use aligned::AlignedBuf;
 pub use target::{BlockTarget, MemTarget, TargetError};
 pub use volume::{DataIo, Volume, VolumeHandle};

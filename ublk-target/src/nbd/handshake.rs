@@ -68,8 +68,10 @@ pub enum Negotiated {
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
+    /// The cause in the message, not as the source (`{:#}` would print
+    /// it twice); `From` below.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("client did not set the fixed newstyle flag (flags {0:#x})")]
     NotFixedNewstyle(u32),
     #[error("client sent unknown flags {0:#x}")]
@@ -80,6 +82,12 @@ pub enum HandshakeError {
     OptionTooLong { option: u32, length: u32 },
     #[error("more than {OPTIONS_MAX} options without choosing an export")]
     TooManyOptions,
+}
+
+impl From<std::io::Error> for HandshakeError {
+    fn from(e: std::io::Error) -> HandshakeError {
+        HandshakeError::Io(e)
+    }
 }
 
 pub async fn handshake<S>(stream: &mut S, export: &Export) -> Result<Negotiated, HandshakeError>
@@ -321,6 +329,26 @@ fn error_reply(option: u32, reply: u32, message: &str) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nbd::proto::FrameError;
+    use crate::nbd::transmission::TransmissionError;
+    use crate::test_support::with_sources;
+
+    #[test]
+    fn a_connection_error_names_its_cause_once() {
+        let reset = || std::io::Error::from_raw_os_error(libc::ECONNRESET);
+        assert_eq!(
+            with_sources(&HandshakeError::from(reset())),
+            "i/o: Connection reset by peer (os error 104)"
+        );
+        assert_eq!(
+            with_sources(&TransmissionError::from(reset())),
+            "i/o: Connection reset by peer (os error 104)"
+        );
+        assert_eq!(
+            with_sources(&TransmissionError::from(FrameError::BadMagic(7))),
+            "bad request magic 0x00000007"
+        );
+    }
 
     fn meta_request(name: &[u8], queries: &[&[u8]]) -> Vec<u8> {
         let mut data = (name.len() as u32).to_be_bytes().to_vec();

@@ -44,12 +44,20 @@ const WRITE_BUFFER_BYTES: usize = 256 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransmissionError {
+    /// The cause in the message, not as the source (`{:#}` would print
+    /// it twice); `From` below.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
     Frame(#[from] FrameError),
     #[error("client closed the connection in the middle of a request")]
     Truncated,
+}
+
+impl From<std::io::Error> for TransmissionError {
+    fn from(e: std::io::Error) -> TransmissionError {
+        TransmissionError::Io(e)
+    }
 }
 
 /// Reply header bytes, inline up to a structured read reply's header (20

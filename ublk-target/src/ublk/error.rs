@@ -60,17 +60,7 @@ impl FrontEndError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The error and its sources as `{:#}` prints them (anyhow, the CLI).
-    fn with_sources(e: &dyn std::error::Error) -> String {
-        let mut text = e.to_string();
-        let mut next = e.source();
-        while let Some(source) = next {
-            text += &format!(": {source}");
-            next = source.source();
-        }
-        text
-    }
+    use crate::test_support::with_sources;
 
     #[test]
     fn the_cause_of_a_failed_call_is_printed_once() {
