@@ -133,14 +133,22 @@ fn clear_errors_for_bad_pools() {
             .arg(&missing),
         "--poll-us",
     );
-    // In use: a second add and a check both refuse.
-    let _d = pool.add();
+    // In use: a second add and a check both refuse, naming the device
+    // that serves the pool and how to stop it (check by a relative path).
+    let d = pool.add();
+    let serving = format!(
+        "served by nbd0 (daemon pid {}; `scoutfs-ublk del -n 0`",
+        d.pid
+    );
     let mut again = pool.cmd();
     again.args(["add", "--nbd", "127.0.0.1:0"]);
-    fails_with(pool.pool_args(&mut again), "in use");
+    fails_with(pool.pool_args(&mut again), &serving);
     let mut check = pool.cmd();
-    check.arg("check");
-    fails_with(pool.pool_args(&mut check), "in use");
+    check
+        .current_dir(pool.dir.path())
+        .args(["check", "--meta", "meta", "--data", "data"]);
+    fails_with(&mut check, "in use");
+    fails_with(&mut check, &serving);
     pool.del(0);
     // An address in use: the daemon that could not listen tells `add`
     // why, and leaves no failure record behind for a later device of its

@@ -35,6 +35,18 @@ pub enum Command {
     Bench(BenchArgs),
 }
 
+impl Command {
+    /// The pool a subcommand names, if it names one.
+    pub fn pool(&self) -> Option<&PoolArgs> {
+        match self {
+            Command::Mkfs(args) => Some(&args.pool),
+            Command::Add(args) => Some(&args.pool),
+            Command::Check(pool) | Command::Dump(pool) => Some(pool),
+            Command::Del(_) | Command::List(_) | Command::Recover(_) | Command::Bench(_) => None,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Directory for the scratch pool and raw file (removed afterwards).

@@ -21,6 +21,14 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("scoutfs-ublk: {e:#}");
+        // The error may have crossed from a forked daemon as text, so it
+        // is recognised by fscore's wording rather than by type.
+        let in_use = format!("{e:#}").contains(&fscore::Error::InUse.to_string());
+        if let Some(pool) = cli.command.pool().filter(|_| in_use) {
+            if let Some(device) = cmd::list::serving(&pool.meta) {
+                eprintln!("scoutfs-ublk: the pool is served by {device}");
+            }
+        }
         std::process::exit(1);
     }
 }

@@ -5,6 +5,7 @@ use super::registry;
 use super::size::human;
 use crate::cli::ListArgs;
 use anyhow::{bail, Result};
+use std::path::Path;
 
 /// With `--json`, one JSON array holds every device, ublk and NBD alike,
 /// each object with a `kind`.
@@ -79,4 +80,46 @@ fn print_json(json: bool, list: &[serde_json::Value]) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(list)?);
     }
     Ok(())
+}
+
+/// The device serving the pool whose metadata device is `meta`, and how
+/// to stop it: what a user told "the pool is in use" wants to know next.
+pub fn serving(meta: &Path) -> Option<String> {
+    if let Some(e) = registry::entries()
+        .into_iter()
+        .find(|e| same_file(meta, &e.meta))
+    {
+        return Some(format!(
+            "nbd{} (daemon pid {}; `scoutfs-ublk del -n {}` stops it)",
+            e.id, e.pid, e.id
+        ));
+    }
+    if !super::ublk::available() {
+        return None;
+    }
+    super::ublk::list_json(None)
+        .ok()?
+        .iter()
+        .find_map(|device| {
+            let served = device["target_data"]["meta"].as_str()?;
+            let id = device["dev_id"].as_u64()?;
+            same_file(meta, Path::new(served)).then(|| {
+                format!(
+                    "/dev/ublkb{id} (daemon pid {}; `scoutfs-ublk del -n {id}` stops it)",
+                    device["daemon_pid"]
+                )
+            })
+        })
+}
+
+/// The same file or device, whichever path names it.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) if a.file_type().is_block_device() && b.file_type().is_block_device() => {
+            a.rdev() == b.rdev()
+        }
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
