@@ -35,7 +35,8 @@ run_test() {
 }
 
 # 1. 64 MiB through O_DIRECT, read back; del; add on the same pool; the
-#    data is still there. Also what the kernel and `list` say of the device.
+#    data is still there. Also what the kernel and `list` say of the
+#    device, and `check` refusing the pool while it is served.
 test_persist() {
     new_pool
     add_dev
@@ -53,6 +54,13 @@ test_persist() {
     # The daemon runs in a mount namespace of its own.
     daemon=$(daemon_pid 0)
     [ "$(readlink /proc/$daemon/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ]
+    # The pool is in use: check refuses and names the device serving it.
+    if check_pool 2>/tmp/check.err; then
+        echo "check succeeded on a pool in use"
+        return 1
+    fi
+    cat /tmp/check.err
+    grep -q "served by /dev/ublkb0 (daemon pid $daemon; .scoutfs-ublk del -n 0. stops it)" /tmp/check.err
     dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null
     dd if=/tmp/src of=$DEV bs=1M oflag=direct
     same_bytes /tmp/src $DEV 64
