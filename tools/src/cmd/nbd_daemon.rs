@@ -231,6 +231,7 @@ pub fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
 
 /// What `add` prints: where the volume is and how to use it.
 pub fn usage(e: &Entry) -> String {
+    let note = exposure_note(&e.address).unwrap_or_default();
     format!(
         "nbd{id}: {size} volume served over NBD (daemon pid {pid})\n\
          \x20 URI:     {uri}\n\
@@ -238,10 +239,57 @@ pub fn usage(e: &Entry) -> String {
          \x20 write:   qemu-io -f raw -c 'write -P 0xab 0 1M' '{uri}'\n\
          \x20 read:    qemu-io -f raw -c 'read -P 0xab 0 1M' '{uri}'\n\
          \x20 fio:     fio --name=randwrite --ioengine=nbd --uri='{uri}' --rw=randwrite --bs=4k --iodepth=32 --size=256M\n\
-         \x20 stop:    scoutfs-ublk del -n {id}\n",
+         \x20 stop:    scoutfs-ublk del -n {id}\n{note}",
         id = e.id,
         size = human(e.size_bytes),
         pid = e.pid,
         uri = e.uri,
     )
+}
+
+/// For an export other hosts can reach: NBD has neither authentication nor
+/// encryption, so whoever reaches the port can read and write the volume.
+/// None for a unix socket or a loopback address.
+fn exposure_note(address: &str) -> Option<String> {
+    let addr: std::net::SocketAddr = address.parse().ok()?;
+    if addr.ip().is_loopback() {
+        return None;
+    }
+    let reach = if addr.ip().is_unspecified() {
+        format!(
+            "every interface of this host (remote clients use its address for {})",
+            addr.ip()
+        )
+    } else {
+        addr.to_string()
+    };
+    Some(format!(
+        "  note:    served on {reach}, without authentication or encryption: any host \
+         that reaches the port can read and write the volume\n"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exposure_note;
+
+    #[test]
+    fn exports_other_hosts_reach_carry_a_note() {
+        assert_eq!(exposure_note("unix:/run/pool.sock"), None);
+        assert_eq!(exposure_note("127.0.0.1:10809"), None);
+        assert_eq!(exposure_note("[::1]:10809"), None);
+        let all = exposure_note("0.0.0.0:10809").unwrap();
+        assert!(
+            all.contains("every interface") && all.contains("without authentication"),
+            "{all}"
+        );
+        assert!(exposure_note("[::]:10809")
+            .unwrap()
+            .contains("every interface"));
+        let one = exposure_note("192.0.2.7:10809").unwrap();
+        assert!(
+            one.contains("served on 192.0.2.7:10809, without authentication"),
+            "{one}"
+        );
+    }
 }
