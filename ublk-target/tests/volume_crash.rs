@@ -491,9 +491,16 @@ fn crash_everywhere(batch: usize) {
     };
     for seed in seeds {
         let (meta, data) = fresh_disks();
-        let (_, total) = run_workload(&meta, &data, seed, batch, u64::MAX);
+        let (model, total) = run_workload(&meta, &data, seed, batch, u64::MAX);
         eprintln!("seed {seed}, batch {batch}: {total} I/O events, a crash at each");
-        assert!(total > 100, "the workload did I/O ({total} events)");
+        // Not vacuous: the workload left data on the volume. (How many
+        // events it takes depends on the seed: 74-283 over 300 seeds at
+        // batch 8, 165-332 at batch 1, so no count is asserted.)
+        let written = model.current.iter().filter(|&&tag| tag != 0).count();
+        assert!(
+            written > 0,
+            "seed {seed}: the workload wrote nothing ({total} events)"
+        );
         for crash_at in 0..total {
             let (meta, data) = fresh_disks();
             let (model, _) = run_workload(&meta, &data, seed, batch, crash_at);
