@@ -58,6 +58,14 @@ pub fn binary() -> PathBuf {
     .clone()
 }
 
+/// Fails the test with a clear message unless it runs as root (`why`:
+/// what it does that needs root).
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert!(euid == 0, "this test {why}: run it as root");
+}
+
 /// Fails the test with a clear message when a client tool is missing.
 pub fn require_tool(tool: &str, package: &str) {
     let found = std::env::var_os("PATH")
@@ -89,35 +97,44 @@ pub fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"))
 }
 
-/// A pool (metadata + data files) and a private run directory.
+/// A pool (metadata + data devices: by default files in its directory)
+/// and a private run directory.
 pub struct Pool {
     pub dir: tempfile::TempDir,
+    meta: PathBuf,
+    data: PathBuf,
 }
 
 impl Pool {
-    /// `scoutfs-ublk mkfs --size size` in a fresh directory under the
-    /// workspace's target dir (a real file system with O_DIRECT).
-    pub fn mkfs(size: &str) -> Pool {
+    /// A fresh directory under the workspace's target dir (a real file
+    /// system with O_DIRECT) for a pool not made yet.
+    pub fn empty() -> Pool {
         let base = binary().parent().unwrap().join("e2e");
         std::fs::create_dir_all(&base).unwrap();
         let dir = tempfile::tempdir_in(base).unwrap();
-        let pool = Pool { dir };
-        run_ok(
-            pool.cmd()
-                .arg("mkfs")
-                .arg("--meta")
-                .arg(pool.meta())
-                .arg("--data")
-                .arg(pool.data())
-                .args(["--size", size]),
-        );
+        let (meta, data) = (dir.path().join("meta"), dir.path().join("data"));
+        Pool { dir, meta, data }
+    }
+    /// `scoutfs-ublk mkfs --size size` on the files of `empty()`.
+    pub fn mkfs(size: &str) -> Pool {
+        let pool = Pool::empty();
+        let mut c = pool.cmd();
+        c.arg("mkfs").args(["--size", size]);
+        run_ok(pool.pool_args(&mut c));
         pool
     }
+    /// The pool on these devices instead (block devices, files elsewhere):
+    /// what `pool_args`, `add` and `check_clean` name from then on.
+    pub fn with_devices(mut self, meta: PathBuf, data: PathBuf) -> Pool {
+        self.meta = meta;
+        self.data = data;
+        self
+    }
     pub fn meta(&self) -> PathBuf {
-        self.dir.path().join("meta")
+        self.meta.clone()
     }
     pub fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
     pub fn run_dir(&self) -> PathBuf {
         self.dir.path().join("run")

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tests::{binary, require_tool, run, run_ok, Daemon, Pool, MIB};
+use tests::{require_root, require_tool, run, run_ok, Pool, MIB};
 
 /// A loop device over a file, detached when dropped.
 struct LoopDevice {
@@ -28,67 +28,23 @@ impl Drop for LoopDevice {
     }
 }
 
-fn add(pool: &Pool, meta: &Path, data: &Path) -> Daemon {
-    let socket = pool.dir.path().join("nbd.sock");
-    let printed = run_ok(
-        pool.cmd()
-            .args(["add", "--nbd"])
-            .arg(format!("unix:{}", socket.display()))
-            .arg("--meta")
-            .arg(meta)
-            .arg("--data")
-            .arg(data),
-    );
-    let entry = pool.entry(0);
-    assert_eq!(entry["data"].as_str(), data.to_str(), "{entry}");
-    Daemon {
-        pid: entry["pid"].as_u64().unwrap() as i32,
-        uri: entry["uri"].as_str().unwrap().to_string(),
-        socket,
-        printed,
-    }
-}
-
-fn check_clean(pool: &Pool, meta: &Path, data: &Path) {
-    let report = run_ok(
-        pool.cmd()
-            .arg("check")
-            .arg("--meta")
-            .arg(meta)
-            .arg("--data")
-            .arg(data),
-    );
-    assert!(report.contains("clean"), "{report}");
-}
-
 #[test]
 fn a_pool_on_block_devices() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "this test attaches loop devices: run it as root"
-    );
+    require_root("attaches loop devices");
     require_tool("losetup", "mount");
     require_tool("qemu-io", "qemu-utils");
-    let base = binary().parent().unwrap().join("e2e");
-    std::fs::create_dir_all(&base).unwrap();
-    let pool = Pool {
-        dir: tempfile::tempdir_in(base).unwrap(),
-    };
+    let pool = Pool::empty();
     let meta = LoopDevice::attach(&pool.dir.path().join("meta.img"), 64 * MIB);
     let data = LoopDevice::attach(&pool.dir.path().join("data.img"), 300 * MIB);
-    let (meta, data) = (&meta.dev, &data.dev);
+    // Declared after the loop devices: dropped (its daemons stopped) first.
+    let pool = pool.with_devices(meta.dev.clone(), data.dev.clone());
     let mkfs = |size: Option<&str>| {
         let mut c = pool.cmd();
-        c.arg("mkfs")
-            .arg("--meta")
-            .arg(meta)
-            .arg("--data")
-            .arg(data);
+        c.arg("mkfs");
         if let Some(size) = size {
             c.args(["--size", size]);
         }
-        run(&mut c)
+        run(pool.pool_args(&mut c))
     };
 
     let refused = mkfs(Some("1G"));
@@ -103,7 +59,8 @@ fn a_pool_on_block_devices() {
     assert!(made.status.success(), "{made:?}");
     assert!(stdout.contains("volume of 240.0 MiB"), "{stdout}");
 
-    let daemon = add(&pool, meta, data);
+    let daemon = pool.add();
+    assert_eq!(pool.entry(0)["data"].as_str(), data.dev.to_str());
     daemon.qemu_io_ok(&[
         "write -P 0x5a 1000 300k",
         "write -P 0xa5 200M 1M",
@@ -111,10 +68,10 @@ fn a_pool_on_block_devices() {
         "discard 100M 64k",
         "flush",
     ]);
-    run_ok(pool.cmd().args(["del", "-n", "0"]));
-    check_clean(&pool, meta, data);
+    pool.del(0);
+    pool.check_clean();
 
-    let daemon = add(&pool, meta, data);
+    let daemon = pool.add();
     daemon.qemu_io_ok(&[
         "read -P 0 0 1000",
         "read -P 0x5a 1000 300k",
@@ -129,6 +86,6 @@ fn a_pool_on_block_devices() {
         !past.status.success() && stdout.contains("read failed"),
         "{stdout}"
     );
-    run_ok(pool.cmd().args(["del", "-n", "0"]));
-    check_clean(&pool, meta, data);
+    pool.del(0);
+    pool.check_clean();
 }

@@ -6,7 +6,7 @@
 //! pool larger than the free space of its file system.
 
 use std::process::Command;
-use tests::{binary, require_tool, run, run_ok, Pool, Tmpfs};
+use tests::{binary, require_root, require_tool, run, run_ok, Pool, Tmpfs};
 
 fn fails_with(c: &mut Command, needle: &str) {
     let out = run(c);
@@ -696,16 +696,8 @@ fn add_refuses_a_stale_copy_of_the_data_device() {
 
 #[test]
 fn mkfs_and_add_warn_of_a_sparse_pool_larger_than_its_file_system() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "this test mounts a small tmpfs for the pool: run it as root"
-    );
-    let base = binary().parent().unwrap().join("e2e");
-    std::fs::create_dir_all(&base).unwrap();
-    let pool = Pool {
-        dir: tempfile::tempdir_in(base).unwrap(),
-    };
+    require_root("mounts a small tmpfs for the pool");
+    let pool = Pool::empty();
     let small = Tmpfs::mount(&pool.dir.path().join("small"), "96m");
     let files = |name: &str| {
         (

@@ -12,8 +12,6 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::HashSet;
-
-use std::process::Command;
 use tests::{run, run_ok, NbdClient, Pool, Tmpfs, CMD_FLUSH, CMD_WRITE};
 
 const VOLUME_BYTES: u64 = 1 << 30;
@@ -67,37 +65,16 @@ fn write_until_failure(client: &mut NbdClient) -> (HashSet<u64>, HashSet<u64>, S
 
 #[test]
 fn metadata_device_out_of_space_loses_no_flushed_write() {
-    // SAFETY: geteuid has no preconditions.
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "this test mounts a small tmpfs for the metadata file: run it as root"
-    );
-    let base = tests::binary().parent().unwrap().join("e2e");
-    std::fs::create_dir_all(&base).unwrap();
-    let pool = Pool {
-        dir: tempfile::tempdir_in(base).unwrap(),
-    };
+    tests::require_root("mounts a small tmpfs for the metadata file");
+    let pool = Pool::empty();
     let tmpfs = Tmpfs::mount(&pool.dir.path().join("small"), "4m");
-    let meta = tmpfs.path.join("meta");
     let data = pool.data();
-    let pool_args = |c: &mut Command| {
-        c.arg("--meta").arg(&meta).arg("--data").arg(&data);
-    };
-    let socket = pool.dir.path().join("nbd.sock");
-    let add = |pool: &Pool| {
-        let mut c = pool.cmd();
-        c.arg("add")
-            .arg("--nbd")
-            .arg(format!("unix:{}", socket.display()));
-        pool_args(&mut c);
-        run_ok(&mut c);
-    };
+    let pool = pool.with_devices(tmpfs.path.join("meta"), data);
 
     let mut c = pool.cmd();
     c.args(["mkfs", "--size", "1G"]);
-    pool_args(&mut c);
-    run_ok(&mut c);
-    add(&pool);
+    run_ok(pool.pool_args(&mut c));
+    let socket = pool.add().socket;
     let mut client = NbdClient::connect(&socket).unwrap();
     assert_eq!(client.size_bytes, VOLUME_BYTES);
     let (durable, sent, failure) = write_until_failure(&mut client);
@@ -166,15 +143,8 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
 
     // Too little room made: the open that applies the journal cannot
     // commit; it says so, and the pool is as it was.
-    let check = || {
-        let mut c = pool.cmd();
-        c.arg("check");
-        pool_args(&mut c);
-        let checked = run_ok(&mut c);
-        assert!(checked.contains("clean"), "{checked}");
-        checked
-    };
-    let records: u64 = check()
+    let records: u64 = pool
+        .check_clean()
         .lines()
         .find_map(|l| l.strip_prefix("journal: ")?.split(' ').next()?.parse().ok())
         .expect("check reports the journal's records");
@@ -188,8 +158,7 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
     c.arg("add")
         .arg("--nbd")
         .arg(format!("unix:{}", socket.display()));
-    pool_args(&mut c);
-    let out = run(&mut c);
+    let out = run(pool.pool_args(&mut c));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "add with too little room: {stderr}");
     assert!(
@@ -203,12 +172,12 @@ fn metadata_device_out_of_space_loses_no_flushed_write() {
         1,
         "{stderr}"
     );
-    check();
+    pool.check_clean();
 
     tmpfs.resize("256m");
-    check();
+    pool.check_clean();
 
-    add(&pool);
+    pool.add();
     let mut client = NbdClient::connect(&socket).unwrap();
     let zeros = vec![0u8; 4096];
     const PER_READ: u64 = 256;
