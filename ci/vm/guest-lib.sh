@@ -89,6 +89,16 @@ used_bytes() {
     echo $((blocks * 4096))
 }
 
+# must_fail CMD...: CMD has to fail; its stderr is kept in /tmp/failed.err
+# (and shown in the test's log) for the checks of its message that follow.
+must_fail() {
+    if "$@" 2>/tmp/failed.err; then
+        echo "succeeded, but must fail: $*"
+        return 1
+    fi
+    cat /tmp/failed.err
+}
+
 daemon_pid() {
     scoutfs-ublk list -n "$1" | sed -n 's/.*daemon pid \([0-9]*\).*/\1/p'
 }

@@ -55,12 +55,8 @@ test_persist() {
     daemon=$(daemon_pid 0)
     [ "$(readlink /proc/$daemon/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ]
     # The pool is in use: check refuses and names the device serving it.
-    if check_pool 2>/tmp/check.err; then
-        echo "check succeeded on a pool in use"
-        return 1
-    fi
-    cat /tmp/check.err
-    grep -q "served by /dev/ublkb0 (daemon pid $daemon; .scoutfs-ublk del -n 0. stops it)" /tmp/check.err
+    must_fail check_pool
+    grep -q "served by /dev/ublkb0 (daemon pid $daemon; .scoutfs-ublk del -n 0. stops it)" /tmp/failed.err
     dd if=/dev/urandom of=/tmp/src bs=1M count=64 2>/dev/null
     dd if=/tmp/src of=$DEV bs=1M oflag=direct
     same_bytes /tmp/src $DEV 64
@@ -288,12 +284,8 @@ test_meta_full() {
         echo "a write was acknowledged by a pool that cannot commit"
         return 1
     fi
-    if scoutfs-ublk del -n 0 2>/tmp/del.err; then
-        echo "del succeeded after a failed commit"
-        return 1
-    fi
-    cat /tmp/del.err
-    grep -q "final commit failed" /tmp/del.err
+    must_fail scoutfs-ublk del -n 0
+    grep -q "final commit failed" /tmp/failed.err
     wait_for ! $DEV
     mount -o remount,size=64m /mnt/small
     scoutfs-ublk check --meta /mnt/small/meta --data $POOL_DATA
@@ -319,12 +311,8 @@ test_panic() {
     wait_gone "$daemon"
     scoutfs-ublk list -n 0 | tee /tmp/list.txt
     grep -q "died: the daemon panicked.*SCOUTFS_UBLK_INJECT_PANIC_MS" /tmp/list.txt
-    if scoutfs-ublk del -n 0 2>/tmp/del.err; then
-        echo "del succeeded after the daemon panicked"
-        return 1
-    fi
-    cat /tmp/del.err
-    grep -q "the daemon panicked" /tmp/del.err
+    must_fail scoutfs-ublk del -n 0
+    grep -q "the daemon panicked" /tmp/failed.err
     wait_for ! $DEV
     check_pool
     add_dev
