@@ -114,9 +114,10 @@ fn hostile_clients_do_not_hurt_the_export() {
 }
 
 /// A client that fails every request, or reconnects with a broken
-/// handshake (garbage for an option), over and over cannot fill the disk holding the daemon's log:
-/// each kind of line is rate-limited (ublk-target's `log_limit`: at most
-/// `BURST` lines per `WINDOW`, then one line counting the rest).
+/// handshake (garbage for an option), over and over cannot fill the disk
+/// holding the daemon's log: each kind of line is rate-limited (the
+/// log-ratelimit crate: at most `BURST` lines per `WINDOW`, then one line
+/// counting the rest).
 #[test]
 fn floods_of_failures_are_logged_at_a_bounded_rate() {
     const BURST: usize = 10;
