@@ -125,9 +125,9 @@ fn a_unix_socket_daemon_removes_its_socket_on_sigterm() {
 
 #[test]
 fn a_flood_of_bad_connections_is_logged_at_a_bounded_rate() {
-    // log-ratelimit's defaults: 10 lines of a kind per 5 s window.
-    const BURST: usize = 10;
-    const WINDOW_SECS: u64 = 5;
+    // Lines of a kind per window: log-ratelimit's defaults, which lockd uses.
+    const BURST: usize = log_ratelimit::BURST as usize;
+    let window_secs = log_ratelimit::WINDOW.as_secs();
     const FLOOD: usize = 1000;
     let mut daemon = start("127.0.0.1:0");
     let (addr, log) = listening_on_with_log(&mut daemon);
@@ -151,7 +151,7 @@ fn a_flood_of_bad_connections_is_logged_at_a_bounded_rate() {
     }
     // Every bad connection was closed; the daemon serves on.
     assert!(stat_when_up(&addr).status.success());
-    let windows = (started.elapsed().as_secs() / WINDOW_SECS + 1) as usize;
+    let windows = (started.elapsed().as_secs() / window_secs + 1) as usize;
     assert!(terminate(daemon).success());
     let log = log.join().unwrap();
     let count = |what: &str| log.iter().filter(|l| l.contains(what)).count();

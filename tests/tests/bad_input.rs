@@ -120,8 +120,8 @@ fn hostile_clients_do_not_hurt_the_export() {
 /// counting the rest).
 #[test]
 fn floods_of_failures_are_logged_at_a_bounded_rate() {
-    const BURST: usize = 10;
-    const WINDOW_SECS: u64 = 5;
+    const BURST: usize = log_ratelimit::BURST as usize;
+    let window_secs = log_ratelimit::WINDOW.as_secs();
     const FLOOD: u64 = 2000;
     let pool = Pool::mkfs("64M");
     let d = pool.add();
@@ -147,7 +147,7 @@ fn floods_of_failures_are_logged_at_a_bounded_rate() {
     let mut c = NbdClient::connect(&d.socket).unwrap();
     assert_eq!(c.read_at(0, 4096).unwrap(), vec![0; 4096]);
     drop(c);
-    let windows = (started.elapsed().as_secs() / WINDOW_SECS + 1) as usize;
+    let windows = (started.elapsed().as_secs() / window_secs + 1) as usize;
     pool.del(0);
     let log = std::fs::read_to_string(pool.run_dir().join("nbd-0.log")).unwrap();
     let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
